@@ -1,0 +1,3 @@
+//! OpenAI CLIP: vision tower (with optional AnomalyCLIP V-V attention), text tower, tokenizer.
+
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! OpenAI CLIP byte-level BPE tokenizer (being written in this session).

@@ -1,0 +1,1 @@
+//! DINOv3 vision transformers (being written in this session).

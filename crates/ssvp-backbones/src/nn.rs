@@ -1,0 +1,167 @@
+//! The few building blocks every transformer here shares, in one place so that the hot path
+//! (matmuls and attention) can be measured and swapped without touching the models.
+//!
+//! Two kinds of path exist. Frozen vision towers run inference only and may use candle's fused
+//! kernels. Anything that must carry gradients (the text tower with learnable prompts, and the
+//! SSVP head) has to use autograd-capable ops: candle's fused `layer_norm` and
+//! `softmax_last_dim` have no backward and silently cut the graph (framework-notes.md). The
+//! [`Grad`] switch makes that choice explicit at every call.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// Whether a forward pass must keep the autograd graph intact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Grad {
+    /// Inference: fused kernels allowed.
+    #[default]
+    Frozen,
+    /// Gradients must flow to the inputs (or to inserted embeddings).
+    Tracked,
+}
+
+/// `y = x Wᵀ + b`, weights stored `[out, in]` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Flatten leading dims into one matmul: the gemm kernel is fastest on one large product.
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm over the last dimension with an explicit gradient policy.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+
+    pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(dim, "weight")?,
+            bias: vb.get(dim, "bias")?,
+            eps,
+        })
+    }
+
+    pub fn forward_with(&self, x: &Tensor, grad: Grad) -> Result<Tensor> {
+        match grad {
+            Grad::Frozen if x.is_contiguous() && x.dtype() == DType::F32 => {
+                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+            }
+            _ => layer_norm_differentiable(x, &self.weight, &self.bias, self.eps),
+        }
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Grad::Frozen)
+    }
+}
+
+/// LayerNorm from elementary ops (two-pass mean/variance, computed in f32), so that autograd
+/// sees every step.
+pub fn layer_norm_differentiable(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed
+        .to_dtype(dtype)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+/// Softmax over the last dimension with an explicit gradient policy.
+pub fn softmax_last_dim(x: &Tensor, grad: Grad) -> Result<Tensor> {
+    match grad {
+        Grad::Frozen if x.is_contiguous() => candle_nn::ops::softmax_last_dim(x),
+        _ => candle_nn::ops::softmax(x, D::Minus1),
+    }
+}
+
+/// Scaled dot-product attention on `[batch, heads, tokens, head_dim]` tensors.
+///
+/// `mask` is added to the logits (e.g. `-inf` above the diagonal for causal text attention).
+/// This is the one attention kernel of the project: a faster fused version replaces it here.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    grad: Grad,
+) -> Result<Tensor> {
+    let head_dim = q.dim(D::Minus1)?;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let logits = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let logits = match mask {
+        Some(m) => logits.broadcast_add(m)?,
+        None => logits,
+    };
+    softmax_last_dim(&logits, grad)?.matmul(&v.contiguous()?)
+}
+
+/// `x · sigmoid(1.702 x)`, the activation of OpenAI CLIP.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
+}
+
+/// Splits `[batch, tokens, heads*head_dim]` into `[batch, heads, tokens, head_dim]`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, width) = x.dims3()?;
+    x.reshape((b, n, heads, width / heads))?.transpose(1, 2)
+}
+
+/// Inverse of [`split_heads`].
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, n, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, n, h * d))
+}

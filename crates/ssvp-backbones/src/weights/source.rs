@@ -1,0 +1,301 @@
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::{Cache, Repo, RepoType};
+
+/// What `--weights` names: a local checkpoint file or directory, or a Hugging Face hub id
+/// (`org/name`, optionally `org/name@revision`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Local(PathBuf),
+    Hub { repo: String, revision: String },
+}
+
+/// The files a model wants, in order of preference. The first weights file that exists wins.
+#[derive(Debug, Clone, Copy)]
+pub struct WantedFiles<'a> {
+    pub weights: &'a [&'a str],
+    /// `config.json` for Hugging Face models; optional because OpenAI/open_clip/Meta checkpoints
+    /// come without one and the config is then inferred or taken from a named preset.
+    pub config: Option<&'a str>,
+}
+
+/// Files on local disk, ready to read.
+#[derive(Debug, Clone)]
+pub struct ResolvedFiles {
+    pub weights: PathBuf,
+    pub config: Option<PathBuf>,
+    /// A short human description of where they came from (path or `hub:org/name@rev`).
+    pub origin: String,
+}
+
+impl ModelSource {
+    /// An existing path is always local. Otherwise a string shaped like `org/name[@rev]` is a
+    /// hub id; anything else is an error, so that a mistyped path is not sent to the network.
+    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+        let path = Path::new(spec);
+        if path.exists() {
+            return Ok(Self::Local(path.to_path_buf()));
+        }
+        let (repo, revision) = match spec.split_once('@') {
+            Some((repo, rev)) if !rev.is_empty() => (repo, rev),
+            _ => (spec, "main"),
+        };
+        let looks_like_hub_id = {
+            let parts: Vec<&str> = repo.split('/').collect();
+            parts.len() == 2
+                && parts.iter().all(|p| {
+                    !p.is_empty()
+                        && !p.starts_with('.')
+                        && p.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                })
+        };
+        if looks_like_hub_id && !spec.starts_with('.') && !spec.starts_with('/') {
+            Ok(Self::Hub {
+                repo: repo.to_string(),
+                revision: revision.to_string(),
+            })
+        } else {
+            anyhow::bail!(
+                "weights `{spec}`: no such file or directory, and not a hub id of the form org/name"
+            )
+        }
+    }
+
+    /// Finds (or downloads) the wanted files.
+    pub fn resolve(&self, wanted: WantedFiles<'_>) -> anyhow::Result<ResolvedFiles> {
+        match self {
+            Self::Local(path) => resolve_local(path, wanted),
+            Self::Hub { repo, revision } => resolve_hub(repo, revision, wanted),
+        }
+    }
+}
+
+fn resolve_local(path: &Path, wanted: WantedFiles<'_>) -> anyhow::Result<ResolvedFiles> {
+    let origin = path.display().to_string();
+    if path.is_file() {
+        let config = wanted
+            .config
+            .and_then(|c| path.parent().map(|dir| dir.join(c)))
+            .filter(|c| c.is_file());
+        return Ok(ResolvedFiles {
+            weights: path.to_path_buf(),
+            config,
+            origin,
+        });
+    }
+    let weights = wanted
+        .weights
+        .iter()
+        .map(|name| path.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "directory {origin} has none of the weights files {}",
+                wanted.weights.join(", ")
+            )
+        })?;
+    let config = wanted.config.map(|c| path.join(c)).filter(|c| c.is_file());
+    Ok(ResolvedFiles {
+        weights,
+        config,
+        origin,
+    })
+}
+
+/// The hub cache root, as huggingface_hub computes it: `HF_HUB_CACHE`, else
+/// `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
+/// `~/.cache/huggingface/hub`.
+pub fn hub_cache_dir() -> PathBuf {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
+        return dir;
+    }
+    if let Some(home) = var("HF_HOME") {
+        return home.join("hub");
+    }
+    if let Some(xdg) = var("XDG_CACHE_HOME") {
+        return xdg.join("huggingface").join("hub");
+    }
+    let home = var("HOME").unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+fn env_truthy(key: &str) -> bool {
+    std::env::var(key)
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .unwrap_or(false)
+}
+
+fn hub_token(cache: &Cache) -> Option<String> {
+    std::env::var("HF_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .or_else(|| cache.token())
+}
+
+fn resolve_hub(repo_id: &str, revision: &str, wanted: WantedFiles<'_>) -> anyhow::Result<ResolvedFiles> {
+    let origin = format!("hub:{repo_id}@{revision}");
+    let cache = Cache::new(hub_cache_dir());
+    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
+    let cached = cache.repo(repo.clone());
+
+    if env_truthy("HF_HUB_OFFLINE") {
+        let weights = wanted
+            .weights
+            .iter()
+            .find_map(|f| cached.get(f))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "HF_HUB_OFFLINE is set and the cache {} holds no copy of {repo_id}@{revision} \
+                     (looked for {}); download it once online, or pass a local directory to --weights",
+                    cache.path().display(),
+                    wanted.weights.join(", ")
+                )
+            })?;
+        let config = wanted.config.and_then(|c| cached.get(c));
+        return Ok(ResolvedFiles {
+            weights,
+            config,
+            origin,
+        });
+    }
+
+    let mut builder = ApiBuilder::from_cache(cache.clone())
+        .with_token(hub_token(&cache))
+        .with_progress(false);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        if !endpoint.is_empty() {
+            builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+        }
+    }
+    let api = builder
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot set up the hub client: {e}"))?;
+    let remote = api.repo(repo);
+
+    let mut missing = Vec::new();
+    let mut weights = None;
+    for file in wanted.weights {
+        match remote.get(file) {
+            Ok(path) => {
+                weights = Some(path);
+                break;
+            }
+            Err(err) => match classify(&err) {
+                HubFailure::NotFound => missing.push(*file),
+                failure => return Err(failure.into_error(repo_id, revision, file, err)),
+            },
+        }
+    }
+    let weights = weights.ok_or_else(|| {
+        anyhow::anyhow!(
+            "hub repo {repo_id}@{revision} has none of the weights files {}",
+            missing.join(", ")
+        )
+    })?;
+    let config = match wanted.config {
+        Some(file) => match remote.get(file) {
+            Ok(path) => Some(path),
+            Err(err) => match classify(&err) {
+                HubFailure::NotFound => None,
+                failure => return Err(failure.into_error(repo_id, revision, file, err)),
+            },
+        },
+        None => None,
+    };
+    Ok(ResolvedFiles {
+        weights,
+        config,
+        origin,
+    })
+}
+
+enum HubFailure {
+    NotFound,
+    Denied(u16),
+    Other,
+}
+
+fn classify(err: &ApiError) -> HubFailure {
+    let mut err = err;
+    while let ApiError::TooManyRetries(inner) = err {
+        err = inner;
+    }
+    match err {
+        ApiError::RequestError(req) => match req.as_ref() {
+            ureq::Error::Status(404, _) => HubFailure::NotFound,
+            ureq::Error::Status(code @ (401 | 403), _) => HubFailure::Denied(*code),
+            _ => HubFailure::Other,
+        },
+        _ => HubFailure::Other,
+    }
+}
+
+impl HubFailure {
+    fn into_error(self, repo: &str, revision: &str, file: &str, err: ApiError) -> anyhow::Error {
+        match self {
+            HubFailure::Denied(code) => anyhow::anyhow!(
+                "the hub refused access to {repo}@{revision}/{file} (HTTP {code}): the repo is gated \
+                 or private. Accept its licence on the hub with your account and set HF_TOKEN to an \
+                 access token (or log in so that HF_HOME/token exists)"
+            ),
+            _ => anyhow::anyhow!(
+                "could not fetch {repo}@{revision}/{file} from the hub: {err}. Offline? Pass a local \
+                 directory to --weights, or set HF_HUB_OFFLINE=1 to use a cached copy"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_tells_paths_from_hub_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().to_str().unwrap();
+        assert_eq!(
+            ModelSource::parse(local).unwrap(),
+            ModelSource::Local(dir.path().to_path_buf())
+        );
+        assert_eq!(
+            ModelSource::parse("openai/clip-vit-large-patch14-336").unwrap(),
+            ModelSource::Hub {
+                repo: "openai/clip-vit-large-patch14-336".into(),
+                revision: "main".into()
+            }
+        );
+        assert_eq!(
+            ModelSource::parse("facebook/dinov3-vitl16-pretrain-lvd1689m@abc123").unwrap(),
+            ModelSource::Hub {
+                repo: "facebook/dinov3-vitl16-pretrain-lvd1689m".into(),
+                revision: "abc123".into()
+            }
+        );
+        let err = ModelSource::parse("./missing/weights.safetensors").unwrap_err();
+        assert!(err.to_string().contains("no such file"), "{err}");
+        assert!(ModelSource::parse("just-a-name").is_err());
+    }
+
+    #[test]
+    fn local_directory_resolution_prefers_the_first_wanted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pytorch_model.bin"), b"x").unwrap();
+        std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
+        let wanted = WantedFiles {
+            weights: &["model.safetensors", "pytorch_model.bin"],
+            config: Some("config.json"),
+        };
+        let files = ModelSource::Local(dir.path().into()).resolve(wanted).unwrap();
+        assert_eq!(files.weights, dir.path().join("pytorch_model.bin"));
+        assert_eq!(files.config, Some(dir.path().join("config.json")));
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = ModelSource::Local(empty.path().into()).resolve(wanted).unwrap_err();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
+}

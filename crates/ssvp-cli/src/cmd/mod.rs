@@ -1,0 +1,4 @@
+pub mod dataset;
+pub mod embed;
+pub mod metrics;
+pub mod synth;

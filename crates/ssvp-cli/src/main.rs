@@ -1,0 +1,50 @@
+//! `ssvp`: a thin command-line front over the ssvp library crates.
+//!
+//! Every subcommand lives in `cmd/<name>.rs` as an argument struct plus a `run` function; the
+//! work itself is done by the library crates so that the CLI and the (coming) server share it.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "ssvp",
+    version,
+    about = "Zero-shot industrial visual anomaly detection (SSVP) in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Extract backbone features (CLIP or DINOv3) of one image into a safetensors file.
+    Embed(cmd::embed::EmbedArgs),
+    /// Evaluate anyone's predictions: image and pixel metrics per category.
+    Metrics(cmd::metrics::MetricsArgs),
+    /// Inspect a dataset tree: list and check its samples, write its meta.json index.
+    Dataset(cmd::dataset::DatasetArgs),
+    /// Write a deterministic synthetic inspection benchmark in MVTec layout.
+    Synth(cmd::synth::SynthArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Embed(args) => cmd::embed::run(args),
+        Command::Metrics(args) => cmd::metrics::run(args),
+        Command::Synth(args) => cmd::synth::run(args),
+        Command::Dataset(args) => cmd::dataset::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
