@@ -6,8 +6,10 @@
 
 pub mod decode;
 mod error;
+pub mod preprocess;
 pub mod resize;
 
 pub use decode::{decode_gray8, decode_rgb8, load_gray8, load_rgb8, GrayImage8, RgbImage8};
 pub use error::{Error, Result};
+pub use preprocess::{Chw, Geometry, Preprocess, Resample, ResizeMode};
 pub use resize::{resize_f32_bilinear_antialias, resize_u8, Filter};

@@ -101,3 +101,41 @@ fn resize_matches_pillow() {
         cases.len()
     );
 }
+
+/// Full normalised preprocessing against torchvision (CLIP, on PIL images) and transformers'
+/// `DINOv3ViTImageProcessor`. Tolerance: max abs difference 1e-5 on normalised values (the 8-bit
+/// CLIP path is bit exact before the float scaling; the float DINOv3 path differs from torch only
+/// by summation order / weight precision).
+#[test]
+fn preprocessing_matches_reference_pipelines() {
+    use ssvp_image::Preprocess;
+    let m = manifest();
+    let cases = m["preprocess"].as_array().unwrap();
+    assert!(cases.len() >= 9);
+    for case in cases {
+        let source = case["source"].as_str().unwrap();
+        let img = load_rgb8(fixture_dir().join(source)).unwrap();
+        let (w, h) = (usize_of(case, "width"), usize_of(case, "height"));
+        let p = match (
+            case["kind"].as_str().unwrap(),
+            case["mode"].as_str().unwrap(),
+        ) {
+            ("clip", "squash") => Preprocess::clip(w),
+            ("clip", "crop") => Preprocess::clip_center_crop(w),
+            ("dinov3", _) => Preprocess::dinov3(w).with_size(w, h),
+            ("dinov3_sat", _) => Preprocess::dinov3_sat(w).with_size(w, h),
+            other => panic!("unknown case {other:?}"),
+        };
+        let out = p.apply(&img).unwrap();
+        assert_eq!((out.channels, out.height, out.width), (3, h, w));
+        let expected = floats(case["expected"].as_str().unwrap());
+        let diff = out
+            .data
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{source} {:?}: max abs diff {diff:e}", case["expected"]);
+        assert!(diff < 1e-5, "{source} {case}: max abs diff {diff}");
+    }
+}
