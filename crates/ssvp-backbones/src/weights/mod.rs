@@ -10,7 +10,9 @@
 //!    that name the missing or misshapen tensor and the file it was looked for in.
 
 mod checkpoint;
+mod seeded;
 mod source;
 
 pub use checkpoint::Checkpoint;
+pub use seeded::seeded_var_builder;
 pub use source::{hub_cache_dir, ModelSource, ResolvedFiles, WantedFiles};
