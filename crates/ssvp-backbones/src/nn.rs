@@ -107,7 +107,12 @@ impl Module for LayerNorm {
 
 /// LayerNorm from elementary ops (two-pass mean/variance, computed in f32), so that autograd
 /// sees every step.
-pub fn layer_norm_differentiable(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn layer_norm_differentiable(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let mean = x.mean_keepdim(D::Minus1)?;

@@ -22,7 +22,10 @@ fn offline_hub_resolution_uses_the_standard_cache_or_says_why_not() {
     // Nothing cached: a clear error that names the repo, the cache and the way out.
     let err = source.resolve(wanted).unwrap_err().to_string();
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
-    assert!(err.contains("facebook/dinov3-vits16-pretrain-lvd1689m"), "{err}");
+    assert!(
+        err.contains("facebook/dinov3-vits16-pretrain-lvd1689m"),
+        "{err}"
+    );
     assert!(err.contains(&cache.path().display().to_string()), "{err}");
 
     // A cached snapshot is found without touching the network.
@@ -40,10 +43,15 @@ fn offline_hub_resolution_uses_the_standard_cache_or_says_why_not() {
     let files = source.resolve(wanted).unwrap();
     assert_eq!(files.weights, snapshot.join("pytorch_model.bin"));
     assert_eq!(files.config, Some(snapshot.join("config.json")));
-    assert!(files.origin.contains("hub:facebook/dinov3-vits16-pretrain-lvd1689m@main"));
+    assert!(files
+        .origin
+        .contains("hub:facebook/dinov3-vits16-pretrain-lvd1689m@main"));
 
     // HF_HOME is the fallback when HF_HUB_CACHE is unset.
     std::env::remove_var("HF_HUB_CACHE");
     std::env::set_var("HF_HOME", "/tmp/some-hf-home");
-    assert_eq!(hub_cache_dir(), std::path::Path::new("/tmp/some-hf-home/hub"));
+    assert_eq!(
+        hub_cache_dir(),
+        std::path::Path::new("/tmp/some-hf-home/hub")
+    );
 }

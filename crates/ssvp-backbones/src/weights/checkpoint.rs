@@ -17,7 +17,10 @@ impl Checkpoint {
     /// or a `torch.save` zip archive (`.bin`, `.pth`, `.pt`).
     pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
         let origin = path.display().to_string();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let mut magic = [0u8; 4];
         {
             use std::io::Read;
@@ -172,10 +175,7 @@ struct NamedTensors {
 impl NamedTensors {
     fn lookup(&self, name: &str) -> candle_core::Result<&Tensor> {
         self.tensors.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "checkpoint {} has no tensor `{name}`",
-                self.origin
-            ))
+            candle_core::Error::Msg(format!("checkpoint {} has no tensor `{name}`", self.origin))
         })
     }
 }

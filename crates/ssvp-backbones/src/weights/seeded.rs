@@ -118,13 +118,27 @@ mod tests {
         let wb = b.pp("layer.0").get((8, 4), "weight").unwrap();
         let wc = c.pp("layer.0").get((8, 4), "weight").unwrap();
         let diff = |x: &Tensor, y: &Tensor| {
-            (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+            (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
         };
         assert_eq!(diff(&wa, &wb), 0.0);
         assert!(diff(&wa, &wc) > 0.01);
         // Matrices keep activations at scale: std close to 1/sqrt(fan_in) = 0.5.
         let big = a.get((256, 4), "proj.weight").unwrap();
-        let std = big.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap().sqrt();
+        let std = big
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
         assert!((std - 0.5).abs() < 0.05, "std {std}");
         // Norm weights sit around one.
         let norm = a.get(1024, "norm.weight").unwrap();

@@ -108,7 +108,11 @@ fn resolve_local(path: &Path, wanted: WantedFiles<'_>) -> anyhow::Result<Resolve
 /// `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
 /// `~/.cache/huggingface/hub`.
 pub fn hub_cache_dir() -> PathBuf {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
         return dir;
     }
@@ -124,7 +128,12 @@ pub fn hub_cache_dir() -> PathBuf {
 
 fn env_truthy(key: &str) -> bool {
     std::env::var(key)
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -136,7 +145,11 @@ fn hub_token(cache: &Cache) -> Option<String> {
         .or_else(|| cache.token())
 }
 
-fn resolve_hub(repo_id: &str, revision: &str, wanted: WantedFiles<'_>) -> anyhow::Result<ResolvedFiles> {
+fn resolve_hub(
+    repo_id: &str,
+    revision: &str,
+    wanted: WantedFiles<'_>,
+) -> anyhow::Result<ResolvedFiles> {
     let origin = format!("hub:{repo_id}@{revision}");
     let cache = Cache::new(hub_cache_dir());
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
@@ -290,12 +303,16 @@ mod tests {
             weights: &["model.safetensors", "pytorch_model.bin"],
             config: Some("config.json"),
         };
-        let files = ModelSource::Local(dir.path().into()).resolve(wanted).unwrap();
+        let files = ModelSource::Local(dir.path().into())
+            .resolve(wanted)
+            .unwrap();
         assert_eq!(files.weights, dir.path().join("pytorch_model.bin"));
         assert_eq!(files.config, Some(dir.path().join("config.json")));
 
         let empty = tempfile::tempdir().unwrap();
-        let err = ModelSource::Local(empty.path().into()).resolve(wanted).unwrap_err();
+        let err = ModelSource::Local(empty.path().into())
+            .resolve(wanted)
+            .unwrap_err();
         assert!(err.to_string().contains("model.safetensors"), "{err}");
     }
 }
