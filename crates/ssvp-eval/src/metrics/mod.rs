@@ -1,0 +1,75 @@
+//! The field's anomaly-detection metrics, computed exactly.
+//!
+//! - Image level ([`binary_metrics`]): AUROC (`roc_auc_score`), AP (`average_precision_score`)
+//!   and F1-max (over `precision_recall_curve`), tie groups handled like sklearn.
+//! - Pixel level ([`PixelAccumulator`]): the same three over every pixel of every image of a
+//!   category, plus AUPRO integrated to FPR 0.3 — exact (anomalib's sort-based algorithm,
+//!   [`PixelMetrics::aupro`]) and the cflow-style 200-threshold variant of AnomalyCLIP /
+//!   APRIL-GAN ([`PixelMetrics::aupro_cflow`]). The accumulator is streaming: one image at a
+//!   time, about 4 bytes per normal pixel and 8 per anomalous pixel, exact results.
+//! - Whole benchmarks ([`predictions`]): a scores CSV plus optional map and mask folders, per
+//!   category results and the unweighted mean over categories.
+//!
+//! Undefined metrics (a category with a single class, no GT region, ...) are reported as
+//! [`Undefined`] with the reason, never as 0. NaN and infinite scores are errors.
+
+mod binary;
+mod curve;
+pub mod keys;
+pub mod maps;
+mod pixel;
+pub mod predictions;
+mod regions;
+
+pub use binary::{binary_metrics, BinaryMetrics};
+pub use curve::AUPRO_FPR_LIMIT;
+pub use pixel::{cflow_thresholds, PixelAccumulator, PixelCounts, PixelMetrics, CFLOW_STEPS};
+pub use regions::label_regions;
+
+/// Why a metric has no value for some input. Reported next to the metric (e.g. as "skipped"),
+/// never turned into a number.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Undefined {
+    #[error("no samples")]
+    Empty,
+    #[error("only one class: no normal samples")]
+    NoNegatives,
+    #[error("only one class: no anomalous samples")]
+    NoPositives,
+    #[error("no anomalous GT region in any mask")]
+    NoRegions,
+    #[error("the maps are constant (max == min), so the 200 cflow thresholds are undefined")]
+    CflowConstantMaps,
+    #[error("only {0} cflow threshold(s) reach FPR < 0.3; the curve needs two")]
+    CflowTooFewPoints(usize),
+    #[error("every cflow threshold below FPR 0.3 has the same FPR; the rescaling divides by 0")]
+    CflowFlatFpr,
+}
+
+/// Invalid input: the evaluation stops.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{what} {index} is {value}: scores must be finite")]
+    NonFinite {
+        what: &'static str,
+        index: usize,
+        value: f64,
+    },
+    #[error("{scores} scores but {labels} labels")]
+    LengthMismatch { scores: usize, labels: usize },
+    #[error("map is {map_width}x{map_height} but mask is {mask_width}x{mask_height}")]
+    SizeMismatch {
+        map_width: usize,
+        map_height: usize,
+        mask_width: usize,
+        mask_height: usize,
+    },
+    #[error("buffer of {len} values does not hold a {width}x{height} grid")]
+    BadBuffer {
+        len: usize,
+        width: usize,
+        height: usize,
+    },
+    #[error("too many pixels for one category ({0}); the accumulator counts them in u32 region ids")]
+    TooLarge(usize),
+}

@@ -1,0 +1,456 @@
+//! Evaluating anyone's predictions: a scores CSV plus optional folders of maps and masks.
+//!
+//! `scores.csv` has the header `category,path,label,score` (any column order, extra columns
+//! ignored), `label` 0 = normal / 1 = anomalous. The image at `path` (relative, e.g.
+//! `bottle/test/broken_large/000.png`) is paired by relative directory and stem with
+//! - its map `<maps>/bottle/test/broken_large/000.{npy,tiff,tif,png}` (first found, in that order);
+//! - its mask `<masks>/bottle/test/broken_large/000.png` or `000_mask.png`, or the MVTec layout
+//!   `<masks>/bottle/ground_truth/broken_large/000{,_mask}.png` (`test` replaced by
+//!   `ground_truth`). A normal image may have no mask (all zero); an anomalous one must have one.
+//!
+//! Resolution rule ([`EvalResolution`]): by default every image is evaluated on its map's grid
+//! and the mask is brought to that grid by the field's protocol (0/255 mask, PIL bilinear
+//! resize, `> 0.5`), which is what AnomalyCLIP/AdaCLIP/APRIL-GAN do at 518x518.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+
+use rayon::prelude::*;
+
+use super::maps::{read_map, read_mask, MapError};
+use super::{binary_metrics, MetricsError, PixelAccumulator};
+use crate::postprocess::{
+    gaussian_filter, resize_bilinear, resize_mask, AnomalyMap, GtMask, PostprocessError,
+};
+use crate::report::{CategoryResult, EvaluationReport};
+
+/// One row of the scores CSV.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoreRow {
+    /// 1-based line number in the CSV (for error messages).
+    pub line: usize,
+    pub category: String,
+    pub path: String,
+    pub anomalous: bool,
+    pub score: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictionsError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", path.display())]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("no map for {image} (tried {})", list(tried))]
+    MissingMap { image: String, tried: Vec<PathBuf> },
+    #[error("anomalous image {image} has no mask (tried {})", list(tried))]
+    MissingMask { image: String, tried: Vec<PathBuf> },
+    #[error("{}: {source}", path.display())]
+    Map { path: PathBuf, source: MapError },
+    #[error("{image}: map {} is {}x{} but mask {} is {}x{} (sizes must match with --eval-size strict)",
+        map.display(), map_size.0, map_size.1, mask.display(), mask_size.0, mask_size.1)]
+    SizeMismatch {
+        image: String,
+        map: PathBuf,
+        map_size: (usize, usize),
+        mask: PathBuf,
+        mask_size: (usize, usize),
+    },
+    #[error("{image}: {source}")]
+    Postprocess {
+        image: String,
+        source: PostprocessError,
+    },
+    #[error("{context}: {source}")]
+    Metrics {
+        context: String,
+        source: MetricsError,
+    },
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads and validates a scores CSV.
+pub fn read_scores_csv(path: &Path) -> Result<Vec<ScoreRow>, PredictionsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PredictionsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_scores_csv(&text, path)
+}
+
+/// Splits one CSV line into fields (RFC 4180 double quotes; no multi-line fields).
+fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', true) => quoted = false,
+            ('"', false) if field.is_empty() => quoted = true,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            (c, _) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err("unterminated quoted field".into());
+    }
+    fields.push(field);
+    Ok(fields)
+}
+
+/// Parses scores CSV text; `source` names the file in errors.
+pub fn parse_scores_csv(text: &str, source: &Path) -> Result<Vec<ScoreRow>, PredictionsError> {
+    let err = |line: usize, message: String| PredictionsError::Csv {
+        path: source.to_path_buf(),
+        line,
+        message,
+    };
+    let mut lines = text
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+        .filter(|(_, l)| !l.trim().is_empty());
+    let (header_line, header) = lines
+        .next()
+        .ok_or_else(|| err(1, "empty file; expected the header category,path,label,score".into()))?;
+    let header = split_csv_line(header).map_err(|m| err(header_line, m))?;
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| {
+                err(
+                    header_line,
+                    format!(
+                        "header has no {name:?} column (expected category,path,label,score; got {})",
+                        header.join(",")
+                    ),
+                )
+            })
+    };
+    let (c_cat, c_path, c_label, c_score) = (
+        column("category")?,
+        column("path")?,
+        column("label")?,
+        column("score")?,
+    );
+    let mut rows = Vec::new();
+    let mut seen = HashSet::new();
+    for (line, text) in lines {
+        let fields = split_csv_line(text).map_err(|m| err(line, m))?;
+        if fields.len() != header.len() {
+            return Err(err(
+                line,
+                format!("{} fields, the header has {}", fields.len(), header.len()),
+            ));
+        }
+        let category = fields[c_cat].trim().to_string();
+        let path = fields[c_path].trim().to_string();
+        if category.is_empty() || path.is_empty() {
+            return Err(err(line, "empty category or path".into()));
+        }
+        let anomalous = match fields[c_label].trim() {
+            "0" => false,
+            "1" => true,
+            other => return Err(err(line, format!("label {other:?} is not 0 or 1"))),
+        };
+        let raw = fields[c_score].trim();
+        let score: f64 = raw
+            .parse()
+            .map_err(|_| err(line, format!("score {raw:?} is not a number")))?;
+        if !score.is_finite() {
+            return Err(err(line, format!("score {raw:?} is not finite")));
+        }
+        if !seen.insert((category.clone(), path.clone())) {
+            return Err(err(line, format!("duplicate row for {category}/{path}")));
+        }
+        rows.push(ScoreRow {
+            line,
+            category,
+            path,
+            anomalous,
+            score,
+        });
+    }
+    if rows.is_empty() {
+        return Err(err(header_line, "no data rows".into()));
+    }
+    Ok(rows)
+}
+
+/// Where pixel metrics are evaluated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EvalResolution {
+    /// On each map's own grid; masks are resized to it by the protocol (the default).
+    #[default]
+    Map,
+    /// On an `n x n` grid: maps resized bilinearly (torch), masks by the protocol (the field
+    /// uses 518).
+    Square(usize),
+    /// On the mask's grid (the original image size): maps resized bilinearly to it. A normal
+    /// image without a mask file stays on its map's grid.
+    Original,
+    /// Maps and masks must already have the same size; a mismatch is an error.
+    Strict,
+}
+
+impl FromStr for EvalResolution {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "map" => Ok(Self::Map),
+            "original" => Ok(Self::Original),
+            "strict" => Ok(Self::Strict),
+            n => match n.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Self::Square(n)),
+                _ => Err(format!(
+                    "{s:?} is not map, original, strict or a positive size like 518"
+                )),
+            },
+        }
+    }
+}
+
+/// Pixel-level inputs and post-processing choices.
+#[derive(Clone, Debug)]
+pub struct PixelOptions {
+    pub maps: PathBuf,
+    pub masks: PathBuf,
+    pub resolution: EvalResolution,
+    /// Bilinear map resizing convention (torch `align_corners`).
+    pub align_corners: bool,
+    /// Optional scipy-style Gaussian smoothing (σ in evaluation pixels) after resizing.
+    pub sigma: Option<f64>,
+}
+
+/// The relative path split into its directory components and stem, rejecting escapes.
+fn split_relative(image: &str) -> Option<(Vec<String>, String)> {
+    let path = Path::new(image);
+    let mut dirs = Vec::new();
+    for c in path.parent()?.components() {
+        match c {
+            Component::Normal(s) => dirs.push(s.to_str()?.to_string()),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    Some((dirs, path.file_stem()?.to_str()?.to_string()))
+}
+
+fn join(root: &Path, dirs: &[String], file: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    p.extend(dirs);
+    p.push(file);
+    p
+}
+
+/// Candidate map files of an image, in lookup order.
+pub fn map_candidates(maps: &Path, image: &str) -> Vec<PathBuf> {
+    let Some((dirs, stem)) = split_relative(image) else {
+        return Vec::new();
+    };
+    ["npy", "tiff", "tif", "png"]
+        .iter()
+        .map(|ext| join(maps, &dirs, &format!("{stem}.{ext}")))
+        .collect()
+}
+
+/// Candidate mask files of an image, in lookup order.
+pub fn mask_candidates(masks: &Path, image: &str) -> Vec<PathBuf> {
+    let Some((dirs, stem)) = split_relative(image) else {
+        return Vec::new();
+    };
+    let mut layouts = vec![dirs.clone()];
+    if let Some(i) = dirs.iter().position(|d| d == "test") {
+        let mut gt = dirs.clone();
+        gt[i] = "ground_truth".to_string();
+        layouts.push(gt);
+    }
+    let mut out = Vec::new();
+    for d in &layouts {
+        for name in [format!("{stem}.png"), format!("{stem}_mask.png")] {
+            out.push(join(masks, d, &name));
+        }
+    }
+    out
+}
+
+/// Loads one image's map and mask and brings both to the evaluation grid.
+fn load_pixels(
+    row: &ScoreRow,
+    opts: &PixelOptions,
+) -> Result<(AnomalyMap, GtMask), PredictionsError> {
+    let tried = map_candidates(&opts.maps, &row.path);
+    let map_path = tried
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| PredictionsError::MissingMap {
+            image: row.path.clone(),
+            tried: tried.clone(),
+        })?;
+    let map = read_map(&map_path).map_err(|source| PredictionsError::Map {
+        path: map_path.clone(),
+        source,
+    })?;
+    let mask_tried = mask_candidates(&opts.masks, &row.path);
+    let mask_file = mask_tried.iter().find(|p| p.is_file());
+    let mask = match mask_file {
+        Some(p) => Some((
+            p.clone(),
+            read_mask(p).map_err(|source| PredictionsError::Map {
+                path: p.clone(),
+                source,
+            })?,
+        )),
+        None if row.anomalous => {
+            return Err(PredictionsError::MissingMask {
+                image: row.path.clone(),
+                tried: mask_tried,
+            })
+        }
+        None => None,
+    };
+    let post = |source| PredictionsError::Postprocess {
+        image: row.path.clone(),
+        source,
+    };
+    let (w, h) = match (opts.resolution, &mask) {
+        (EvalResolution::Square(n), _) => (n, n),
+        (EvalResolution::Original, Some((_, m))) => m.size(),
+        (EvalResolution::Strict, Some((p, m))) if m.size() != map.size() => {
+            return Err(PredictionsError::SizeMismatch {
+                image: row.path.clone(),
+                map: map_path,
+                map_size: map.size(),
+                mask: p.clone(),
+                mask_size: m.size(),
+            })
+        }
+        _ => map.size(),
+    };
+    let mut map = if map.size() == (w, h) {
+        map
+    } else {
+        resize_bilinear(&map, w, h, opts.align_corners).map_err(post)?
+    };
+    if let Some(sigma) = opts.sigma {
+        map = gaussian_filter(&map, sigma).map_err(post)?;
+    }
+    let mask = match mask {
+        Some((_, m)) => resize_mask(&m, w, h).map_err(post)?,
+        None => GtMask {
+            width: w,
+            height: h,
+            data: vec![false; w * h],
+        },
+    };
+    Ok((map, mask))
+}
+
+/// Evaluates score rows (and, with `pixels`, their maps and masks) per category.
+///
+/// Images are loaded in parallel in small batches and pushed one at a time into a streaming
+/// [`PixelAccumulator`], so memory stays at a few bytes per evaluated pixel.
+pub fn evaluate_predictions(
+    rows: &[ScoreRow],
+    pixels: Option<&PixelOptions>,
+) -> Result<EvaluationReport, PredictionsError> {
+    let mut by_category: BTreeMap<&str, Vec<&ScoreRow>> = BTreeMap::new();
+    for row in rows {
+        by_category.entry(&row.category).or_default().push(row);
+    }
+    let mut results = BTreeMap::new();
+    for (category, rows) in by_category {
+        let scores: Vec<f64> = rows.iter().map(|r| r.score).collect();
+        let labels: Vec<bool> = rows.iter().map(|r| r.anomalous).collect();
+        let image = binary_metrics(&scores, &labels).map_err(|source| PredictionsError::Metrics {
+            context: format!("category {category}"),
+            source,
+        })?;
+        let pixel = match pixels {
+            Some(opts) => {
+                let mut acc = PixelAccumulator::new();
+                let batch = 2 * rayon::current_num_threads().max(1);
+                for chunk in rows.chunks(batch) {
+                    let loaded: Vec<_> = chunk
+                        .par_iter()
+                        .map(|row| load_pixels(row, opts))
+                        .collect::<Result<_, _>>()?;
+                    for (row, (map, mask)) in chunk.iter().zip(loaded) {
+                        acc.push(&map.data, &mask.data, map.width, map.height)
+                            .map_err(|source| PredictionsError::Metrics {
+                                context: format!("map of {}", row.path),
+                                source,
+                            })?;
+                    }
+                }
+                Some(acc.finish())
+            }
+            None => None,
+        };
+        let anomalous = labels.iter().filter(|&&l| l).count() as u64;
+        results.insert(
+            category.to_string(),
+            CategoryResult::new(&image, pixel.as_ref(), rows.len() as u64, anomalous),
+        );
+    }
+    Ok(EvaluationReport::from_categories(results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_errors_name_the_line() {
+        let src = Path::new("s.csv");
+        let ok = parse_scores_csv("category,path,label,score\nb,\"x,1.png\",1,0.5\n", src).unwrap();
+        assert_eq!(ok[0].path, "x,1.png");
+        let e = parse_scores_csv("category,path,label,score\nb,x.png,1,0.5\nb,y.png,2,0.1\n", src)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "s.csv:3: label \"2\" is not 0 or 1");
+        let e = parse_scores_csv("category,path,label,score\nb,y.png,0,nan\n", src).unwrap_err();
+        assert!(e.to_string().contains("s.csv:2: score \"nan\" is not finite"), "{e}");
+        let e = parse_scores_csv("cat,path,label,score\n", src).unwrap_err();
+        assert!(e.to_string().contains("no \"category\" column"), "{e}");
+    }
+
+    #[test]
+    fn candidates_follow_the_pairing_rule() {
+        let maps = map_candidates(Path::new("m"), "bottle/test/crack/000.png");
+        assert_eq!(maps[0], Path::new("m/bottle/test/crack/000.npy"));
+        let masks = mask_candidates(Path::new("k"), "bottle/test/crack/000.png");
+        assert!(masks.contains(&PathBuf::from("k/bottle/ground_truth/crack/000_mask.png")));
+        assert!(map_candidates(Path::new("m"), "../x.png").is_empty());
+    }
+
+    #[test]
+    fn resolution_parses() {
+        assert_eq!("518".parse(), Ok(EvalResolution::Square(518)));
+        assert_eq!("map".parse(), Ok(EvalResolution::Map));
+        assert!("0".parse::<EvalResolution>().is_err());
+    }
+}
