@@ -36,14 +36,27 @@ fn fixture_tree(r: &Path) {
     ] {
         for stem in stems {
             image(r.join(cls).join(format!("test/{defect}/{stem}.png")), 4, 4);
-            mask_at(r.join(cls).join(format!("ground_truth/{defect}/{stem}_mask.png")), 4, 4, 1, 1);
+            mask_at(
+                r.join(cls)
+                    .join(format!("ground_truth/{defect}/{stem}_mask.png")),
+                4,
+                4,
+                1,
+                1,
+            );
         }
     }
     image(r.join("bottle/train/good/000.png"), 4, 4);
     image(r.join("bottle/test/good/000.png"), 4, 4);
     image(r.join("bottle/test/good/001.png"), 4, 4);
     image(r.join("bottle/test/contamination/003.png"), 4, 4);
-    mask_at(r.join("bottle/ground_truth/contamination/003_mask.png"), 4, 4, 0, 0);
+    mask_at(
+        r.join("bottle/ground_truth/contamination/003_mask.png"),
+        4,
+        4,
+        0,
+        0,
+    );
 }
 
 #[test]
@@ -79,7 +92,10 @@ fn write_then_read_gives_the_same_samples() {
     }
     // The meta file itself may be given as the root.
     let via_file = read(&r.join("meta.json"), None, Split::Test);
-    assert_eq!(via_file.categories, read(r, Some(Layout::MetaJson), Split::Test).categories);
+    assert_eq!(
+        via_file.categories,
+        read(r, Some(Layout::MetaJson), Split::Test).categories
+    );
 }
 
 #[test]
@@ -88,7 +104,10 @@ fn missing_split_is_written_as_an_empty_object() {
     mvtec_tree(dir.path());
     let test = read(dir.path(), None, Split::Test);
     let text = meta_json_string(None, Some(&test)).unwrap();
-    assert!(text.starts_with("{\n    \"train\": {},\n    \"test\": {\n        \"bottle\": [\n"), "{text}");
+    assert!(
+        text.starts_with("{\n    \"train\": {},\n    \"test\": {\n        \"bottle\": [\n"),
+        "{text}"
+    );
     assert!(text.ends_with("        ]\n    }\n}\n"));
 }
 
@@ -119,7 +138,10 @@ fn reads_anomalyclip_dagm_style_capitalised_keys() {
     assert_eq!(c.counts().normal, 1);
     assert_eq!(c.counts().anomalous, 1);
     assert_eq!(c.samples[1].label, Label::Anomalous);
-    assert_eq!(c.samples[1].mask_path.as_deref(), Some(r.join("Class1/Test/Label/0002_label.PNG").as_path()));
+    assert_eq!(
+        c.samples[1].mask_path.as_deref(),
+        Some(r.join("Class1/Test/Label/0002_label.PNG").as_path())
+    );
     // The raw tree itself is detected as raw DAGM, not the index.
     assert_eq!(read(r, None, Split::Test).layout, Layout::DagmRaw);
 }
@@ -129,7 +151,13 @@ fn bayes_pfl_placeholders_and_bad_items_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let r = dir.path();
     image(r.join("RSDD/Metal15/test/anomaly/a_0.bmp"), 5, 5);
-    mask_at(r.join("RSDD/Metal15/ground_truth/anomaly/a_0.png"), 5, 5, 0, 0);
+    mask_at(
+        r.join("RSDD/Metal15/ground_truth/anomaly/a_0.png"),
+        5,
+        5,
+        0,
+        0,
+    );
     // Bayes-PFL's meta_RSDD.json sits next to the dataset folder; extra `dataset_name` field,
     // a placeholder item for the empty train folder.
     write(
@@ -153,7 +181,9 @@ fn bayes_pfl_placeholders_and_bad_items_are_reported() {
     assert_eq!(loaded.dataset.len(), 1);
     assert_eq!(loaded.dataset.categories[0].prompt_name, "metal");
     assert_eq!(loaded.skipped.len(), 1);
-    assert!(matches!(&loaded.skipped[0].kind, ProblemKind::BadEntry { reason } if reason.contains("test[Metal15][1]")));
+    assert!(
+        matches!(&loaded.skipped[0].kind, ProblemKind::BadEntry { reason } if reason.contains("test[Metal15][1]"))
+    );
     // The train split holds only a placeholder: an empty category, reported.
     let err = load(
         &meta,
@@ -171,9 +201,13 @@ fn bayes_pfl_placeholders_and_bad_items_are_reported() {
 fn not_an_index_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path().join("meta.json"), "[1, 2, 3]");
-    let err = load(dir.path(), &LoadOptions::default()).unwrap_err().to_string();
+    let err = load(dir.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not a meta.json index"), "{err}");
     write(dir.path().join("meta.json"), r#"{"train": {}}"#);
-    let err = load(dir.path(), &LoadOptions::default()).unwrap_err().to_string();
+    let err = load(dir.path(), &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no `test` split"), "{err}");
 }
