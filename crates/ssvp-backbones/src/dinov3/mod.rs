@@ -1,1 +1,155 @@
-//! DINOv3 vision transformers (being written in this session).
+//! DINOv3 vision transformers (ViT-S/16, S+/16, B/16, L/16, H+/16) with 2D RoPE, register tokens
+//! and LayerScale, loaded from Hugging Face safetensors or Meta `.pth` checkpoints.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use candle_core::{DType, Device, Tensor};
+//! use ssvp_backbones::dinov3::Dinov3Model;
+//! let model = Dinov3Model::load("facebook/dinov3-vitl16-pretrain-lvd1689m", None, DType::F32, &Device::Cpu)?;
+//! let pixels = Tensor::zeros((1, 3, 448, 448), DType::F32, &Device::Cpu)?; // ImageNet-normalised
+//! let out = model.forward(&pixels, &[6, 12, 18, 24], true)?;
+//! let map = ssvp_backbones::dinov3::patches_to_map(&out.patch, out.grid.0, out.grid.1)?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod model;
+pub mod names;
+mod rope;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+
+pub use config::{Activation, Dinov3Config, PRESETS};
+pub use model::{patches_to_map, split_tokens, Dinov3Model, Dinov3Output, Tokens};
+pub use names::NameScheme;
+pub use rope::{apply_rope, Rope, RopeTables};
+
+use crate::weights::{Checkpoint, ModelSource, ResolvedFiles, WantedFiles};
+
+/// Normalisation constants of the LVD-1689M (web image) weights: ImageNet mean/std.
+pub const LVD1689M_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const LVD1689M_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Normalisation constants of the SAT-493M (satellite) weights.
+pub const SAT493M_MEAN: [f32; 3] = [0.430, 0.411, 0.296];
+pub const SAT493M_STD: [f32; 3] = [0.213, 0.156, 0.143];
+
+/// Weights files tried in a directory or hub repo, in order; a local directory without any of
+/// them may hold a single Meta checkpoint (`*.pth`).
+const WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "model.safetensors.index.json"];
+
+/// Turns `--weights` (a file, a directory, or a hub id) into files on disk.
+pub fn resolve(spec: &str) -> anyhow::Result<ResolvedFiles> {
+    let source = ModelSource::parse(spec)?;
+    let wanted = WantedFiles {
+        weights: &WEIGHTS_FILES,
+        config: Some("config.json"),
+    };
+    match &source {
+        ModelSource::Local(dir) if dir.is_dir() => match source.resolve(wanted) {
+            Ok(files) => Ok(files),
+            Err(_) => resolve_meta_dir(dir),
+        },
+        _ => source.resolve(wanted),
+    }
+}
+
+/// A directory with one Meta checkpoint (`dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth`).
+fn resolve_meta_dir(dir: &Path) -> anyhow::Result<ResolvedFiles> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth"))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => anyhow::bail!(
+            "directory {} has no DINOv3 weights: looked for {} and *.pth",
+            dir.display(),
+            WEIGHTS_FILES.join(", ")
+        ),
+        1 => {
+            let config = Some(dir.join("config.json")).filter(|c| c.is_file());
+            Ok(ResolvedFiles {
+                weights: found.remove(0),
+                config,
+                origin: dir.display().to_string(),
+            })
+        }
+        _ => anyhow::bail!(
+            "directory {} has several .pth files ({}); pass the one to use",
+            dir.display(),
+            found
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+impl Dinov3Model {
+    /// Loads a model from `--weights` (file, directory or hub id).
+    ///
+    /// The config is, in order: `config` if given (e.g. a preset), the `config.json` next to
+    /// the weights, else inferred from the tensor shapes (heads from a preset named in `spec`, or
+    /// head dim 64).
+    pub fn load(
+        spec: &str,
+        config: Option<Dinov3Config>,
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let files = resolve(spec)?;
+        Self::load_files(&files, config, dtype, device)
+    }
+
+    /// Loads from files already resolved (see [`resolve`]).
+    pub fn load_files(
+        files: &ResolvedFiles,
+        config: Option<Dinov3Config>,
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let config = match (config, &files.config) {
+            (Some(c), _) => Some(c),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                Some(
+                    Dinov3Config::from_hf_json(&text)
+                        .with_context(|| format!("in {}", path.display()))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let checkpoint = Checkpoint::load(&files.weights, device)?;
+        let hint = format!("{} {}", files.origin, files.weights.display());
+        let preset_hint = hint
+            .split_whitespace()
+            .find(|s| Dinov3Config::preset(s).is_some());
+        Self::from_checkpoint(checkpoint, config, preset_hint, dtype, device)
+    }
+
+    /// Builds a model from a checkpoint in any supported spelling. `preset_hint` (a name such as
+    /// `dinov3_vitl16`) only helps infer the head count when `config` is `None`.
+    pub fn from_checkpoint(
+        checkpoint: Checkpoint,
+        config: Option<Dinov3Config>,
+        preset_hint: Option<&str>,
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let origin = checkpoint.origin().to_string();
+        let (checkpoint, _scheme) = names::to_canonical(checkpoint)?;
+        let config = match config {
+            Some(c) => c,
+            None => Dinov3Config::infer(&checkpoint, preset_hint)?,
+        };
+        let vb = checkpoint.into_var_builder(dtype, device);
+        Dinov3Model::new(&config, vb)
+            .map_err(|e| anyhow::anyhow!("cannot build DINOv3 from {origin}: {e}"))
+    }
+}
