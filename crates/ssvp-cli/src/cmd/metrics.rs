@@ -1,8 +1,94 @@
-//! `ssvp metrics` (being written in this session).
+//! `ssvp metrics`: evaluate anyone's predictions (library: `ssvp_eval::metrics::predictions`
+//! for reading and pairing, `ssvp_eval::report` for the outputs).
 
+use std::path::PathBuf;
+
+use anyhow::Context;
+use ssvp_eval::metrics::predictions::{
+    evaluate_predictions, read_scores_csv, EvalResolution, PixelOptions,
+};
+
+/// Image metrics from a scores CSV and, with --maps/--masks, exact pixel metrics per category.
+///
+/// scores.csv has the header `category,path,label,score` (label 0 = normal, 1 = anomalous).
+/// Each `path` (e.g. `bottle/test/crack/000.png`) is paired by relative directory and stem with
+/// the map `<maps>/bottle/test/crack/000.{npy,tiff,tif,png}` and the mask
+/// `<masks>/bottle/test/crack/000{,_mask}.png` (or MVTec's `bottle/ground_truth/crack/...`).
+/// A normal image needs no mask. Maps: 2-D float32/float64 .npy, float32 .tiff, 8/16-bit
+/// grayscale .png. Masks: non-zero = anomalous.
+///
+/// Metrics are fractions in [0, 1] per category plus their unweighted mean; undefined metrics
+/// (e.g. a category with one class) are reported as skipped, never as 0. pixel_aupro is the
+/// exact AUPRO to FPR 0.3; pixel_aupro_cflow is the AnomalyCLIP/APRIL-GAN 200-threshold variant.
 #[derive(clap::Args)]
-pub struct MetricsArgs {}
+#[command(verbatim_doc_comment)]
+pub struct MetricsArgs {
+    /// Scores CSV with columns category,path,label,score.
+    #[arg(long)]
+    pub scores: PathBuf,
+    /// Folder of anomaly maps mirroring the CSV paths (enables pixel metrics; needs --masks).
+    #[arg(long, requires = "masks")]
+    pub maps: Option<PathBuf>,
+    /// Folder of GT masks mirroring the CSV paths (or an MVTec-style dataset root).
+    #[arg(long, requires = "maps")]
+    pub masks: Option<PathBuf>,
+    /// Evaluation grid: `map` (each map's own size; masks resized to it by the field's
+    /// protocol: PIL bilinear on the 0/255 mask, then > 0.5), an integer N (N x N, maps
+    /// resized bilinearly; the field uses 518), `original` (the mask's size) or `strict`
+    /// (map and mask sizes must already match).
+    #[arg(long, default_value = "map", value_parser = parse_resolution)]
+    pub eval_size: EvalResolution,
+    /// Resize maps with align_corners=True (torch convention) instead of False.
+    #[arg(long)]
+    pub align_corners: bool,
+    /// Gaussian smoothing of the maps on the evaluation grid (scipy gaussian_filter, truncate
+    /// 4, reflect), e.g. 4 as in AnomalyCLIP/AdaCLIP. Default: none.
+    #[arg(long)]
+    pub sigma: Option<f64>,
+    /// Write the results as JSON (fractions; schema {"categories": {...}, "mean": {...}}).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write a Markdown table (x100, one decimal).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Write a CSV table (fractions).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+}
 
-pub fn run(_args: MetricsArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`ssvp metrics` is not built yet")
+fn parse_resolution(s: &str) -> Result<EvalResolution, String> {
+    s.parse()
+}
+
+pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
+    let rows = read_scores_csv(&args.scores)?;
+    let pixels = match (args.maps, args.masks) {
+        (Some(maps), Some(masks)) => {
+            for dir in [&maps, &masks] {
+                anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+            }
+            Some(PixelOptions {
+                maps,
+                masks,
+                resolution: args.eval_size,
+                align_corners: args.align_corners,
+                sigma: args.sigma,
+            })
+        }
+        _ => None,
+    };
+    let report = evaluate_predictions(&rows, pixels.as_ref())?;
+    print!("{}", report.to_table());
+    let outputs = [
+        (args.out, report.to_json()),
+        (args.markdown, report.to_markdown()),
+        (args.csv, report.to_csv()),
+    ];
+    for (path, text) in outputs {
+        if let Some(path) = path {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
 }

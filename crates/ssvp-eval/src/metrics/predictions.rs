@@ -4,9 +4,10 @@
 //! ignored), `label` 0 = normal / 1 = anomalous. The image at `path` (relative, e.g.
 //! `bottle/test/broken_large/000.png`) is paired by relative directory and stem with
 //! - its map `<maps>/bottle/test/broken_large/000.{npy,tiff,tif,png}` (first found, in that order);
-//! - its mask `<masks>/bottle/test/broken_large/000.png` or `000_mask.png`, or the MVTec layout
-//!   `<masks>/bottle/ground_truth/broken_large/000{,_mask}.png` (`test` replaced by
-//!   `ground_truth`). A normal image may have no mask (all zero); an anomalous one must have one.
+//! - its mask `<masks>/bottle/test/broken_large/000.png` or `000_mask.png`; when `<masks>` is an
+//!   MVTec-style root (`<masks>/bottle/ground_truth` exists) instead
+//!   `<masks>/bottle/ground_truth/broken_large/000_mask.png` or `000.png`. A normal image may
+//!   have no mask (all zero); an anomalous one must have one.
 //!
 //! Resolution rule ([`EvalResolution`]): by default every image is evaluated on its map's grid
 //! and the mask is brought to that grid by the field's protocol (0/255 mask, PIL bilinear
@@ -49,6 +50,8 @@ pub enum PredictionsError {
         line: usize,
         message: String,
     },
+    #[error("image path {image:?} must be relative, without `..` or a root")]
+    BadPath { image: String },
     #[error("no map for {image} (tried {})", list(tried))]
     MissingMap { image: String, tried: Vec<PathBuf> },
     #[error("anomalous image {image} has no mask (tried {})", list(tried))]
@@ -131,23 +134,23 @@ pub fn parse_scores_csv(text: &str, source: &Path) -> Result<Vec<ScoreRow>, Pred
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
         .filter(|(_, l)| !l.trim().is_empty());
-    let (header_line, header) = lines
-        .next()
-        .ok_or_else(|| err(1, "empty file; expected the header category,path,label,score".into()))?;
+    let (header_line, header) = lines.next().ok_or_else(|| {
+        err(
+            1,
+            "empty file; expected the header category,path,label,score".into(),
+        )
+    })?;
     let header = split_csv_line(header).map_err(|m| err(header_line, m))?;
     let column = |name: &str| {
-        header
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| {
-                err(
-                    header_line,
-                    format!(
-                        "header has no {name:?} column (expected category,path,label,score; got {})",
-                        header.join(",")
-                    ),
-                )
-            })
+        header.iter().position(|h| h.trim() == name).ok_or_else(|| {
+            err(
+                header_line,
+                format!(
+                    "header has no {name:?} column (expected category,path,label,score; got {})",
+                    header.join(",")
+                ),
+            )
+        })
     };
     let (c_cat, c_path, c_label, c_score) = (
         column("category")?,
@@ -278,23 +281,24 @@ pub fn map_candidates(maps: &Path, image: &str) -> Vec<PathBuf> {
 }
 
 /// Candidate mask files of an image, in lookup order.
+///
+/// Mirrored layout: `<masks>/<dir>/<stem>.png`, then `<stem>_mask.png`. When `<masks>` is an
+/// MVTec-style root (the path has a `test` component and `<masks>/<...>/ground_truth` exists),
+/// only `ground_truth/<defect>/<stem>_mask.png` and `<stem>.png` are used — the mirrored
+/// candidate would be the test image itself.
 pub fn mask_candidates(masks: &Path, image: &str) -> Vec<PathBuf> {
     let Some((dirs, stem)) = split_relative(image) else {
         return Vec::new();
     };
-    let mut layouts = vec![dirs.clone()];
+    let mut layout = dirs.clone();
+    let mut names = [format!("{stem}.png"), format!("{stem}_mask.png")];
     if let Some(i) = dirs.iter().position(|d| d == "test") {
-        let mut gt = dirs.clone();
-        gt[i] = "ground_truth".to_string();
-        layouts.push(gt);
-    }
-    let mut out = Vec::new();
-    for d in &layouts {
-        for name in [format!("{stem}.png"), format!("{stem}_mask.png")] {
-            out.push(join(masks, d, &name));
+        if join(masks, &dirs[..i], "ground_truth").is_dir() {
+            layout[i] = "ground_truth".to_string();
+            names.swap(0, 1);
         }
     }
-    out
+    names.iter().map(|n| join(masks, &layout, n)).collect()
 }
 
 /// Loads one image's map and mask and brings both to the evaluation grid.
@@ -303,14 +307,17 @@ fn load_pixels(
     opts: &PixelOptions,
 ) -> Result<(AnomalyMap, GtMask), PredictionsError> {
     let tried = map_candidates(&opts.maps, &row.path);
-    let map_path = tried
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| PredictionsError::MissingMap {
+    if tried.is_empty() {
+        return Err(PredictionsError::BadPath {
+            image: row.path.clone(),
+        });
+    }
+    let map_path = tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        PredictionsError::MissingMap {
             image: row.path.clone(),
             tried: tried.clone(),
-        })?;
+        }
+    })?;
     let map = read_map(&map_path).map_err(|source| PredictionsError::Map {
         path: map_path.clone(),
         source,
@@ -386,10 +393,11 @@ pub fn evaluate_predictions(
     for (category, rows) in by_category {
         let scores: Vec<f64> = rows.iter().map(|r| r.score).collect();
         let labels: Vec<bool> = rows.iter().map(|r| r.anomalous).collect();
-        let image = binary_metrics(&scores, &labels).map_err(|source| PredictionsError::Metrics {
-            context: format!("category {category}"),
-            source,
-        })?;
+        let image =
+            binary_metrics(&scores, &labels).map_err(|source| PredictionsError::Metrics {
+                context: format!("category {category}"),
+                source,
+            })?;
         let pixel = match pixels {
             Some(opts) => {
                 let mut acc = PixelAccumulator::new();
@@ -429,11 +437,18 @@ mod tests {
         let src = Path::new("s.csv");
         let ok = parse_scores_csv("category,path,label,score\nb,\"x,1.png\",1,0.5\n", src).unwrap();
         assert_eq!(ok[0].path, "x,1.png");
-        let e = parse_scores_csv("category,path,label,score\nb,x.png,1,0.5\nb,y.png,2,0.1\n", src)
-            .unwrap_err();
+        let e = parse_scores_csv(
+            "category,path,label,score\nb,x.png,1,0.5\nb,y.png,2,0.1\n",
+            src,
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "s.csv:3: label \"2\" is not 0 or 1");
         let e = parse_scores_csv("category,path,label,score\nb,y.png,0,nan\n", src).unwrap_err();
-        assert!(e.to_string().contains("s.csv:2: score \"nan\" is not finite"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("s.csv:2: score \"nan\" is not finite"),
+            "{e}"
+        );
         let e = parse_scores_csv("cat,path,label,score\n", src).unwrap_err();
         assert!(e.to_string().contains("no \"category\" column"), "{e}");
     }
@@ -443,7 +458,14 @@ mod tests {
         let maps = map_candidates(Path::new("m"), "bottle/test/crack/000.png");
         assert_eq!(maps[0], Path::new("m/bottle/test/crack/000.npy"));
         let masks = mask_candidates(Path::new("k"), "bottle/test/crack/000.png");
-        assert!(masks.contains(&PathBuf::from("k/bottle/ground_truth/crack/000_mask.png")));
+        assert_eq!(masks[0], Path::new("k/bottle/test/crack/000.png"));
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("bottle/ground_truth")).unwrap();
+        let masks = mask_candidates(root.path(), "bottle/test/crack/000.png");
+        assert_eq!(
+            masks[0],
+            root.path().join("bottle/ground_truth/crack/000_mask.png")
+        );
         assert!(map_candidates(Path::new("m"), "../x.png").is_empty());
     }
 
