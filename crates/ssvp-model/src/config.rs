@@ -1,0 +1,334 @@
+//! Every hyper-parameter of the SSVP head, its loss and its optimiser, with the paper's values as
+//! defaults. Values the paper does not state are taken from Bayes-PFL (SSVP's baseline) or chosen
+//! here; docs/method.md gives the source and the alternative of each.
+//!
+//! The config is read from TOML; unknown keys are rejected so a typo never silently falls back to
+//! a default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which DINOv3 blocks feed the four HSVS scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DinoLayerSet {
+    /// The paper's "3, 6, 9, 11" read as 0-based block indices: 1-based blocks 4, 7, 10, 12.
+    #[default]
+    PaperLiteral,
+    /// Quarter points of a 24-block ViT-L (AD-DINOv3's choice): 1-based blocks 6, 12, 18, 24.
+    QuarterPoints,
+}
+
+impl DinoLayerSet {
+    /// 1-based block outputs, in scale order.
+    pub fn one_based(&self) -> [usize; 4] {
+        match self {
+            Self::PaperLiteral => [4, 7, 10, 12],
+            Self::QuarterPoints => [6, 12, 18, 24],
+        }
+    }
+}
+
+/// How the local image score is read from the fused map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum LocalScore {
+    /// `max_{h,w} P_map` (paper Eq. 18).
+    #[default]
+    Max,
+    /// Mean of the `k` largest cells of `P_map` (one reading of Alg. 1's "Mean(SpatialMaxPool)").
+    TopKMean { k: usize },
+}
+
+/// How the image-level classification loss treats the fused score `S_final ∈ [0, 1]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassLoss {
+    /// Binary cross-entropy directly on `S_final` (already a probability), clamped to
+    /// `[1e-6, 1 - 1e-6]`.
+    #[default]
+    BceOnScore,
+    /// The paper's literal `BCE(σ(S_final), y)`; σ squashes [0, 1] into [0.5, 0.73].
+    BceOnSigmoid,
+}
+
+/// The trainable head's architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// 1-based CLIP block outputs, one per scale.
+    pub clip_layers: Vec<usize>,
+    pub dino_layers: DinoLayerSet,
+    /// Joint CLIP image-text space `D_c` (CLIP patch features arrive after ln_post -> proj).
+    pub clip_dim: usize,
+    /// DINOv3 token width.
+    pub dino_dim: usize,
+    /// ATF cross-attention heads.
+    pub atf_heads: usize,
+    /// ATF attention width `d` (all heads together).
+    pub atf_width: usize,
+    /// Hidden width of the ATF fusion MLP (`2d -> hidden -> D_c`).
+    pub atf_mlp_hidden: usize,
+    /// Prompts per state (3 normal + 3 abnormal).
+    pub prompts_per_state: usize,
+    /// Learnable background (context) tokens per prompt index, `[V]_bg`.
+    pub context_len: usize,
+    /// Learnable state tokens per prompt, `[V]_state`.
+    pub state_len: usize,
+    /// Width of the CLIP text token embeddings the prompt tokens are spliced into.
+    pub text_width: usize,
+    /// Hidden width of the VAE's Softplus MLP blocks.
+    pub vae_hidden: usize,
+    /// VAE latent size `d_z`.
+    pub vae_latent: usize,
+    /// The latent is read as `latent_tokens` tokens of `vae_latent / latent_tokens` each, so the
+    /// text-latent cross-attention has several keys (one key would make the softmax trivially 1).
+    pub latent_tokens: usize,
+    /// Query/key width of the text-latent cross-attention.
+    pub inject_key_dim: usize,
+    /// Initial temperature `τ` of the cosine logits.
+    pub tau_init: f64,
+    /// Whether `τ` is trained (stored as `ln(1/τ)`).
+    pub tau_learnable: bool,
+    /// Hidden width of the global scale-gate MLP.
+    pub scale_gate_hidden: usize,
+    /// Initial bias of the local spatial gates (sigmoid(2) ≈ 0.88, so gates start open).
+    pub local_gate_bias_init: f64,
+    /// Weight of the local score in `S = (1-γ) S_global + γ S_local`.
+    pub gamma: f64,
+    pub local_score: LocalScore,
+    /// LayerNorm epsilon used throughout the head.
+    pub ln_eps: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            clip_layers: vec![6, 12, 18, 24],
+            dino_layers: DinoLayerSet::PaperLiteral,
+            clip_dim: 768,
+            dino_dim: 1024,
+            atf_heads: 8,
+            atf_width: 768,
+            atf_mlp_hidden: 768,
+            prompts_per_state: 3,
+            context_len: 5,
+            state_len: 5,
+            text_width: 768,
+            vae_hidden: 512,
+            vae_latent: 768,
+            latent_tokens: 8,
+            inject_key_dim: 128,
+            tau_init: 0.07,
+            tau_learnable: true,
+            scale_gate_hidden: 384,
+            local_gate_bias_init: 2.0,
+            gamma: 0.5,
+            local_score: LocalScore::Max,
+            ln_eps: 1e-5,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn num_scales(&self) -> usize {
+        self.clip_layers.len()
+    }
+
+    pub fn num_prompts(&self) -> usize {
+        2 * self.prompts_per_state
+    }
+
+    /// Width of one latent token.
+    pub fn latent_token_dim(&self) -> usize {
+        self.vae_latent / self.latent_tokens
+    }
+
+    /// Checks the divisibility and non-emptiness constraints the modules rely on.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        if self.clip_layers.is_empty() {
+            return bad("clip_layers must name at least one layer".into());
+        }
+        if self.clip_layers.len() != self.dino_layers.one_based().len() {
+            return bad(format!(
+                "clip_layers has {} entries but the DINO layer set has {}",
+                self.clip_layers.len(),
+                self.dino_layers.one_based().len()
+            ));
+        }
+        if self.atf_heads == 0 || self.atf_width % self.atf_heads != 0 {
+            return bad(format!(
+                "atf_width {} must be a positive multiple of atf_heads {}",
+                self.atf_width, self.atf_heads
+            ));
+        }
+        if self.latent_tokens == 0 || self.vae_latent % self.latent_tokens != 0 {
+            return bad(format!(
+                "vae_latent {} must be a positive multiple of latent_tokens {}",
+                self.vae_latent, self.latent_tokens
+            ));
+        }
+        if self.prompts_per_state == 0 {
+            return bad("prompts_per_state must be positive".into());
+        }
+        if !(self.tau_init > 0.0) {
+            return bad(format!("tau_init must be positive, got {}", self.tau_init));
+        }
+        if !(0.0..=1.0).contains(&self.gamma) {
+            return bad(format!("gamma must lie in [0, 1], got {}", self.gamma));
+        }
+        if let LocalScore::TopKMean { k: 0 } = self.local_score {
+            return bad("local_score top_k_mean needs k >= 1".into());
+        }
+        for (name, v) in [
+            ("clip_dim", self.clip_dim),
+            ("dino_dim", self.dino_dim),
+            ("atf_mlp_hidden", self.atf_mlp_hidden),
+            ("context_len", self.context_len),
+            ("state_len", self.state_len),
+            ("text_width", self.text_width),
+            ("vae_hidden", self.vae_hidden),
+            ("inject_key_dim", self.inject_key_dim),
+            ("scale_gate_hidden", self.scale_gate_hidden),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loss weights and switches (paper Eqs. 20-22).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// `β` on the KL term inside `L_VAE`.
+    pub kl_beta: f64,
+    /// `λ1` on `L_VAE`.
+    pub vae_weight: f64,
+    /// `λ2` on the margin regulariser.
+    pub margin_weight: f64,
+    /// Cosine floor `ξ` of the margin regulariser.
+    pub margin_floor: f64,
+    /// Focal focusing parameter.
+    pub focal_gamma: f64,
+    /// Segmentation losses on every per-scale map `P_anom^(l)` (paper Eq. 20 text).
+    pub seg_on_scales: bool,
+    /// Segmentation losses on the fused map `P_map` (paper Alg. 3).
+    pub seg_on_fused: bool,
+    /// Dice loss on the abnormal channel next to the focal loss (Bayes-PFL / AnomalyCLIP).
+    pub dice: bool,
+    pub class_loss: ClassLoss,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        Self {
+            kl_beta: 0.1,
+            vae_weight: 1.0,
+            margin_weight: 0.5,
+            margin_floor: 0.85,
+            focal_gamma: 2.0,
+            seg_on_scales: true,
+            seg_on_fused: true,
+            dice: true,
+            class_loss: ClassLoss::BceOnScore,
+        }
+    }
+}
+
+/// Optimiser and schedule (paper §4.2; betas and warm-up from Bayes-PFL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Learning rate of the prompt embeddings and the injection gate `α`.
+    pub lr_prompts: f64,
+    /// Learning rate of everything else (HSVS, VAE, injection attention, VTAM, `τ`).
+    pub lr_rest: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Decoupled (AdamW) weight decay; 0 gives plain Adam.
+    pub weight_decay: f64,
+    /// Fraction of all steps spent in linear warm-up before the cosine decay.
+    pub warmup_fraction: f64,
+    pub cosine_decay: bool,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr_prompts: 5e-4,
+            lr_rest: 1e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            warmup_fraction: 0.1,
+            cosine_decay: true,
+            epochs: 15,
+            batch_size: 8,
+            seed: 111,
+        }
+    }
+}
+
+/// Test-time post-processing of the fused map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostprocessConfig {
+    /// Gaussian smoothing of the upsampled map, in image pixels.
+    pub gaussian_sigma: f64,
+    /// Bilinear upsampling of the token-grid map to the input size with align_corners = true.
+    pub upsample_align_corners: bool,
+    /// Per-class min-max normalisation of image scores (Bayes-PFL test); off = raw scores.
+    pub per_class_minmax: bool,
+}
+
+impl Default for PostprocessConfig {
+    fn default() -> Self {
+        Self {
+            gaussian_sigma: 4.0,
+            upsample_align_corners: true,
+            per_class_minmax: false,
+        }
+    }
+}
+
+/// The whole SSVP configuration; `Default` is the paper's setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsvpConfig {
+    pub model: ModelConfig,
+    pub loss: LossConfig,
+    pub optim: OptimConfig,
+    pub postprocess: PostprocessConfig,
+}
+
+impl SsvpConfig {
+    /// Parses TOML; missing keys take their defaults, unknown keys are an error.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let cfg: Self =
+            toml::from_str(text).map_err(|e| Error::Config(format!("invalid SSVP config: {e}")))?;
+        cfg.model.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| Error::Config(format!("cannot write SSVP config: {e}")))
+    }
+
+    pub fn from_toml_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        Self::from_toml_str(&text)
+    }
+}
