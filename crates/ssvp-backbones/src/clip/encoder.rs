@@ -1,0 +1,120 @@
+//! The pre-LN residual block shared by both CLIP towers (HF `CLIPEncoderLayer`), plus the
+//! AnomalyCLIP dual-path (V-V) variant of its attention.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::Activation;
+use crate::nn::{attention, merge_heads, split_heads, Grad, LayerNorm, Linear};
+
+#[derive(Debug, Clone)]
+pub struct ClipAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+}
+
+impl ClipAttention {
+    pub fn load(vb: VarBuilder, width: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            q_proj: Linear::load(vb.pp("q_proj"), width, width, true)?,
+            k_proj: Linear::load(vb.pp("k_proj"), width, width, true)?,
+            v_proj: Linear::load(vb.pp("v_proj"), width, width, true)?,
+            out_proj: Linear::load(vb.pp("out_proj"), width, width, true)?,
+            heads,
+        })
+    }
+
+    /// `x`: `[batch, tokens, width]`; `mask` is added to the logits (causal text attention).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, grad: Grad) -> Result<Tensor> {
+        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
+        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
+        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
+        let out = merge_heads(&attention(&q, &k, &v, mask, grad)?)?;
+        self.out_proj.forward(&out)
+    }
+
+    /// AnomalyCLIP's dual-path attention on the same input: returns `(vv, ori)` where `ori` is
+    /// ordinary attention and `vv` = out_proj(softmax(v vᵀ / √d) v), with the same scale and the
+    /// same output projection (bias included). Inference only.
+    pub fn forward_dual(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
+        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
+        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
+        let ori = merge_heads(&attention(&q, &k, &v, None, Grad::Frozen)?)?;
+        let vv = merge_heads(&attention(&v, &v, &v, None, Grad::Frozen)?)?;
+        Ok((self.out_proj.forward(&vv)?, self.out_proj.forward(&ori)?))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClipMlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl ClipMlp {
+    pub fn load(vb: VarBuilder, width: usize, hidden: usize, act: Activation) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::load(vb.pp("fc1"), width, hidden, true)?,
+            fc2: Linear::load(vb.pp("fc2"), hidden, width, true)?,
+            act,
+        })
+    }
+}
+
+impl Module for ClipMlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
+    }
+}
+
+/// `x += attn(ln_1(x)); x += mlp(ln_2(x))`.
+#[derive(Debug, Clone)]
+pub struct ClipEncoderLayer {
+    self_attn: ClipAttention,
+    layer_norm1: LayerNorm,
+    mlp: ClipMlp,
+    layer_norm2: LayerNorm,
+}
+
+impl ClipEncoderLayer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        vb: VarBuilder,
+        width: usize,
+        mlp_hidden: usize,
+        heads: usize,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            self_attn: ClipAttention::load(vb.pp("self_attn"), width, heads)?,
+            layer_norm1: LayerNorm::load(vb.pp("layer_norm1"), width, eps)?,
+            mlp: ClipMlp::load(vb.pp("mlp"), width, mlp_hidden, act)?,
+            layer_norm2: LayerNorm::load(vb.pp("layer_norm2"), width, eps)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, grad: Grad) -> Result<Tensor> {
+        let h = self.layer_norm1.forward_with(x, grad)?;
+        let x = (x + self.self_attn.forward(&h, mask, grad)?)?;
+        let h = self.layer_norm2.forward_with(&x, grad)?;
+        &x + self.mlp.forward(&h)?
+    }
+
+    /// One dual-path block (formats.md §3): the attention input is ln_1 of the *original* path;
+    /// the original path continues as usual, the V-V path only accumulates attention (no MLP).
+    /// Returns `(x_vv', x_ori')`.
+    pub fn forward_dual(&self, x_vv: &Tensor, x_ori: &Tensor) -> Result<(Tensor, Tensor)> {
+        let h = self.layer_norm1.forward_with(x_ori, Grad::Frozen)?;
+        let (a_vv, a_ori) = self.self_attn.forward_dual(&h)?;
+        let x_ori = (x_ori + a_ori)?;
+        let h = self.layer_norm2.forward_with(&x_ori, Grad::Frozen)?;
+        let x_ori = (&x_ori + self.mlp.forward(&h)?)?;
+        Ok(((x_vv + a_vv)?, x_ori))
+    }
+}
