@@ -145,8 +145,8 @@ fn parse_item(
     let label = match obj.get("anomaly") {
         Some(serde_json::Value::Bool(b)) => *b,
         Some(serde_json::Value::Number(n)) => match n.as_f64() {
-            Some(v) if v == 0.0 => false,
-            Some(v) if v == 1.0 => true,
+            Some(0.0) => false,
+            Some(1.0) => true,
             _ => return Err(format!("`anomaly` must be 0 or 1, found {n}")),
         },
         Some(other) => return Err(format!("`anomaly` must be 0 or 1, found {other}")),

@@ -484,8 +484,7 @@ pub fn load(root: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
     } = listing;
 
     let mut categories = filter_categories(categories, &opts.categories)?;
-    problems
-        .retain(|p| opts.categories.is_empty() || opts.categories.iter().any(|c| *c == p.category));
+    problems.retain(|p| opts.categories.is_empty() || opts.categories.contains(&p.category));
 
     problems.extend(check::check_samples(&mut categories, layout, opts.check));
     for cat in &categories {
