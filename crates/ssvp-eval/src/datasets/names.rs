@@ -11,7 +11,7 @@
 //! | `pipe_fryum` | pipe fryum | Bayes-PFL |
 //! | `chewinggum` | chewing gum | Bayes-PFL |
 //! | BTAD `01`, `02`, `03` | metal, wood, metal | Bayes-PFL renames them metal1, wood, metal2 (`dataset/datasets/BTAD.py`); digits dropped |
-//! | DAGM `Class1`..`Class10` (raw or re-processed) | texture | synthetic textured surfaces; a class number says nothing to CLIP |
+//! | DAGM: `Class1`..`Class10` anywhere, any name under the DAGM layouts (Bayes-PFL's `Fabric1`…) | texture | synthetic textured surfaces; a class number says nothing to CLIP |
 //! | SDD / KSDD (`SDD`, `electrical commutators`), KSDD2 raw | electrical commutator | AnomalyCLIP's SDD class name |
 //! | DTD-Synthetic `Woven_001` etc. | woven, blotchy, … | the texture family without its number |
 //!
