@@ -173,7 +173,7 @@ impl ModelConfig {
         if self.prompts_per_state == 0 {
             return bad("prompts_per_state must be positive".into());
         }
-        if !(self.tau_init > 0.0) {
+        if self.tau_init.is_nan() || self.tau_init <= 0.0 {
             return bad(format!("tau_init must be positive, got {}", self.tau_init));
         }
         if !(0.0..=1.0).contains(&self.gamma) {
