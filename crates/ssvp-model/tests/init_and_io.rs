@@ -252,3 +252,60 @@ fn top_k_mean_averages_the_largest_cells() {
         }
     }
 }
+
+#[test]
+fn alternative_switches_run_and_keep_gradients() {
+    let mut cfg = tiny_config();
+    cfg.model.local_score = ssvp_model::LocalScore::TopKMean { k: 3 };
+    cfg.model.tau_learnable = false;
+    cfg.model.latent_tokens = 1;
+    cfg.loss.class_loss = ssvp_model::ClassLoss::BceOnSigmoid;
+    cfg.loss.dice = false;
+    cfg.loss.seg_on_scales = false;
+    let head = SsvpHead::new(&cfg, &Device::Cpu).unwrap();
+    assert!(head
+        .named_vars()
+        .iter()
+        .all(|(n, _)| n != "vtam.log_logit_scale"));
+    let x = inputs(&cfg);
+    let t_init = t_init(&head, &x.encoder);
+    let out = head
+        .forward(
+            &x.features,
+            &t_init,
+            &Mode::Train {
+                noise: x.noise.clone(),
+            },
+            Some(&x.targets),
+        )
+        .unwrap();
+    let loss = out.loss.unwrap();
+    for (name, value) in loss.named() {
+        let v = value.to_scalar::<f32>().unwrap();
+        assert!(v.is_finite(), "{name} = {v}");
+    }
+    assert_eq!(loss.dice_fused.to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(loss.focal_scales.to_scalar::<f32>().unwrap(), 0.0);
+    let grads = loss.total.backward().unwrap();
+    for name in ["vtam.local_gates.0.weight", "vcpg.prompts.normal_state"] {
+        let var = head
+            .named_vars()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1;
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert!(
+            g.abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0,
+            "{name}"
+        );
+    }
+}
