@@ -187,9 +187,7 @@ fn filter_line(line: &[f32], kernel: &[f64], out: &mut [f32], padded: &mut Vec<f
     let radius = kernel.len() / 2;
     let n = line.len();
     padded.clear();
-    padded.extend(
-        (-(radius as i64)..(n + radius) as i64).map(|i| line[reflect(i, n)] as f64),
-    );
+    padded.extend((-(radius as i64)..(n + radius) as i64).map(|i| line[reflect(i, n)] as f64));
     for (x, o) in out.iter_mut().enumerate() {
         let c = x + radius;
         let mut acc = padded[c] * kernel[radius];
@@ -214,12 +212,12 @@ pub fn gaussian_filter_truncated(
     let mut first = vec![0f32; w * h];
     let (mut column, mut filtered) = (vec![0f32; h], vec![0f32; h]);
     for x in 0..w {
-        for y in 0..h {
-            column[y] = map.data[y * w + x];
+        for (y, c) in column.iter_mut().enumerate() {
+            *c = map.data[y * w + x];
         }
         filter_line(&column, &kernel, &mut filtered, &mut padded);
-        for y in 0..h {
-            first[y * w + x] = filtered[y];
+        for (y, &f) in filtered.iter().enumerate() {
+            first[y * w + x] = f;
         }
     }
     // Axis 1: filter each row.

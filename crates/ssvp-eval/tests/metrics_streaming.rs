@@ -78,7 +78,7 @@ fn streaming_equals_sorted_on_millions_of_tied_pixels() {
                     1 => f32::from_bits(u.to_bits() & 0xFFFF_E000),
                     // Signed zeros must tie.
                     2 if u < 0.05 => {
-                        if rng.next() % 2 == 0 {
+                        if rng.next().is_multiple_of(2) {
                             -0.0
                         } else {
                             0.0

@@ -31,7 +31,7 @@ pub(crate) fn sorted_curve(scores: &[f64], labels: &[bool]) -> Result<TieCurve, 
         }
         keyed.push((f64_key(s), l));
     }
-    keyed.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    keyed.sort_unstable_by_key(|k| std::cmp::Reverse(k.0));
     let mut curve = TieCurve::default();
     let mut i = 0;
     while i < keyed.len() {

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use crate::postprocess::{AnomalyMap, GtMask, Grid};
+use crate::postprocess::{AnomalyMap, Grid, GtMask};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
@@ -141,7 +141,11 @@ fn header_value<'a>(header: &'a str, key: &str) -> Result<&'a str, MapError> {
     let start = header
         .find(&pattern_single)
         .map(|i| i + pattern_single.len())
-        .or_else(|| header.find(&pattern_double).map(|i| i + pattern_double.len()))
+        .or_else(|| {
+            header
+                .find(&pattern_double)
+                .map(|i| i + pattern_double.len())
+        })
         .ok_or_else(|| MapError::Npy(format!("header has no {key:?}")))?;
     let rest = header[start..].trim_start();
     let end = if rest.starts_with('(') {
@@ -206,9 +210,7 @@ pub fn read_mask(path: &Path) -> Result<GtMask, MapError> {
     let (width, height) = (img.width() as usize, img.height() as usize);
     let data: Vec<bool> = match img {
         image::DynamicImage::ImageLuma8(b) => b.into_raw().into_iter().map(|v| v != 0).collect(),
-        image::DynamicImage::ImageLuma16(b) => {
-            b.into_raw().into_iter().map(|v| v != 0).collect()
-        }
+        image::DynamicImage::ImageLuma16(b) => b.into_raw().into_iter().map(|v| v != 0).collect(),
         other => other
             .into_rgba16()
             .pixels()
@@ -245,7 +247,10 @@ mod tests {
         let map = parse_npy(&npy("<f4", false, "(2, 3)", &f4)).unwrap();
         assert_eq!((map.width, map.height), (3, 2));
         assert_eq!(map.data, values);
-        let f8: Vec<u8> = values.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect();
+        let f8: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| (v as f64).to_le_bytes())
+            .collect();
         let map = parse_npy(&npy("<f8", false, "(1, 2, 3)", &f8)).unwrap();
         assert_eq!(map.data, values);
         // Fortran order: the same bytes read column-major.

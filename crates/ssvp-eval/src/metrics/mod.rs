@@ -70,6 +70,8 @@ pub enum MetricsError {
         width: usize,
         height: usize,
     },
-    #[error("too many pixels for one category ({0}); the accumulator counts them in u32 region ids")]
+    #[error(
+        "too many pixels or regions for one category ({0}); the accumulator counts them in u32"
+    )]
     TooLarge(usize),
 }

@@ -10,8 +10,9 @@
 //!    fall in each bin;
 //! 3. one pass over the normal pixels drops each key into its slot — *equal to* `u_j` or
 //!    *strictly between* `u_j` and `u_{j+1}`. Keys in a bin without positives need no second
-//!    level (the bin lies inside one gap); keys in a mixed bin are refined on their low 16 bits
-//!    by a binary search among that bin's positive keys.
+//!    level (the bin lies inside one gap); keys in a mixed bin are refined on their low 16 bits:
+//!    a 256-entry table on bits 8..16 (built for mixed bins only), then a binary search among
+//!    the few positive keys sharing the top 24 bits.
 //!
 //! That yields every positive tie group with its tied negatives and the negatives-only runs
 //! between them, which determine AUROC, AP, F1-max and exact AUPRO (see `curve.rs`). Memory is
@@ -105,8 +106,10 @@ impl PixelAccumulator {
         }
         let (labels, sizes) = label_regions(mask, width);
         let first_region = self.region_sizes.len();
-        if first_region + sizes.len() >= u32::MAX as usize {
-            return Err(MetricsError::TooLarge(first_region + sizes.len()));
+        if first_region + sizes.len() >= u32::MAX as usize
+            || self.counts.pixels + len as u64 >= u32::MAX as u64
+        {
+            return Err(MetricsError::TooLarge(self.counts.pixels as usize + len));
         }
         let anomalous = sizes.iter().map(|&s| s as usize).sum::<usize>();
         let mut negatives = Vec::with_capacity(len - anomalous);
@@ -137,8 +140,15 @@ impl PixelAccumulator {
 
     /// Bytes held for the pixels so far (the dominant part of the accumulator's memory).
     pub fn stored_bytes(&self) -> usize {
-        self.negatives.iter().map(|v| v.capacity() * 4).sum::<usize>()
-            + self.positives.iter().map(|v| v.capacity() * 8).sum::<usize>()
+        self.negatives
+            .iter()
+            .map(|v| v.capacity() * 4)
+            .sum::<usize>()
+            + self
+                .positives
+                .iter()
+                .map(|v| v.capacity() * 8)
+                .sum::<usize>()
             + self.region_sizes.capacity() * 4
     }
 
@@ -184,6 +194,9 @@ impl PixelAccumulator {
         for b in 1..bin_start.len() {
             bin_start[b] += bin_start[b - 1];
         }
+        // Second level, for mixed bins only: a 257-entry table over bits 8..16 of the key, so
+        // that a negative is compared against the few positives sharing its top 24 bits.
+        let levels = MidLevel::new(&keys, &bin_start);
 
         // 3. One pass over the negatives: slots "between" (gaps, D + 1) and "equal" (D), plus
         //    the cflow threshold histogram.
@@ -197,15 +210,20 @@ impl PixelAccumulator {
                 |mut acc, image| {
                     for &key in image {
                         let bin = (key >> 16) as usize;
-                        let (lo, hi) = (bin_start[bin] as usize, bin_start[bin + 1] as usize);
-                        if lo == hi {
-                            acc.gaps[lo] += 1;
+                        let lo = bin_start[bin] as usize;
+                        if lo == bin_start[bin + 1] as usize {
+                            acc.slots[2 * lo] += 1;
                         } else {
-                            let i = lo + keys[lo..hi].partition_point(|&u| u < key);
-                            if i < hi && keys[i] == key {
-                                acc.equal[i] += 1;
+                            let (s, e) = levels.range(bin, key, lo);
+                            if s == e {
+                                acc.slots[2 * s] += 1;
                             } else {
-                                acc.gaps[i] += 1;
+                                let i = s + keys[s..e].partition_point(|&u| u < key);
+                                if i < e && keys[i] == key {
+                                    acc.slots[2 * i + 1] += 1;
+                                } else {
+                                    acc.slots[2 * i] += 1;
+                                }
                             }
                         }
                         if let Ok(t) = &thresholds {
@@ -231,17 +249,17 @@ impl PixelAccumulator {
             overlap: 0.0,
         };
         for j in (0..distinct).rev() {
-            if tally.gaps[j + 1] > 0 {
-                curve.groups.push(gap(tally.gaps[j + 1]));
+            if tally.slots[2 * j + 2] > 0 {
+                curve.groups.push(gap(tally.slots[2 * j + 2] as u64));
             }
             curve.groups.push(TieGroup {
                 positives: pos_counts[j],
-                negatives: tally.equal[j],
+                negatives: tally.slots[2 * j + 1] as u64,
                 overlap: overlaps[j],
             });
         }
-        if tally.gaps[0] > 0 {
-            curve.groups.push(gap(tally.gaps[0]));
+        if tally.slots[0] > 0 {
+            curve.groups.push(gap(tally.slots[0] as u64));
         }
 
         // 5. cflow: per-threshold FPR and PRO from the bucket histograms.
@@ -278,7 +296,7 @@ impl PixelAccumulator {
                     .map(|&(k, r)| (k, true, 1.0 / self.region_sizes[r as usize] as f64)),
             );
         }
-        all.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        all.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
         let counts = self.counts;
         let mut curve = TieCurve {
             groups: Vec::new(),
@@ -338,10 +356,53 @@ impl PixelAccumulator {
     }
 }
 
+/// Second-level tables of the mixed first-level bins.
+struct MidLevel {
+    /// `table_of[bin]`: index of the bin's table, `u32::MAX` when the bin has no positives.
+    table_of: Vec<u32>,
+    /// 257 entries per table: positives of the bin whose bits 8..16 are below `m`.
+    tables: Vec<u32>,
+}
+
+impl MidLevel {
+    fn new(keys: &[u32], bin_start: &[u32]) -> Self {
+        let mut table_of = vec![u32::MAX; 65_536];
+        let mut tables = Vec::new();
+        for bin in 0..65_536 {
+            let (lo, hi) = (bin_start[bin] as usize, bin_start[bin + 1] as usize);
+            if lo == hi {
+                continue;
+            }
+            table_of[bin] = (tables.len() / 257) as u32;
+            let base = tables.len();
+            tables.resize(base + 257, 0);
+            for &k in &keys[lo..hi] {
+                tables[base + ((k >> 8) & 0xFF) as usize + 1] += 1;
+            }
+            for m in 1..257 {
+                tables[base + m] += tables[base + m - 1];
+            }
+        }
+        Self { table_of, tables }
+    }
+
+    /// Range of distinct positive keys sharing the top 24 bits of `key` (bin start `lo`).
+    #[inline]
+    fn range(&self, bin: usize, key: u32, lo: usize) -> (usize, usize) {
+        let base = self.table_of[bin] as usize * 257 + ((key >> 8) & 0xFF) as usize;
+        (
+            lo + self.tables[base] as usize,
+            lo + self.tables[base + 1] as usize,
+        )
+    }
+}
+
 #[derive(Clone)]
 struct NegativeTally {
-    gaps: Vec<u64>,
-    equal: Vec<u64>,
+    /// Interleaved so that the two candidate slots of a search share a cache line:
+    /// `2j` = strictly between `u_{j-1}` and `u_j` (a gap), `2j + 1` = equal to `u_j`.
+    /// `u32` halves the randomly accessed memory; `push` caps a category below 2^32 pixels.
+    slots: Vec<u32>,
     /// `above[b]`: negatives in cflow bucket `b` (= number of thresholds strictly below them).
     above: Vec<u64>,
 }
@@ -349,20 +410,20 @@ struct NegativeTally {
 impl NegativeTally {
     fn new(distinct: usize, thresholds: usize) -> Self {
         Self {
-            gaps: vec![0; distinct + 1],
-            equal: vec![0; distinct],
+            slots: vec![0; 2 * distinct + 1],
             above: vec![0; thresholds + 1],
         }
     }
 
     fn merge(mut self, other: Self) -> Self {
-        for (a, b) in [
-            (&mut self.gaps, &other.gaps),
-            (&mut self.equal, &other.equal),
-            (&mut self.above, &other.above),
-        ] {
-            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-        }
+        self.slots
+            .iter_mut()
+            .zip(&other.slots)
+            .for_each(|(x, y)| *x += y);
+        self.above
+            .iter_mut()
+            .zip(&other.above)
+            .for_each(|(x, y)| *x += y);
         self
     }
 }

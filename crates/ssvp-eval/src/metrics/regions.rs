@@ -7,7 +7,7 @@
 /// size of every region. Labels follow the first pixel of each region in raster order.
 pub fn label_regions(mask: &[bool], width: usize) -> (Vec<u32>, Vec<u32>) {
     const BACKGROUND: u32 = u32::MAX;
-    let height = if width == 0 { 0 } else { mask.len() / width };
+    let height = mask.len().checked_div(width).unwrap_or(0);
     let mut labels = vec![BACKGROUND; mask.len()];
     let mut sizes = Vec::new();
     let mut stack = Vec::new();
