@@ -184,13 +184,31 @@ pub struct EvaluationReport {
 pub fn metric_definitions(with_pixels: bool) -> BTreeMap<String, String> {
     let mut d = BTreeMap::new();
     let mut put = |k: &str, v: &str| d.insert(k.to_string(), v.to_string());
-    put("image_auroc", "sklearn roc_auc_score on the image scores, per category");
-    put("image_ap", "sklearn average_precision_score on the image scores");
-    put("image_f1_max", "max F1 over sklearn precision_recall_curve on the image scores");
-    put("mean", "unweighted mean over the categories where the metric is defined");
+    put(
+        "image_auroc",
+        "sklearn roc_auc_score on the image scores, per category",
+    );
+    put(
+        "image_ap",
+        "sklearn average_precision_score on the image scores",
+    );
+    put(
+        "image_f1_max",
+        "max F1 over sklearn precision_recall_curve on the image scores",
+    );
+    put(
+        "mean",
+        "unweighted mean over the categories where the metric is defined",
+    );
     if with_pixels {
-        put("pixel_auroc", "roc_auc_score over all pixels of all test images of the category");
-        put("pixel_ap", "average_precision_score over all pixels of the category");
+        put(
+            "pixel_auroc",
+            "roc_auc_score over all pixels of all test images of the category",
+        );
+        put(
+            "pixel_ap",
+            "average_precision_score over all pixels of the category",
+        );
         put("pixel_f1_max", "max F1 over all pixels of the category");
         put(
             "pixel_aupro",
@@ -392,8 +410,14 @@ mod tests {
     #[test]
     fn skipped_category_is_null_and_left_out_of_the_mean() {
         let mut cats = BTreeMap::new();
-        cats.insert("a".to_string(), CategoryResult::new(&image(Ok(0.8)), None, 4, 2));
-        cats.insert("b".to_string(), CategoryResult::new(&image(Ok(0.6)), None, 4, 2));
+        cats.insert(
+            "a".to_string(),
+            CategoryResult::new(&image(Ok(0.8)), None, 4, 2),
+        );
+        cats.insert(
+            "b".to_string(),
+            CategoryResult::new(&image(Ok(0.6)), None, 4, 2),
+        );
         cats.insert(
             "c".to_string(),
             CategoryResult::new(&image(Err(Undefined::NoPositives)), None, 4, 0),
@@ -403,10 +427,16 @@ mod tests {
         assert_eq!(report.mean.excluded["image_auroc"], vec!["c".to_string()]);
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert!(json["categories"]["c"]["image_auroc"].is_null());
-        assert_eq!(json["categories"]["c"]["skipped"][0]["metric"], "image_auroc");
+        assert_eq!(
+            json["categories"]["c"]["skipped"][0]["metric"],
+            "image_auroc"
+        );
         assert!(json["categories"]["a"].get("pixel_auroc").is_none());
         let back: EvaluationReport = serde_json::from_str(&report.to_json()).unwrap();
-        assert_eq!(back.mean.metrics.image_auroc, report.mean.metrics.image_auroc);
+        assert_eq!(
+            back.mean.metrics.image_auroc,
+            report.mean.metrics.image_auroc
+        );
         assert!(report.to_markdown().contains("| c | – | – | – |"));
         assert!(report.to_csv().contains("\nc,,,\n"));
         assert!(report.to_table().contains("skipped: c image_auroc"));
