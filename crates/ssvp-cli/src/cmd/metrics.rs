@@ -8,20 +8,24 @@ use ssvp_eval::metrics::predictions::{
     evaluate_predictions, read_scores_csv, EvalResolution, PixelOptions,
 };
 
-/// Image metrics from a scores CSV and, with --maps/--masks, exact pixel metrics per category.
-///
-/// scores.csv has the header `category,path,label,score` (label 0 = normal, 1 = anomalous).
-/// Each `path` (e.g. `bottle/test/crack/000.png`) is paired by relative directory and stem with
-/// the map `<maps>/bottle/test/crack/000.{npy,tiff,tif,png}` and the mask
-/// `<masks>/bottle/test/crack/000{,_mask}.png` (or MVTec's `bottle/ground_truth/crack/...`).
-/// A normal image needs no mask. Maps: 2-D float32/float64 .npy, float32 .tiff, 8/16-bit
-/// grayscale .png. Masks: non-zero = anomalous.
-///
-/// Metrics are fractions in [0, 1] per category plus their unweighted mean; undefined metrics
-/// (e.g. a category with one class) are reported as skipped, never as 0. pixel_aupro is the
-/// exact AUPRO to FPR 0.3; pixel_aupro_cflow is the AnomalyCLIP/APRIL-GAN 200-threshold variant.
+/// Shown after the options of `ssvp metrics --help`.
+const PAIRING_HELP: &str = "\
+scores.csv has the header `category,path,label,score` (label 0 = normal, 1 = anomalous).
+Each path (e.g. bottle/test/crack/000.png) is paired by relative directory and stem with the map
+<maps>/bottle/test/crack/000.{npy,tiff,tif,png} and the mask <masks>/bottle/test/crack/000{,_mask}.png
+(or, when <masks> is an MVTec root, <masks>/bottle/ground_truth/crack/000_mask.png). A normal image
+needs no mask. Maps: 2-D float32/float64 .npy, float32 .tiff, 8/16-bit grayscale .png. Masks:
+non-zero = anomalous.
+
+Metrics are fractions in [0, 1] per category plus their unweighted mean over categories; an
+undefined metric (e.g. a category with one class) is reported as skipped with its reason, never
+as 0. pixel_aupro is the exact AUPRO to FPR 0.3; pixel_aupro_cflow is the AnomalyCLIP/APRIL-GAN
+200-threshold variant (not comparable to pixel_aupro).";
+
+/// Arguments of `ssvp metrics` (image metrics from a scores CSV; with --maps/--masks, exact
+/// pixel metrics per category).
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = PAIRING_HELP)]
 pub struct MetricsArgs {
     /// Scores CSV with columns category,path,label,score.
     #[arg(long)]
