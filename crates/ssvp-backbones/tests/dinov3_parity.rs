@@ -51,14 +51,25 @@ fn check_against_reference(model: &Dinov3Model, variant: &str) {
         assert_eq!(raw.hidden.len(), LAYERS + 1);
         for (block, state) in &raw.hidden {
             let want = &expected[&format!("{tag}.hidden.{block}")];
-            assert_close(&state.squeeze(0).unwrap(), want, &format!("{variant} {tag} hidden.{block}"));
+            assert_close(
+                &state.squeeze(0).unwrap(),
+                want,
+                &format!("{variant} {tag} hidden.{block}"),
+            );
         }
         // Normed intermediates, requested out of order to check the returned order.
         let normed = model.forward(pixels, &[2, 1], true).unwrap();
-        assert_eq!(normed.hidden.iter().map(|(b, _)| *b).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(
+            normed.hidden.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+            [2, 1]
+        );
         for (block, state) in &normed.hidden {
             let want = &expected[&format!("{tag}.normed.{block}")];
-            assert_close(&state.squeeze(0).unwrap(), want, &format!("{variant} {tag} normed.{block}"));
+            assert_close(
+                &state.squeeze(0).unwrap(),
+                want,
+                &format!("{variant} {tag} normed.{block}"),
+            );
         }
         let last = &expected[&format!("{tag}.normed.{LAYERS}")];
         let n_patches = (h / 16) * (w / 16);
@@ -82,9 +93,21 @@ fn check_against_reference(model: &Dinov3Model, variant: &str) {
         let map = patches_to_map(&tokens.patches, h / 16, w / 16).unwrap();
         assert_eq!(map.dims(), &[1, 64, h / 16, w / 16]);
         let (r, c) = (h / 16 - 1, 1);
-        let from_map = map.squeeze(0).unwrap().narrow(1, r, 1).unwrap().narrow(2, c, 1).unwrap().flatten_all().unwrap();
+        let from_map = map
+            .squeeze(0)
+            .unwrap()
+            .narrow(1, r, 1)
+            .unwrap()
+            .narrow(2, c, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
         let from_tokens = last.get(5 + r * (w / 16) + c).unwrap();
-        assert_close(&from_map, &from_tokens, &format!("{variant} {tag} map[{r},{c}]"));
+        assert_close(
+            &from_map,
+            &from_tokens,
+            &format!("{variant} {tag} map[{r},{c}]"),
+        );
     }
 }
 
@@ -115,10 +138,23 @@ fn meta_pth_loads_to_the_same_outputs() {
         let pth = fixtures().join(variant).join("meta.pth");
         let raw = Checkpoint::load(&pth, &Device::Cpu).unwrap();
         // The fixture really carries a non-zero K bias, which the loader must mask away.
-        let qkv_bias = raw.get("blocks.0.attn.qkv.bias").unwrap().to_dtype(DType::F32).unwrap();
-        let k_bias = qkv_bias.narrow(0, 64, 64).unwrap().abs().unwrap().max_all().unwrap();
+        let qkv_bias = raw
+            .get("blocks.0.attn.qkv.bias")
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let k_bias = qkv_bias
+            .narrow(0, 64, 64)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
         assert!(k_bias.to_scalar::<f32>().unwrap() > 0.1);
-        assert_eq!(ssvp_backbones::dinov3::names::detect_scheme(&raw).unwrap(), NameScheme::Meta);
+        assert_eq!(
+            ssvp_backbones::dinov3::names::detect_scheme(&raw).unwrap(),
+            NameScheme::Meta
+        );
 
         // Shapes alone give everything but the head count (head dim 64 is assumed for real
         // checkpoints; this tiny model has head dim 16).
@@ -128,11 +164,23 @@ fn meta_pth_loads_to_the_same_outputs() {
         inferred.num_attention_heads = 4;
         assert_eq!(inferred, tiny_config(variant), "{variant}");
 
-        let model = Dinov3Model::load(pth.to_str().unwrap(), Some(tiny_config(variant)), DType::F32, &Device::Cpu).unwrap();
+        let model = Dinov3Model::load(
+            pth.to_str().unwrap(),
+            Some(tiny_config(variant)),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         check_against_reference(&model, variant);
 
         // Meta and HF files hold the same weights: identical outputs, not just close ones.
-        let hf = Dinov3Model::load(fixtures().join(variant).to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+        let hf = Dinov3Model::load(
+            fixtures().join(variant).to_str().unwrap(),
+            None,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let pixels = &load_tensors(&fixtures().join("inputs.safetensors"))["nonsquare"];
         let a = model.forward(pixels, &[1, 2], false).unwrap();
         let b = hf.forward(pixels, &[1, 2], false).unwrap();
@@ -150,14 +198,19 @@ fn transformers5_model_prefixed_names_load_identically() {
     let mut prefixed = HashMap::new();
     for (name, t) in hf.into_tensors() {
         // transformers >= 5 state-dict spelling (`model.layer.N`); embeddings and norm keep theirs.
-        let name = if name.starts_with("layer.") { format!("model.{name}") } else { name };
+        let name = if name.starts_with("layer.") {
+            format!("model.{name}")
+        } else {
+            name
+        };
         prefixed.insert(name, t);
     }
     assert!(prefixed.contains_key("model.layer.1.mlp.gate_proj.weight"));
     let tmp = tempfile::tempdir().unwrap();
     candle_core::safetensors::save(&prefixed, tmp.path().join("model.safetensors")).unwrap();
     std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
-    let model = Dinov3Model::load(tmp.path().to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    let model =
+        Dinov3Model::load(tmp.path().to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
     check_against_reference(&model, "swiglu");
 }
 
@@ -172,4 +225,33 @@ fn rope_tables_are_reused_across_calls_and_sizes() {
     let again = model.forward(&inputs["nonsquare"], &[], false).unwrap();
     assert_eq!(rel_err(&first.patch, &again.patch), 0.0);
     assert!(first.hidden.is_empty());
+}
+
+#[test]
+fn embed_tensors_have_the_cli_layout() {
+    let model = Dinov3Model::load(
+        fixtures().join("swiglu").to_str().unwrap(),
+        None,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let inputs = load_tensors(&fixtures().join("inputs.safetensors"));
+    let expected = load_tensors(&fixtures().join("swiglu").join("expected.safetensors"));
+    let out = model.forward(&inputs["nonsquare"], &[1, 2], true).unwrap();
+    let named = out.embed_tensors(0).unwrap();
+    let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["hidden.1", "hidden.2", "cls", "patch"]);
+    let dims: Vec<&[usize]> = named.iter().map(|(_, t)| t.dims()).collect();
+    assert_eq!(dims, [&[29, 64][..], &[29, 64], &[64], &[24, 64]]);
+    assert_close(
+        &named[0].1,
+        &expected["nonsquare.normed.1"],
+        "embed hidden.1 (normed)",
+    );
+    assert_close(
+        &named[3].1,
+        &expected["nonsquare.normed.2"].narrow(0, 5, 24).unwrap(),
+        "embed patch",
+    );
 }

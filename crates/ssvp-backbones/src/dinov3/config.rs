@@ -203,7 +203,9 @@ impl Dinov3Config {
         };
         let patch = dims("embeddings.patch_embeddings.weight")?;
         let [width, channels, patch_h, patch_w] = patch[..] else {
-            anyhow::bail!("`embeddings.patch_embeddings.weight` has shape {patch:?}, expected 4 dims");
+            anyhow::bail!(
+                "`embeddings.patch_embeddings.weight` has shape {patch:?}, expected 4 dims"
+            );
         };
         if patch_h != patch_w {
             anyhow::bail!("non-square patches {patch_h}x{patch_w} are not supported");
@@ -215,7 +217,10 @@ impl Dinov3Config {
             .take_while(|i| checkpoint.contains(&format!("layer.{i}.norm1.weight")))
             .count();
         if layers == 0 {
-            anyhow::bail!("checkpoint {} has no transformer blocks", checkpoint.origin());
+            anyhow::bail!(
+                "checkpoint {} has no transformer blocks",
+                checkpoint.origin()
+            );
         }
         let gated = checkpoint.contains("layer.0.mlp.gate_proj.weight");
         let up = dims("layer.0.mlp.up_proj.weight")?;
@@ -239,13 +244,13 @@ impl Dinov3Config {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         let heads = self.num_attention_heads;
-        if heads == 0 || self.hidden_size % heads != 0 {
+        if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
             anyhow::bail!(
                 "hidden_size {} is not divisible by num_attention_heads {heads}",
                 self.hidden_size
             );
         }
-        if self.head_dim() % 4 != 0 {
+        if !self.head_dim().is_multiple_of(4) {
             anyhow::bail!(
                 "head dim {} must be a multiple of 4 for 2D RoPE",
                 self.head_dim()
@@ -271,7 +276,9 @@ impl IntOrPair {
         match self {
             Self::Int(v) => Ok(*v),
             Self::Pair(v) if v.len() == 2 && v[0] == v[1] => Ok(v[0]),
-            Self::Pair(v) => anyhow::bail!("config.json: non-square {field} {v:?} is not supported"),
+            Self::Pair(v) => {
+                anyhow::bail!("config.json: non-square {field} {v:?} is not supported")
+            }
         }
     }
 }

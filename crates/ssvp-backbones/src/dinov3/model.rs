@@ -189,7 +189,9 @@ impl Block {
             .attention
             .forward(&self.norm1.forward_with(x, Grad::Frozen)?, rope)?;
         let x = (x + attn.broadcast_mul(&self.layer_scale1)?)?;
-        let ffn = self.mlp.forward(&self.norm2.forward_with(&x, Grad::Frozen)?)?;
+        let ffn = self
+            .mlp
+            .forward(&self.norm2.forward_with(&x, Grad::Frozen)?)?;
         x + ffn.broadcast_mul(&self.layer_scale2)?
     }
 }
@@ -298,7 +300,7 @@ impl Dinov3Model {
     /// does not work.
     pub fn grid_for(&self, height: usize, width: usize) -> Result<(usize, usize)> {
         let p = self.config.patch_size;
-        if height == 0 || width == 0 || height % p != 0 || width % p != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(p) || !width.is_multiple_of(p) {
             bail!(
                 "DINOv3 input is {height}x{width} px: height and width must be positive multiples \
                  of the patch size {p} (RoPE needs no interpolation, but a partial patch cannot be \
@@ -324,7 +326,12 @@ impl Dinov3Model {
     ///
     /// `blocks` lists the hidden states to return (1-based block numbers, 0 = embeddings);
     /// `norm_hidden` applies the final norm to them.
-    pub fn forward(&self, pixels: &Tensor, blocks: &[usize], norm_hidden: bool) -> Result<Dinov3Output> {
+    pub fn forward(
+        &self,
+        pixels: &Tensor,
+        blocks: &[usize],
+        norm_hidden: bool,
+    ) -> Result<Dinov3Output> {
         let (_, c, h, w) = pixels.dims4().map_err(|_| {
             candle_core::Error::Msg(format!(
                 "DINOv3 expects pixels shaped [batch, channels, height, width], got {:?}",
@@ -381,5 +388,21 @@ impl Dinov3Model {
             patch: tokens.patches,
             grid: (hp, wp),
         })
+    }
+}
+
+impl Dinov3Output {
+    /// The tensors `ssvp embed --backbone dinov3` writes for image `item` of the batch, as f32:
+    /// `hidden.<block>` `[tokens, width]` (CLS, registers, patches), `cls` `[width]` and `patch`
+    /// `[patches, width]`.
+    pub fn embed_tensors(&self, item: usize) -> Result<Vec<(String, Tensor)>> {
+        let pick = |t: &Tensor| t.get(item)?.to_dtype(DType::F32)?.contiguous();
+        let mut out = Vec::with_capacity(self.hidden.len() + 2);
+        for (block, state) in &self.hidden {
+            out.push((format!("hidden.{block}"), pick(state)?));
+        }
+        out.push(("cls".to_string(), pick(&self.cls)?));
+        out.push(("patch".to_string(), pick(&self.patch)?));
+        Ok(out)
     }
 }

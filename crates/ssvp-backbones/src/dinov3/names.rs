@@ -130,7 +130,7 @@ fn split_qkv(ckpt: &mut Checkpoint, block: usize) -> anyhow::Result<()> {
 
 fn thirds(t: &Tensor, name: &str, origin: &str) -> anyhow::Result<usize> {
     let rows = t.dims().first().copied().unwrap_or(0);
-    if rows == 0 || rows % 3 != 0 {
+    if rows == 0 || !rows.is_multiple_of(3) {
         anyhow::bail!(
             "tensor `{name}` in {origin} has shape {:?}: a fused qkv needs a first dim divisible by 3",
             t.dims()
@@ -222,7 +222,10 @@ mod tests {
     fn meta_qkv_is_split_and_the_k_bias_is_dropped() {
         let dev = Device::Cpu;
         let d = 2;
-        let w = Tensor::arange(0f32, 12., &dev).unwrap().reshape((3 * d, d)).unwrap();
+        let w = Tensor::arange(0f32, 12., &dev)
+            .unwrap()
+            .reshape((3 * d, d))
+            .unwrap();
         let b = Tensor::new(&[1f32, 2., 30., 40., 5., 6.], &dev).unwrap();
         let mask = Tensor::new(&[1f32, 1., 0., 0., 1., 1.], &dev).unwrap();
         let one = Tensor::ones(d, DType::F32, &dev).unwrap();
@@ -235,24 +238,44 @@ mod tests {
             ("blocks.0.mlp.w1.weight", one.clone()),
             ("blocks.0.mlp.w2.weight", one.clone()),
             ("blocks.0.mlp.w3.weight", one.clone()),
-            ("mask_token", Tensor::zeros((1, d), DType::F32, &dev).unwrap()),
+            (
+                "mask_token",
+                Tensor::zeros((1, d), DType::F32, &dev).unwrap(),
+            ),
             ("rope_embed.periods", one.clone()),
             ("local_cls_norm.weight", one),
         ]);
         let (c, scheme) = to_canonical(c).unwrap();
         assert_eq!(scheme, NameScheme::Meta);
-        let get = |n: &str| c.get(n).unwrap_or_else(|| panic!("{n}")).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let get = |n: &str| {
+            c.get(n)
+                .unwrap_or_else(|| panic!("{n}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         assert_eq!(get("layer.0.attention.q_proj.weight"), vec![0., 1., 2., 3.]);
         assert_eq!(get("layer.0.attention.k_proj.weight"), vec![4., 5., 6., 7.]);
-        assert_eq!(get("layer.0.attention.v_proj.weight"), vec![8., 9., 10., 11.]);
+        assert_eq!(
+            get("layer.0.attention.v_proj.weight"),
+            vec![8., 9., 10., 11.]
+        );
         assert_eq!(get("layer.0.attention.q_proj.bias"), vec![1., 2.]);
         assert_eq!(get("layer.0.attention.v_proj.bias"), vec![5., 6.]);
         assert!(!c.contains("layer.0.attention.k_proj.bias"));
-        for n in ["layer.0.mlp.gate_proj.weight", "layer.0.mlp.up_proj.weight", "layer.0.mlp.down_proj.weight", "layer.0.layer_scale1.lambda1"] {
+        for n in [
+            "layer.0.mlp.gate_proj.weight",
+            "layer.0.mlp.up_proj.weight",
+            "layer.0.mlp.down_proj.weight",
+            "layer.0.layer_scale1.lambda1",
+        ] {
             assert!(c.contains(n), "{n}");
         }
         assert_eq!(c.get("embeddings.mask_token").unwrap().dims(), &[1, 1, d]);
-        assert!(!c.names().any(|n| n.contains("periods") || n.contains("local_cls") || n.contains("bias_mask")));
+        assert!(!c
+            .names()
+            .any(|n| n.contains("periods") || n.contains("local_cls") || n.contains("bias_mask")));
     }
 
     #[test]
@@ -268,7 +291,15 @@ mod tests {
         assert_eq!(scheme, NameScheme::HuggingFaceModelPrefix);
         let mut names: Vec<_> = c.names().collect();
         names.sort_unstable();
-        assert_eq!(names, ["embeddings.cls_token", "embeddings.register_tokens", "layer.0.norm1.weight", "norm.bias"]);
+        assert_eq!(
+            names,
+            [
+                "embeddings.cls_token",
+                "embeddings.register_tokens",
+                "layer.0.norm1.weight",
+                "norm.bias"
+            ]
+        );
         let Err(err) = to_canonical(ckpt(&[("visual.conv1.weight", t)])) else {
             panic!("a CLIP checkpoint was taken for DINOv3");
         };

@@ -98,7 +98,8 @@ impl Rope {
                 for (i, f) in self.inv_freq.iter().enumerate() {
                     let ay = 2.0 * PI * y * f;
                     let ax = 2.0 * PI * x * f;
-                    for (offset, angle) in [(i, ay), (q + i, ax), (2 * q + i, ay), (3 * q + i, ax)] {
+                    for (offset, angle) in [(i, ay), (q + i, ax), (2 * q + i, ay), (3 * q + i, ax)]
+                    {
                         cos[row + offset] = angle.cos();
                         sin[row + offset] = angle.sin();
                     }
