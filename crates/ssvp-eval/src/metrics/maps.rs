@@ -261,4 +261,21 @@ mod tests {
         assert!(parse_npy(&npy("<f4", false, "(4, 3)", &f4)).is_err());
         assert!(parse_npy(b"not a npy").is_err());
     }
+
+    #[test]
+    fn float32_tiff_maps_are_read_exactly() {
+        use tiff::encoder::{colortype::Gray32Float, TiffEncoder};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.tiff");
+        let values = [0.1f32, -2.5, 3.25, 1e-8, 0.0, 7.0];
+        let file = std::fs::File::create(&path).unwrap();
+        TiffEncoder::new(file)
+            .unwrap()
+            .write_image::<Gray32Float>(3, 2, &values)
+            .unwrap();
+        let map = read_map(&path).unwrap();
+        assert_eq!((map.width, map.height), (3, 2));
+        assert_eq!(map.data, values);
+        assert!(read_map(&dir.path().join("m.bmp")).is_err());
+    }
 }
