@@ -270,13 +270,15 @@ impl ClipVisionTransformer {
         }
     }
 
+    /// `ln_post(x)` on every token of `[..., width]`.
+    pub fn post_layernorm(&self, x: &Tensor) -> Result<Tensor> {
+        self.post_layernorm
+            .forward_with(&x.contiguous()?, Grad::Frozen)
+    }
+
     /// `proj(ln_post(x))` on every token of `[..., width]`.
     pub fn project_tokens(&self, x: &Tensor) -> Result<Tensor> {
-        self.project(
-            &self
-                .post_layernorm
-                .forward_with(&x.contiguous()?, Grad::Frozen)?,
-        )
+        self.project(&self.post_layernorm(x)?)
     }
 
     /// `pixels`: `[batch, 3, H, W]` f32, normalised, H and W multiples of the patch size.

@@ -1,0 +1,181 @@
+//! `ssvp embed --backbone clip` end to end on the tiny random CLIP of the backbone fixtures.
+//! The model itself is checked against transformers in ssvp-backbones' tests; here the CLI's
+//! output must equal the library's on the same preprocessed image (relative error < 1e-6), and
+//! the prompts must be tokenized with OpenAI's ids.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use ssvp_backbones::clip::tokenizer::ClipTokenizer;
+use ssvp_backbones::clip::{ClipModel, LoadOptions, PosInterp, VisionOptions};
+use ssvp_backbones::Checkpoint;
+
+fn ssvp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ssvp"))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The tiny CLIP fixture with its vocabulary widened to CLIP's 49408 tokens (deterministic
+/// values), so that real prompts tokenize into valid ids.
+fn model_dir() -> tempfile::TempDir {
+    let fixtures = workspace().join("crates/ssvp-backbones/tests/fixtures/clip");
+    let mut ckpt = Checkpoint::load(&fixtures.join("a_hf.safetensors"), &Device::Cpu).unwrap();
+    let width = 32;
+    let vocab = 49408;
+    let values: Vec<f32> = (0..vocab * width)
+        .map(|i| 0.5 * ((i as f32) * 0.618).sin())
+        .collect();
+    ckpt.insert(
+        "text_model.embeddings.token_embedding.weight",
+        Tensor::from_vec(values, (vocab, width), &Device::Cpu).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    candle_core::safetensors::save(&ckpt.into_tensors(), dir.path().join("model.safetensors"))
+        .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("a_hf_config.json")).unwrap())
+            .unwrap();
+    config["text_config"]["vocab_size"] = vocab.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let s = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    d.to_scalar::<f32>().unwrap() / s.to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn clip_features_and_prompts_match_the_library() {
+    let model_dir = model_dir();
+    let image = workspace().join("crates/ssvp-image/tests/fixtures/image/gray_64x48.png");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("feats.safetensors");
+    let run = ssvp()
+        .args(["embed", "--backbone", "clip", "--weights"])
+        .arg(model_dir.path())
+        .arg("--image")
+        .arg(&image)
+        .args(["--size", "28", "--layers", "1,3", "--dpam-from", "2"])
+        .args(["--pos-interp", "bilinear"])
+        .args(["--text", "a photo of a damaged bottle."])
+        .args(["--text", "a photo of a flawless metal_nut."])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let mut names: Vec<&str> = got.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "hidden.1",
+            "hidden.3",
+            "image_embed",
+            "patch.1",
+            "patch.3",
+            "text_embed",
+            "text_ids"
+        ]
+    );
+
+    // The same computation through the library.
+    let model =
+        ClipModel::load(model_dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let img = ssvp_image::load_rgb8(&image).unwrap();
+    let chw = ssvp_image::Preprocess::clip(28).apply(&img).unwrap();
+    let pixels = Tensor::from_vec(chw.data, (1, 3, 28, 28), &Device::Cpu).unwrap();
+    let opts = VisionOptions {
+        layers: vec![1, 3],
+        dpam_from: Some(2),
+        pos_interp: PosInterp::Bilinear,
+    };
+    let want = model.vision().unwrap().forward(&pixels, &opts).unwrap();
+    for (i, block) in [1, 3].iter().enumerate() {
+        let h = &got[&format!("hidden.{block}")];
+        assert_eq!(h.dims(), &[50, 48]);
+        assert!(rel_err(h, &want.hidden[i].squeeze(0).unwrap()) < 1e-6);
+        let p = &got[&format!("patch.{block}")];
+        assert_eq!(p.dims(), &[50, 24]);
+        assert!(rel_err(p, &want.patch[i].squeeze(0).unwrap()) < 1e-6);
+    }
+    assert!(rel_err(&got["image_embed"], &want.image_embed.squeeze(0).unwrap()) < 1e-6);
+
+    let ids = &got["text_ids"];
+    assert_eq!((ids.dtype(), ids.dims()), (DType::I64, &[2usize, 77][..]));
+    let first: Vec<i64> = ids.get(0).unwrap().to_vec1().unwrap();
+    // formats.md 1.5 test vector, wrapped in SOT/EOT and zero-padded.
+    assert_eq!(
+        &first[..9],
+        &[49406, 320, 1125, 539, 320, 13568, 5392, 269, 49407]
+    );
+    assert!(first[9..].iter().all(|&t| t == 0));
+    let tok = ClipTokenizer::openai().unwrap();
+    let rows: Vec<u32> = [
+        "a photo of a damaged bottle.",
+        "a photo of a flawless metal_nut.",
+    ]
+    .iter()
+    .flat_map(|t| tok.tokenize(t, 77, false).unwrap())
+    .collect();
+    let want_text = model
+        .text_embeds(&Tensor::from_vec(rows, (2, 77), &Device::Cpu).unwrap())
+        .unwrap();
+    assert_eq!(got["text_embed"].dims(), &[2, 24]);
+    assert!(rel_err(&got["text_embed"], &want_text) < 1e-6);
+}
+
+#[test]
+fn clip_input_errors_are_clear() {
+    let model_dir = model_dir();
+    let image = workspace().join("crates/ssvp-image/tests/fixtures/image/gray_64x48.png");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("feats.safetensors");
+    let run = |extra: &[&str]| {
+        ssvp()
+            .args(["embed", "--weights"])
+            .arg(model_dir.path())
+            .arg("--image")
+            .arg(&image)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let r = run(&["--size", "30"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("multiple of the patch size 4"),
+        "{err}"
+    );
+    let r = run(&["--size", "16", "--layers", "7"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("blocks 1..=3"), "{err}");
+    let r = run(&["--backbone", "dinov3"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("not wired yet"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output is written on failure");
+}
