@@ -398,3 +398,42 @@ fn timm_vision_only_checkpoint_loads_without_text() {
     let model = ClipModel::load_files(&files, &opts).unwrap();
     assert!(model.text().is_err());
 }
+
+#[test]
+fn half_precision_runs_and_stays_close() {
+    // f16/bf16 weights and activations (LayerNorm statistics in f32): looser tolerance, since
+    // bf16 keeps 8 mantissa bits.
+    let r = refs("a_ref.safetensors");
+    for (dtype, tol) in [
+        (candle_core::DType::F16, 1e-2),
+        (candle_core::DType::BF16, 5e-2),
+    ] {
+        let files = ResolvedFiles {
+            weights: fixture("a_hf.safetensors"),
+            config: Some(fixture("a_hf_config.json")),
+            origin: "a".into(),
+        };
+        let opts = LoadOptions {
+            dtype,
+            ..Default::default()
+        };
+        let model = ClipModel::load_files(&files, &opts).unwrap();
+        let opts = VisionOptions {
+            layers: vec![3],
+            dpam_from: Some(2),
+            pos_interp: PosInterp::Bilinear,
+        };
+        let out = model
+            .vision()
+            .unwrap()
+            .forward(&r["pixels.7x7"], &opts)
+            .unwrap();
+        assert_eq!(out.patch[0].dtype(), dtype);
+        let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+        let err = rel_err(&f32(&out.patch[0]), &r["dpam2_bilinear7.patch.3"]);
+        assert!(err < tol, "{dtype:?} patch: {err:e}");
+        let text = model.text_embeds(&r["text.ids"]).unwrap();
+        let err = rel_err(&f32(&text), &r["text_embed"]);
+        assert!(err < tol, "{dtype:?} text: {err:e}");
+    }
+}

@@ -13,26 +13,28 @@ use ssvp_backbones::clip::{
 };
 use ssvp_image::Preprocess;
 
-/// Extract backbone features of one image into a safetensors file (all tensors f32).
-///
-/// Written tensors (one image, batch dimension dropped; tokens = 1 CLS + rows·cols patches,
-/// row-major):
-///   hidden.<block>  [tokens, width]      raw output of block <block> (1-based, as HF
-///                                        hidden_states[block]); the V-V state for blocks >=
-///                                        --dpam-from; after ln_post with --norm-layers
-///   patch.<block>   [tokens, embed_dim]  proj(ln_post(token)) of every token of that block
-///   image_embed     [embed_dim]          proj(ln_post(CLS)) of the last block
-///   text_embed      [n, embed_dim]       with --text: projected EOT features of the prompts
-///   text_ids        [n, 77] (i64)        with --text: their token ids
-/// The file's metadata records the backbone, weights, input size, patch grid and options.
-///
-/// Example (AnomalyCLIP's setting):
-///   ssvp embed --backbone clip --weights openai/clip-vit-large-patch14-336 \
-///     --image bottle.png --size 518 --layers 6,12,18,24 --dpam-from 6 --pos-interp bilinear \
-///     --text "a photo of a flawless bottle." --text "a photo of a damaged bottle." \
-///     --out feats.safetensors
+const EMBED_HELP: &str = "\
+Written tensors (all f32 except text_ids; one image, batch dimension dropped; tokens = 1 CLS +
+rows*cols patches, row-major):
+  hidden.<block>  [tokens, width]      raw output of block <block> (1-based, as HF
+                                       hidden_states[block]); the V-V state for blocks >=
+                                       --dpam-from; after ln_post with --norm-layers
+  patch.<block>   [tokens, embed_dim]  proj(ln_post(token)) of every token of that block
+  image_embed     [embed_dim]          proj(ln_post(CLS)) of the last block
+  text_embed      [n, embed_dim]       with --text: projected EOT features of the prompts
+  text_ids        [n, 77] (i64)        with --text: their token ids
+The file's metadata records the backbone, weights, input size, patch grid and options.
+
+Example (AnomalyCLIP's setting):
+  ssvp embed --backbone clip --weights openai/clip-vit-large-patch14-336 \\
+    --image bottle.png --size 518 --layers 6,12,18,24 --dpam-from 6 --pos-interp bilinear \\
+    --text \"a photo of a flawless bottle.\" --text \"a photo of a damaged bottle.\" \\
+    --out feats.safetensors";
+
+/// Extract backbone features of one image into a safetensors file (see the list after the
+/// options for what is written).
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EMBED_HELP)]
 pub struct EmbedArgs {
     /// Backbone family: clip or dinov3.
     #[arg(long, default_value = "clip")]
