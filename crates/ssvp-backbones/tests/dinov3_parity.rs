@@ -255,3 +255,34 @@ fn embed_tensors_have_the_cli_layout() {
         "embed patch",
     );
 }
+
+#[test]
+fn a_batch_matches_its_images_run_alone() {
+    let model = Dinov3Model::load(
+        fixtures().join("mlp").to_str().unwrap(),
+        None,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let inputs = load_tensors(&fixtures().join("inputs.safetensors"));
+    let one = &inputs["nonsquare"];
+    let flipped = one.flip(&[3]).unwrap();
+    let batch = Tensor::cat(&[one, &flipped], 0).unwrap();
+    let both = model.forward(&batch, &[1], true).unwrap();
+    for (i, image) in [one, &flipped].into_iter().enumerate() {
+        let alone = model.forward(image, &[1], true).unwrap();
+        let what = format!("batch item {i}");
+        assert_close(
+            &both.hidden[0].1.get(i).unwrap(),
+            &alone.hidden[0].1.get(0).unwrap(),
+            &what,
+        );
+        assert_close(
+            &both.patch.get(i).unwrap(),
+            &alone.patch.get(0).unwrap(),
+            &what,
+        );
+        assert_close(&both.cls.get(i).unwrap(), &alone.cls.get(0).unwrap(), &what);
+    }
+}
