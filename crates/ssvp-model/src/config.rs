@@ -21,13 +21,47 @@ pub enum DinoLayerSet {
 }
 
 impl DinoLayerSet {
-    /// 1-based block outputs, in scale order.
+    /// 1-based block outputs, in scale order, for the paper's 24-block ViT-L.
     pub fn one_based(&self) -> [usize; 4] {
         match self {
             Self::PaperLiteral => [4, 7, 10, 12],
             Self::QuarterPoints => [6, 12, 18, 24],
         }
     }
+
+    /// The blocks for a model of `depth` blocks: the literal indices stay as they are (they name
+    /// blocks, not fractions of the depth); quarter points are those of `depth` (a 4-block model
+    /// gives 1, 2, 3, 4). A block past the depth is an error.
+    pub fn resolve(&self, depth: usize) -> Result<Vec<usize>> {
+        let blocks: Vec<usize> = match self {
+            Self::PaperLiteral => self.one_based().to_vec(),
+            Self::QuarterPoints => {
+                if depth < 4 {
+                    return Err(Error::Config(format!(
+                        "dino_layers = \"quarter_points\" needs at least 4 DINO blocks, the model has {depth}"
+                    )));
+                }
+                (1..=4).map(|q| (q * depth).div_ceil(4)).collect()
+            }
+        };
+        check_blocks(
+            "dino",
+            &blocks,
+            depth,
+            "set model.dino_layers = \"quarter_points\"",
+        )?;
+        Ok(blocks)
+    }
+}
+
+/// Every block lies in `1..=depth`.
+pub(crate) fn check_blocks(tower: &str, blocks: &[usize], depth: usize, hint: &str) -> Result<()> {
+    if let Some(&bad) = blocks.iter().find(|&&b| b == 0 || b > depth) {
+        return Err(Error::Config(format!(
+            "{tower} layer {bad} (of {blocks:?}) is outside the {tower} backbone's blocks 1..={depth}; {hint}"
+        )));
+    }
+    Ok(())
 }
 
 /// How the local image score is read from the fused map.
@@ -138,6 +172,27 @@ impl ModelConfig {
 
     pub fn num_prompts(&self) -> usize {
         2 * self.prompts_per_state
+    }
+
+    /// The 1-based CLIP and DINO blocks for backbones of the given depths: `clip_layers` as
+    /// written, the DINO set resolved against the DINO depth (see [`DinoLayerSet::resolve`]).
+    /// A block past a depth is an error that says what to set instead.
+    pub fn backbone_layers(
+        &self,
+        clip_depth: usize,
+        dino_depth: usize,
+    ) -> Result<(Vec<usize>, Vec<usize>)> {
+        let quarters: Vec<usize> = (1..=4).map(|q| (q * clip_depth).div_ceil(4)).collect();
+        check_blocks(
+            "clip",
+            &self.clip_layers,
+            clip_depth,
+            &format!("set model.clip_layers, e.g. to the quarter points {quarters:?}"),
+        )?;
+        Ok((
+            self.clip_layers.clone(),
+            self.dino_layers.resolve(dino_depth)?,
+        ))
     }
 
     /// Width of one latent token.
@@ -301,10 +356,146 @@ impl Default for PostprocessConfig {
     }
 }
 
+/// How CLIP's trained positional grid is resampled to the input's patch grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PosInterp {
+    /// torch bicubic (HF `interpolate_pos_encoding`, open_clip, Bayes-PFL).
+    #[default]
+    Bicubic,
+    /// torch bilinear (AnomalyCLIP).
+    Bilinear,
+}
+
+impl PosInterp {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Bicubic => "bicubic",
+            Self::Bilinear => "bilinear",
+        }
+    }
+}
+
+/// The preset name that selects the seeded few-hundred-thousand-parameter backbones.
+pub const TINY: &str = "tiny";
+
+/// The frozen backbones and their input sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackbonesConfig {
+    /// CLIP weights: a local file or directory, a hub id, or `"tiny"` (seeded random weights).
+    pub clip: String,
+    /// DINOv3 weights: a local file or directory, a hub id, or `"tiny"`.
+    pub dino: String,
+    /// CLIP input side in pixels (square); a multiple of CLIP's patch size.
+    pub clip_size: usize,
+    /// DINOv3 input side in pixels (square); a multiple of DINO's patch size (16).
+    pub dino_size: usize,
+    /// Compute dtype of both backbones: `f32`, `f16` or `bf16`.
+    pub dtype: String,
+    pub pos_interp: PosInterp,
+    /// First CLIP block (1-based) running AnomalyCLIP's V-V dual-path attention; none = plain
+    /// attention, as Bayes-PFL (SSVP's baseline) runs CLIP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dpam_from: Option<usize>,
+    /// Seed of the `tiny` backbones' weights (ignored for real weights).
+    pub seed: u64,
+}
+
+impl Default for BackbonesConfig {
+    fn default() -> Self {
+        // 518 / 14 = 592 / 16 = 37: both towers see the same 37 x 37 patch grid.
+        Self {
+            clip: "openai/clip-vit-large-patch14-336".into(),
+            dino: "facebook/dinov3-vitl16-pretrain-lvd1689m".into(),
+            clip_size: 518,
+            dino_size: 592,
+            dtype: "f32".into(),
+            pos_interp: PosInterp::Bicubic,
+            dpam_from: None,
+            seed: 7,
+        }
+    }
+}
+
+impl BackbonesConfig {
+    /// The `tiny` backbones at an 8 x 8 patch grid (CLIP 8·14 px, DINO 8·16 px).
+    pub fn tiny() -> Self {
+        Self {
+            clip: TINY.into(),
+            dino: TINY.into(),
+            clip_size: 8 * 14,
+            dino_size: 8 * 16,
+            ..Self::default()
+        }
+    }
+
+    /// Checks what can be checked without the weights (the patch sizes come with them).
+    pub fn validate(&self) -> Result<()> {
+        if self.clip.trim().is_empty() || self.dino.trim().is_empty() {
+            return Err(Error::Config(
+                "backbones.clip and backbones.dino must name weights (a path, a hub id or \"tiny\")"
+                    .into(),
+            ));
+        }
+        if self.clip_size == 0 || self.dino_size == 0 {
+            return Err(Error::Config(
+                "backbones.clip_size and backbones.dino_size must be positive".into(),
+            ));
+        }
+        if !matches!(self.dtype.as_str(), "f32" | "f16" | "bf16") {
+            return Err(Error::Config(format!(
+                "backbones.dtype `{}` is not one of f32, f16, bf16",
+                self.dtype
+            )));
+        }
+        if self.dpam_from == Some(0) {
+            return Err(Error::Config(
+                "backbones.dpam_from is a 1-based block number".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The patch grid side each tower sees, checked to agree: `(clip_size / clip_patch,
+    /// dino_size / dino_patch)` must be equal integers.
+    pub fn grid(&self, clip_patch: usize, dino_patch: usize) -> Result<usize> {
+        let side = |name: &str, size: usize, patch: usize| {
+            if patch == 0 || !size.is_multiple_of(patch) {
+                return Err(Error::Config(format!(
+                    "backbones.{name}_size {size} is not a multiple of the {name} patch size {patch}"
+                )));
+            }
+            Ok(size / patch)
+        };
+        let c = side("clip", self.clip_size, clip_patch)?;
+        let d = side("dino", self.dino_size, dino_patch)?;
+        if c != d {
+            return Err(Error::Config(format!(
+                "backbones.clip_size {} gives a {c}x{c} CLIP grid but backbones.dino_size {} a \
+                 {d}x{d} DINO grid; the token grids must match (e.g. clip_size = {}, dino_size = {})",
+                self.clip_size,
+                self.dino_size,
+                c * clip_patch,
+                c * dino_patch
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Sizes for one target grid: CLIP `grid · clip_patch`, DINO `grid · dino_patch`.
+    pub fn with_grid(mut self, grid: usize, clip_patch: usize, dino_patch: usize) -> Self {
+        self.clip_size = grid * clip_patch;
+        self.dino_size = grid * dino_patch;
+        self
+    }
+}
+
 /// The whole SSVP configuration; `Default` is the paper's setting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsvpConfig {
+    pub backbones: BackbonesConfig,
     pub model: ModelConfig,
     pub loss: LossConfig,
     pub optim: OptimConfig,
@@ -316,8 +507,39 @@ impl SsvpConfig {
     pub fn from_toml_str(text: &str) -> Result<Self> {
         let cfg: Self =
             toml::from_str(text).map_err(|e| Error::Config(format!("invalid SSVP config: {e}")))?;
-        cfg.model.validate()?;
+        cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Checks the head and the backbone settings.
+    pub fn validate(&self) -> Result<()> {
+        self.backbones.validate()?;
+        self.model.validate()
+    }
+
+    /// The `tiny` setting: seeded backbones of a few hundred thousand parameters (CLIP and
+    /// DINOv3 width 64, 4 blocks, an 8 x 8 patch grid) and a head sized to them, so the whole
+    /// pipeline (train, eval, detect) runs in seconds with no weights files.
+    pub fn tiny() -> Self {
+        let mut cfg = Self {
+            backbones: BackbonesConfig::tiny(),
+            ..Self::default()
+        };
+        let m = &mut cfg.model;
+        m.clip_layers = vec![1, 2, 3, 4];
+        m.dino_layers = DinoLayerSet::QuarterPoints;
+        m.clip_dim = 64;
+        m.dino_dim = 64;
+        m.text_width = 64;
+        m.atf_heads = 4;
+        m.atf_width = 64;
+        m.atf_mlp_hidden = 64;
+        m.vae_hidden = 64;
+        m.vae_latent = 64;
+        m.latent_tokens = 8;
+        m.inject_key_dim = 32;
+        m.scale_gate_hidden = 32;
+        cfg
     }
 
     pub fn to_toml_string(&self) -> Result<String> {

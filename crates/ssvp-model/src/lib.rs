@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod features;
 pub mod head;
 pub mod hsvs;
 pub mod loss;
@@ -17,10 +18,14 @@ pub mod vcpg;
 pub mod vtam;
 
 pub use config::{
-    ClassLoss, DinoLayerSet, LocalScore, LossConfig, ModelConfig, OptimConfig, PostprocessConfig,
-    SsvpConfig,
+    BackbonesConfig, ClassLoss, DinoLayerSet, LocalScore, LossConfig, ModelConfig, OptimConfig,
+    PostprocessConfig, SsvpConfig,
 };
 pub use error::{Error, Result};
+pub use features::{
+    stack_features, BackboneIdentity, Backbones, CacheStorage, ClipPromptEncoder, FeatureCache,
+    FeatureSource, ImageFeatures,
+};
 pub use head::{HeadFeatures, HeadOutput, Mode, ParamGroup, SsvpHead};
 pub use loss::{LossTerms, Targets};
 pub use optim::{CosineSchedule, SsvpOptimizer};

@@ -1,6 +1,7 @@
 //! A whole CLIP model: source resolution, checkpoint reading, renaming and config in one call.
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 
 use super::config::{Activation, ClipConfig};
 use super::names::{to_hf_names, Scheme};
@@ -144,6 +145,37 @@ impl ClipModel {
             config,
             scheme,
             origin,
+        })
+    }
+
+    /// Builds every tower `config` describes from a `VarBuilder` at HF `CLIPModel` paths (e.g.
+    /// `weights::seeded_var_builder` for the seeded `tiny` preset or for benchmarks). The vision
+    /// tower gets its projection; there is no logit scale. `origin` names the weights in errors.
+    pub fn new(config: &ClipConfig, vb: VarBuilder, origin: &str) -> anyhow::Result<Self> {
+        if config.vision.is_none() && config.text.is_none() {
+            anyhow::bail!("CLIP config for {origin} describes no tower");
+        }
+        let vision = match &config.vision {
+            Some(vc) => Some(
+                ClipVisionTransformer::load(vb.clone(), vc, Some(config.projection_dim))
+                    .map_err(|e| anyhow::anyhow!("building the CLIP vision tower: {e}"))?,
+            ),
+            None => None,
+        };
+        let text = match &config.text {
+            Some(tc) => Some(
+                ClipTextTransformer::load(vb, tc, config.projection_dim)
+                    .map_err(|e| anyhow::anyhow!("building the CLIP text tower: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            vision,
+            text,
+            logit_scale: None,
+            config: config.clone(),
+            scheme: Scheme::HuggingFace,
+            origin: origin.to_string(),
         })
     }
 

@@ -1,0 +1,439 @@
+//! [`Backbones`]: the frozen CLIP and DINOv3 towers, loaded from weights or built as the seeded
+//! `tiny` preset, aligned on one patch grid, and run on image files.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use sha2::{Digest, Sha256};
+use ssvp_backbones::clip::{
+    self, Activation as ClipActivation, ClipConfig, ClipModel, ClipTextConfig, ClipVisionConfig,
+    ConfigChoice, LoadOptions, VisionOptions,
+};
+use ssvp_backbones::dinov3::{self, Activation as DinoActivation, Dinov3Config, Dinov3Model};
+use ssvp_backbones::weights::{seeded_var_builder, ModelSource, WantedFiles};
+use ssvp_image::Preprocess;
+
+use super::prompt::{ClipPromptEncoder, PromptIds};
+use super::{hex, BackboneIdentity, FeatureSource, ImageFeatures, FEATURE_FORMAT};
+use crate::config::{BackbonesConfig, ModelConfig, PosInterp, TINY};
+
+/// The `tiny` CLIP: the real architecture (pre-LN ViT with QuickGELU, patch 14, causal text
+/// tower with the real 49,408-token vocabulary) at width 64 and 4 blocks per tower. Its trained
+/// grid is 4 x 4 (56 px), so any other grid goes through the same positional resampling as
+/// ViT-L/14@336 at 518 px. About 0.2M parameters per tower's blocks; the token embedding adds
+/// 3.2M because the tokenizer is the real one.
+pub fn tiny_clip_config() -> ClipConfig {
+    ClipConfig {
+        vision: Some(ClipVisionConfig {
+            hidden_size: 64,
+            intermediate_size: 256,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            num_channels: 3,
+            image_size: 56,
+            patch_size: 14,
+            hidden_act: ClipActivation::QuickGelu,
+            layer_norm_eps: 1e-5,
+        }),
+        text: Some(ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 64,
+            intermediate_size: 256,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            max_position_embeddings: 77,
+            hidden_act: ClipActivation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            bos_token_id: 49406,
+            eos_token_id: 49407,
+            pad_token_id: 1,
+        }),
+        projection_dim: 64,
+    }
+}
+
+/// The `tiny` DINOv3: the released ViT layout (CLS + 4 registers, 2D RoPE, LayerScale, GELU MLP,
+/// no key bias, patch 16) at width 64, 4 heads of 16, 4 blocks; about 0.2M parameters.
+pub fn tiny_dino_config() -> Dinov3Config {
+    Dinov3Config {
+        hidden_size: 64,
+        num_hidden_layers: 4,
+        num_attention_heads: 4,
+        intermediate_size: 256,
+        patch_size: 16,
+        num_channels: 3,
+        num_register_tokens: 4,
+        layer_norm_eps: 1e-5,
+        rope_theta: 100.0,
+        use_gated_mlp: false,
+        hidden_act: DinoActivation::GeluErf,
+        query_bias: true,
+        key_bias: false,
+        value_bias: true,
+        proj_bias: true,
+        mlp_bias: true,
+    }
+}
+
+/// Seeds of the two tiny towers (different, so that no tensor of one mirrors the other).
+fn tiny_seeds(seed: u64) -> (u64, u64) {
+    (seed, seed ^ 0xD1_70_D1_70)
+}
+
+fn parse_dtype(name: &str) -> anyhow::Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => anyhow::bail!("backbones.dtype `{other}` is not one of f32, f16, bf16"),
+    })
+}
+
+/// A cheap content fingerprint of a weights file: its size and the SHA-256 of its first and last
+/// 4 MiB (hashing whole multi-GB checkpoints on every start would cost seconds).
+fn weights_fingerprint(path: &Path) -> anyhow::Result<String> {
+    const SPAN: u64 = 4 << 20;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = f.metadata()?.len();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; SPAN.min(size) as usize];
+    f.read_exact(&mut buf)?;
+    hasher.update(&buf);
+    if size > SPAN {
+        let start = size.saturating_sub(SPAN).max(SPAN);
+        f.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        hasher.update(&tail);
+    }
+    Ok(format!("sha256-ends:{size}:{}", hex(&hasher.finalize())))
+}
+
+/// The frozen CLIP + DINOv3 pair, aligned on one patch grid.
+pub struct Backbones {
+    clip: ClipModel,
+    dino: Dinov3Model,
+    tokenizer: clip::tokenizer::ClipTokenizer,
+    identity: BackboneIdentity,
+    clip_pre: Preprocess,
+    dino_pre: Preprocess,
+    vision_opts: VisionOptions,
+    dino_blocks: Vec<usize>,
+    device: Device,
+    /// Tokenised prompt templates per (class name, prompt length).
+    pub(super) prompt_ids: Mutex<HashMap<(String, usize), Arc<PromptIds>>>,
+}
+
+impl Backbones {
+    /// Loads (or, for `tiny`, builds) both towers and checks them against the head's config:
+    /// the grids must match, the requested blocks exist, and `clip_dim`, `dino_dim` and
+    /// `text_width` equal the towers' widths.
+    pub fn load(
+        cfg: &BackbonesConfig,
+        model_cfg: &ModelConfig,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        let dtype = parse_dtype(&cfg.dtype)?;
+        let (clip_seed, dino_seed) = tiny_seeds(cfg.seed);
+        let (clip, clip_weights) = if cfg.clip == TINY {
+            let vb = seeded_var_builder(clip_seed, dtype, device);
+            let model = ClipModel::new(&tiny_clip_config(), vb, "tiny")?;
+            (model, format!("seeded:{clip_seed}"))
+        } else {
+            let files = ModelSource::parse(&cfg.clip)?.resolve(WantedFiles {
+                weights: clip::WEIGHTS_FILES,
+                config: Some("config.json"),
+            })?;
+            let opts = LoadOptions {
+                config: ConfigChoice::Auto,
+                activation: None,
+                dtype,
+                device: device.clone(),
+            };
+            let model = ClipModel::load_files(&files, &opts)
+                .with_context(|| format!("loading CLIP from `{}`", cfg.clip))?;
+            (model, weights_fingerprint(&files.weights)?)
+        };
+        let (dino, dino_weights) = if cfg.dino == TINY {
+            let vb = seeded_var_builder(dino_seed, dtype, device);
+            let model = Dinov3Model::new(&tiny_dino_config(), vb)
+                .map_err(|e| anyhow::anyhow!("building the tiny DINOv3: {e}"))?;
+            (model, format!("seeded:{dino_seed}"))
+        } else {
+            let files = dinov3::resolve(&cfg.dino)?;
+            let model = Dinov3Model::load_files(&files, None, dtype, device)
+                .with_context(|| format!("loading DINOv3 from `{}`", cfg.dino))?;
+            (model, weights_fingerprint(&files.weights)?)
+        };
+        Self::from_models(
+            clip,
+            dino,
+            cfg,
+            model_cfg,
+            clip_weights,
+            dino_weights,
+            device,
+        )
+    }
+
+    /// Assembles already-built towers (weights from anywhere, e.g. a seeded `VarBuilder` for a
+    /// benchmark) with the same checks as [`Backbones::load`]. `clip_weights` / `dino_weights`
+    /// are the content fingerprints recorded in the identity.
+    pub fn from_models(
+        clip: ClipModel,
+        dino: Dinov3Model,
+        cfg: &BackbonesConfig,
+        model_cfg: &ModelConfig,
+        clip_weights: String,
+        dino_weights: String,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        cfg.validate()?;
+        model_cfg.validate()?;
+        let vision = clip.vision()?;
+        let vcfg = vision.config().clone();
+        let dcfg = dino.config().clone();
+        let g = cfg.grid(vcfg.patch_size, dcfg.patch_size)?;
+        let (clip_layers, dino_layers) =
+            model_cfg.backbone_layers(vcfg.num_hidden_layers, dcfg.num_hidden_layers)?;
+        if let Some(from) = cfg.dpam_from {
+            anyhow::ensure!(
+                from <= vcfg.num_hidden_layers,
+                "backbones.dpam_from = {from}, but the CLIP vision tower has blocks 1..={}",
+                vcfg.num_hidden_layers
+            );
+        }
+        let clip_dim = vision.embed_dim();
+        let dino_dim = dcfg.hidden_size;
+        let text_width = clip.text().map(|t| t.config().hidden_size).unwrap_or(0);
+        let mismatch = |name: &str, head: usize, tower: usize, what: &str| {
+            anyhow::anyhow!(
+                "model.{name} = {head} but the {what} is {tower} wide; set model.{name} = {tower}"
+            )
+        };
+        if model_cfg.clip_dim != clip_dim {
+            return Err(mismatch(
+                "clip_dim",
+                model_cfg.clip_dim,
+                clip_dim,
+                "CLIP joint space",
+            ));
+        }
+        if model_cfg.dino_dim != dino_dim {
+            return Err(mismatch(
+                "dino_dim",
+                model_cfg.dino_dim,
+                dino_dim,
+                "DINOv3 token",
+            ));
+        }
+        if text_width != 0 && model_cfg.text_width != text_width {
+            return Err(mismatch(
+                "text_width",
+                model_cfg.text_width,
+                text_width,
+                "CLIP text token embedding",
+            ));
+        }
+        let clip_pre = Preprocess::clip(cfg.clip_size);
+        // The satellite DINOv3 weights have their own normalisation constants.
+        let dino_pre = if cfg.dino.to_ascii_lowercase().contains("sat493m") {
+            Preprocess::dinov3_sat(cfg.dino_size)
+        } else {
+            Preprocess::dinov3(cfg.dino_size)
+        };
+        let pos_interp = match cfg.pos_interp {
+            PosInterp::Bicubic => clip::PosInterp::Bicubic,
+            PosInterp::Bilinear => clip::PosInterp::Bilinear,
+        };
+        let identity = BackboneIdentity {
+            clip: cfg.clip.clone(),
+            dino: cfg.dino.clone(),
+            clip_size: (cfg.clip_size, cfg.clip_size),
+            dino_size: (cfg.dino_size, cfg.dino_size),
+            clip_layers: clip_layers.clone(),
+            dino_layers: dino_layers.clone(),
+            dtype: cfg.dtype.clone(),
+            pos_interp: cfg.pos_interp.as_str().to_string(),
+            dpam_from: cfg.dpam_from,
+            clip_dim,
+            dino_dim,
+            text_width,
+            grid: (g, g),
+            clip_weights,
+            dino_weights,
+            preprocess: format!("clip: {clip_pre:?}; dino: {dino_pre:?}"),
+            format: FEATURE_FORMAT,
+        };
+        Ok(Self {
+            clip,
+            dino,
+            tokenizer: clip::tokenizer::ClipTokenizer::openai()
+                .map_err(|e| anyhow::anyhow!("loading the CLIP tokenizer: {e}"))?,
+            identity,
+            clip_pre,
+            dino_pre,
+            vision_opts: VisionOptions {
+                layers: clip_layers,
+                dpam_from: cfg.dpam_from,
+                pos_interp,
+            },
+            dino_blocks: dino_layers,
+            device: device.clone(),
+            prompt_ids: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn clip(&self) -> &ClipModel {
+        &self.clip
+    }
+
+    pub fn dino(&self) -> &Dinov3Model {
+        &self.dino
+    }
+
+    pub fn tokenizer(&self) -> &clip::tokenizer::ClipTokenizer {
+        &self.tokenizer
+    }
+
+    /// The real prompt text encoder over this CLIP's text tower.
+    pub fn prompt_encoder(&self) -> anyhow::Result<ClipPromptEncoder<'_>> {
+        ClipPromptEncoder::new(self)
+    }
+
+    /// Width of the CLIP text token embeddings (0 for a vision-only CLIP).
+    pub fn text_width(&self) -> usize {
+        self.identity.text_width
+    }
+
+    /// Joint CLIP space width `D_c`.
+    pub fn clip_dim(&self) -> usize {
+        self.identity.clip_dim
+    }
+
+    /// DINOv3 token width `D_d`.
+    pub fn dino_dim(&self) -> usize {
+        self.identity.dino_dim
+    }
+
+    /// The CLIP and DINO input recipes.
+    pub fn preprocessors(&self) -> (&Preprocess, &Preprocess) {
+        (&self.clip_pre, &self.dino_pre)
+    }
+
+    /// Decodes and preprocesses one image for both towers: `([3, Hc, Wc], [3, Hd, Wd])` f32.
+    fn pixels(&self, path: &Path) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        let img = ssvp_image::load_rgb8(path)
+            .with_context(|| format!("cannot read image {}", path.display()))?;
+        let clip = self
+            .clip_pre
+            .apply(&img)
+            .with_context(|| format!("preprocessing {} for CLIP", path.display()))?;
+        let dino = self
+            .dino_pre
+            .apply(&img)
+            .with_context(|| format!("preprocessing {} for DINOv3", path.display()))?;
+        Ok((clip.data, dino.data))
+    }
+
+    /// Runs both towers on already preprocessed batches `[B, 3, H, W]` (CLIP and DINO inputs).
+    pub fn features_from_pixels(
+        &self,
+        clip_pixels: &Tensor,
+        dino_pixels: &Tensor,
+    ) -> anyhow::Result<Vec<ImageFeatures>> {
+        let b = clip_pixels.dim(0)?;
+        anyhow::ensure!(
+            dino_pixels.dim(0)? == b,
+            "{b} CLIP images but {} DINO images",
+            dino_pixels.dim(0)?
+        );
+        let vis = self
+            .clip
+            .vision()?
+            .forward(clip_pixels, &self.vision_opts)?;
+        let dino = self.dino.forward(dino_pixels, &self.dino_blocks, true)?;
+        anyhow::ensure!(
+            vis.grid == dino.grid && vis.grid == self.identity.grid,
+            "CLIP ran at a {:?} grid and DINOv3 at {:?}; expected {:?}",
+            vis.grid,
+            dino.grid,
+            self.identity.grid
+        );
+        let n = vis.grid.0 * vis.grid.1;
+        let to_f32 = |t: Tensor| t.to_dtype(DType::F32);
+        // CLS dropped from CLIP; CLS and registers from DINO (already final-normed).
+        let clip_local: Vec<Tensor> = vis
+            .patch
+            .into_iter()
+            .map(|t| to_f32(t.narrow(1, 1, n)?))
+            .collect::<candle_core::Result<_>>()?;
+        let prefix = self.dino.config().num_prefix_tokens();
+        let dino_local: Vec<Tensor> = dino
+            .hidden
+            .into_iter()
+            .map(|(_, t)| to_f32(t.narrow(1, prefix, n)?))
+            .collect::<candle_core::Result<_>>()?;
+        let clip_global = to_f32(vis.image_embed)?;
+        let dino_global = to_f32(dino.cls)?;
+        (0..b)
+            .map(|i| {
+                let pick = |t: &Tensor| t.get(i)?.contiguous();
+                Ok(ImageFeatures {
+                    clip_local: clip_local.iter().map(pick).collect::<Result<_, _>>()?,
+                    dino_local: dino_local.iter().map(pick).collect::<Result<_, _>>()?,
+                    clip_global: pick(&clip_global)?,
+                    dino_global: pick(&dino_global)?,
+                    grid: vis.grid,
+                })
+            })
+            .collect()
+    }
+}
+
+impl FeatureSource for Backbones {
+    fn identity(&self) -> &BackboneIdentity {
+        &self.identity
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn features(&self, image_path: &Path) -> anyhow::Result<ImageFeatures> {
+        let mut out = self.features_batch(&[image_path.to_path_buf()])?;
+        Ok(out.remove(0))
+    }
+
+    /// Decodes and preprocesses every image, then runs each tower once on the whole batch.
+    fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
+        if image_paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let b = image_paths.len();
+        let mut clip_data = Vec::with_capacity(b * 3 * self.clip_pre.width * self.clip_pre.height);
+        let mut dino_data = Vec::with_capacity(b * 3 * self.dino_pre.width * self.dino_pre.height);
+        for path in image_paths {
+            let (c, d) = self.pixels(path)?;
+            clip_data.extend(c);
+            dino_data.extend(d);
+        }
+        let clip = Tensor::from_vec(
+            clip_data,
+            (b, 3, self.clip_pre.height, self.clip_pre.width),
+            &self.device,
+        )?;
+        let dino = Tensor::from_vec(
+            dino_data,
+            (b, 3, self.dino_pre.height, self.dino_pre.width),
+            &self.device,
+        )?;
+        self.features_from_pixels(&clip, &dino)
+    }
+}

@@ -1,0 +1,355 @@
+//! [`FeatureCache`]: backbone features on disk, keyed by image content and backbone identity.
+//!
+//! Layout: `<dir>/<identity digest>/identity.json` (for people) and one
+//! `<dir>/<identity digest>/<sha256 of the image file>.safetensors` per image holding
+//! `clip_local.<l>` `[N, D_c]`, `dino_local.<l>` `[N, D_d]`, `clip_global` `[D_c]`,
+//! `dino_global` `[D_d]`, with the identity digest, the image hash and the grid in the metadata.
+//! Entries are written to a temporary file and renamed, so a reader never sees half a file;
+//! an entry that cannot be read, or whose metadata or shapes disagree, is recomputed with a
+//! warning and overwritten, never used.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{sha256_hex, BackboneIdentity, FeatureSource, ImageFeatures, FEATURE_FORMAT};
+
+/// On-disk precision of cached features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStorage {
+    /// Half the disk space; values round to ~3 significant digits (relative error < 5e-4).
+    F16,
+    /// Exact.
+    #[default]
+    F32,
+}
+
+impl CacheStorage {
+    fn dtype(self) -> DType {
+        match self {
+            Self::F16 => DType::F16,
+            Self::F32 => DType::F32,
+        }
+    }
+}
+
+/// Counters since the cache was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Entries that existed but were unreadable or mismatched, and were recomputed.
+    pub recovered: u64,
+}
+
+type WarningHandler = Box<dyn Fn(&str) + Send + Sync>;
+
+/// A [`FeatureSource`] that serves features from disk and asks `inner` only on a miss.
+pub struct FeatureCache<S: FeatureSource> {
+    inner: S,
+    dir: PathBuf,
+    storage: CacheStorage,
+    digest: String,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    recovered: AtomicU64,
+    tmp_counter: AtomicU64,
+    warn: WarningHandler,
+}
+
+const META_FORMAT: &str = "ssvp.format";
+const META_IDENTITY: &str = "ssvp.identity";
+const META_CONTENT: &str = "ssvp.content";
+const META_GRID: &str = "ssvp.grid";
+
+impl<S: FeatureSource> FeatureCache<S> {
+    /// Opens (creating it if needed) the cache for `inner`'s identity under `dir`.
+    pub fn new(inner: S, dir: PathBuf, storage: CacheStorage) -> anyhow::Result<Self> {
+        let digest = inner.identity().digest();
+        let sub = dir.join(&digest);
+        std::fs::create_dir_all(&sub)
+            .with_context(|| format!("cannot create the feature cache {}", sub.display()))?;
+        let about = sub.join("identity.json");
+        if !about.is_file() {
+            let json = serde_json::to_string_pretty(inner.identity())?;
+            let tmp = sub.join(format!(".identity.{}.tmp", std::process::id()));
+            std::fs::write(&tmp, json)?;
+            std::fs::rename(&tmp, &about)?;
+        }
+        Ok(Self {
+            inner,
+            dir: sub,
+            storage,
+            digest,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            recovered: AtomicU64::new(0),
+            tmp_counter: AtomicU64::new(0),
+            warn: Box::new(|msg| eprintln!("warning: {msg}")),
+        })
+    }
+
+    /// Routes warnings (recomputed entries) somewhere other than stderr.
+    pub fn with_warning_handler(mut self, handler: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.warn = Box::new(handler);
+        self
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The directory holding this identity's entries.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn storage(&self) -> CacheStorage {
+        self.storage
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            recovered: self.recovered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Where the entry of an image with content hash `content` lives.
+    pub fn entry_path(&self, content: &str) -> PathBuf {
+        self.dir.join(format!("{content}.safetensors"))
+    }
+
+    /// The content hash of an image file (its key in the cache).
+    pub fn content_hash(image_path: &Path) -> anyhow::Result<String> {
+        let bytes = std::fs::read(image_path)
+            .with_context(|| format!("cannot read image {}", image_path.display()))?;
+        Ok(sha256_hex(&bytes))
+    }
+
+    /// `Some(features)` on a valid hit; `None` when absent; a warning and `None` when the entry
+    /// is there but unusable.
+    fn lookup(&self, content: &str, image_path: &Path) -> Option<ImageFeatures> {
+        let path = self.entry_path(content);
+        if !path.exists() {
+            return None;
+        }
+        match self.read_entry(&path, content) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.recovered.fetch_add(1, Ordering::Relaxed);
+                (self.warn)(&format!(
+                    "feature cache entry {} for {} is unusable ({e:#}); recomputing it",
+                    path.display(),
+                    image_path.display()
+                ));
+                None
+            }
+        }
+    }
+
+    fn read_entry(&self, path: &Path, content: &str) -> anyhow::Result<ImageFeatures> {
+        let bytes = std::fs::read(path)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let get = |k: &str| {
+            meta.get(k)
+                .map(String::as_str)
+                .ok_or_else(|| anyhow::anyhow!("metadata has no `{k}`"))
+        };
+        anyhow::ensure!(
+            get(META_FORMAT)? == FEATURE_FORMAT.to_string(),
+            "feature format {} (this build writes {FEATURE_FORMAT})",
+            get(META_FORMAT)?
+        );
+        anyhow::ensure!(
+            get(META_IDENTITY)? == self.digest,
+            "written for backbone identity {}, these backbones are {}",
+            get(META_IDENTITY)?,
+            self.digest
+        );
+        anyhow::ensure!(
+            get(META_CONTENT)? == content,
+            "written for image content {}, the file hashes to {content}",
+            get(META_CONTENT)?
+        );
+        let grid = get(META_GRID)?;
+        let grid = grid
+            .split_once(',')
+            .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("bad grid `{grid}`"))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)?;
+        let device = self.inner.device();
+        let load = |name: &str| -> anyhow::Result<Tensor> {
+            let view = st
+                .tensor(name)
+                .map_err(|_| anyhow::anyhow!("no tensor `{name}`"))?;
+            Ok(view.load(device)?.to_dtype(DType::F32)?)
+        };
+        let id = self.inner.identity();
+        let features = ImageFeatures {
+            clip_local: (0..id.clip_layers.len())
+                .map(|l| load(&format!("clip_local.{l}")))
+                .collect::<anyhow::Result<_>>()?,
+            dino_local: (0..id.dino_layers.len())
+                .map(|l| load(&format!("dino_local.{l}")))
+                .collect::<anyhow::Result<_>>()?,
+            clip_global: load("clip_global")?,
+            dino_global: load("dino_global")?,
+            grid,
+        };
+        let expected = 2 + id.clip_layers.len() + id.dino_layers.len();
+        anyhow::ensure!(
+            st.len() == expected,
+            "{} tensors, expected {expected}",
+            st.len()
+        );
+        features.check(id)?;
+        let finite = |t: &Tensor| -> anyhow::Result<bool> {
+            Ok(t.abs()?.max_all()?.to_scalar::<f32>()?.is_finite())
+        };
+        for t in features
+            .clip_local
+            .iter()
+            .chain(&features.dino_local)
+            .chain([&features.clip_global, &features.dino_global])
+        {
+            anyhow::ensure!(finite(t)?, "holds non-finite values");
+        }
+        Ok(features)
+    }
+
+    /// Writes an entry atomically (temporary file in the same directory, then rename).
+    fn store(&self, content: &str, features: &ImageFeatures) -> anyhow::Result<()> {
+        let dtype = self.storage.dtype();
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (l, t) in features.clip_local.iter().enumerate() {
+            tensors.push((format!("clip_local.{l}"), t.clone()));
+        }
+        for (l, t) in features.dino_local.iter().enumerate() {
+            tensors.push((format!("dino_local.{l}"), t.clone()));
+        }
+        tensors.push(("clip_global".into(), features.clip_global.clone()));
+        tensors.push(("dino_global".into(), features.dino_global.clone()));
+        let tensors = tensors
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_dtype(dtype)?.to_device(&Device::Cpu)?.contiguous()?)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let meta = HashMap::from([
+            (META_FORMAT.to_string(), FEATURE_FORMAT.to_string()),
+            (META_IDENTITY.to_string(), self.digest.clone()),
+            (META_CONTENT.to_string(), content.to_string()),
+            (
+                META_GRID.to_string(),
+                format!("{},{}", features.grid.0, features.grid.1),
+            ),
+        ]);
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))?;
+        let tmp = self.dir.join(format!(
+            ".{content}.{}.{}.tmp",
+            std::process::id(),
+            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let target = self.entry_path(content);
+        std::fs::rename(&tmp, &target).with_context(|| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot move the entry into place at {}", target.display())
+        })?;
+        Ok(())
+    }
+
+    /// What the cache hands out for freshly computed features: exactly what a later hit will
+    /// read back (rounded through f16 when the storage is f16), so a run never depends on
+    /// whether an image was cached.
+    fn as_stored(&self, features: ImageFeatures) -> anyhow::Result<ImageFeatures> {
+        if self.storage == CacheStorage::F32 {
+            return Ok(features);
+        }
+        let round = |t: &Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+        Ok(ImageFeatures {
+            clip_local: features
+                .clip_local
+                .iter()
+                .map(round)
+                .collect::<Result<_, _>>()?,
+            dino_local: features
+                .dino_local
+                .iter()
+                .map(round)
+                .collect::<Result<_, _>>()?,
+            clip_global: round(&features.clip_global)?,
+            dino_global: round(&features.dino_global)?,
+            grid: features.grid,
+        })
+    }
+}
+
+impl<S: FeatureSource> FeatureSource for FeatureCache<S> {
+    fn identity(&self) -> &BackboneIdentity {
+        self.inner.identity()
+    }
+
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+
+    fn features(&self, image_path: &Path) -> anyhow::Result<ImageFeatures> {
+        let mut out = self.features_batch(&[image_path.to_path_buf()])?;
+        Ok(out.remove(0))
+    }
+
+    /// Hits are read from disk; all misses go to the inner source as one batch.
+    fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
+        let mut out: Vec<Option<ImageFeatures>> = Vec::with_capacity(image_paths.len());
+        let mut missing: Vec<(usize, String)> = Vec::new();
+        for (i, path) in image_paths.iter().enumerate() {
+            let content = Self::content_hash(path)?;
+            match self.lookup(&content, path) {
+                Some(f) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    out.push(Some(f));
+                }
+                None => {
+                    self.misses.fetch_add(1, Ordering::Relaxed);
+                    out.push(None);
+                    missing.push((i, content));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let paths: Vec<PathBuf> = missing
+                .iter()
+                .map(|(i, _)| image_paths[*i].clone())
+                .collect();
+            let computed = self.inner.features_batch(&paths)?;
+            anyhow::ensure!(
+                computed.len() == paths.len(),
+                "the feature source returned {} results for {} images",
+                computed.len(),
+                paths.len()
+            );
+            for ((i, content), features) in missing.into_iter().zip(computed) {
+                features.check(self.inner.identity())?;
+                self.store(&content, &features)?;
+                out[i] = Some(self.as_stored(features)?);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|f| f.expect("every slot filled"))
+            .collect())
+    }
+}
