@@ -30,6 +30,10 @@ enum Command {
     Dataset(cmd::dataset::DatasetArgs),
     /// Write a deterministic synthetic inspection benchmark in MVTec layout.
     Synth(cmd::synth::SynthArgs),
+    /// Train the SSVP head on an auxiliary dataset (its labelled test split, zero-shot protocol).
+    Train(cmd::train::TrainArgs),
+    /// Evaluate a trained head zero-shot on a dataset: per-category image and pixel metrics.
+    Eval(cmd::eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +43,8 @@ fn main() -> ExitCode {
         Command::Metrics(args) => cmd::metrics::run(args),
         Command::Synth(args) => cmd::synth::run(args),
         Command::Dataset(args) => cmd::dataset::run(args),
+        Command::Train(args) => cmd::train::run(args),
+        Command::Eval(args) => cmd::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

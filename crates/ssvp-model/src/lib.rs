@@ -8,12 +8,15 @@
 
 pub mod config;
 pub mod error;
+pub mod evaluate;
 pub mod features;
 pub mod head;
 pub mod hsvs;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod run_dir;
+pub mod train;
 pub mod vcpg;
 pub mod vtam;
 

@@ -1,4 +1,7 @@
 pub mod dataset;
 pub mod embed;
+pub mod eval;
 pub mod metrics;
+pub mod model_common;
 pub mod synth;
+pub mod train;

@@ -1,0 +1,252 @@
+//! `ssvp train`: train the SSVP head on an auxiliary dataset (library:
+//! `ssvp_model::train`, `ssvp_model::run_dir`, `ssvp_model::features`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ssvp_eval::datasets::{self, LoadOptions, OnProblem, Split};
+use ssvp_model::features::Backbones;
+use ssvp_model::run_dir::RunDir;
+use ssvp_model::train::{
+    samples_from_dataset, train, training_data, Start, TrainEvent, TrainOptions, DEFAULT_MASK_SIZE,
+};
+use ssvp_model::{SsvpConfig, SsvpHead};
+
+use super::model_common::{feature_source, load_config, parse_layout, CacheArgs};
+
+const TRAIN_HELP: &str = "\
+Trains on the labelled TEST split of the auxiliary dataset (all categories, masks; normal images
+get all-zero masks), the standard zero-shot protocol: e.g. train on VisA, evaluate on MVTec AD.
+The frozen backbones' features are computed once per image and cached (--cache-dir); epochs then
+cost the head only. No augmentation is applied.
+
+The run directory holds config.toml (the full config), backbones.json (the backbones' identity),
+state.json, head-step-N.safetensors (the trainable tensors only), optim-step-N.safetensors (Adam
+moments, so --resume continues exactly) and train_log.jsonl (every loss term of every step).";
+
+#[derive(clap::Args)]
+#[command(after_help = TRAIN_HELP)]
+pub struct TrainArgs {
+    /// SSVP config (TOML); missing keys take the paper's defaults. Default: the paper's setting
+    /// (or the tiny one with --backbones tiny).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset layout name (mvtec, visa, ...) or `auto`.
+    #[arg(long, default_value = "auto")]
+    pub dataset: String,
+    /// Dataset root.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Run directory (refused when not empty, unless --resume or --force).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// `tiny`: seeded random backbones of a few hundred thousand parameters (no weights files);
+    /// without --config the head is sized to them too.
+    #[arg(long)]
+    pub backbones: Option<String>,
+    /// Override optim.epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override optim.batch_size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override optim.seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Train on these categories only (comma-separated on-disk names).
+    #[arg(long, value_delimiter = ',')]
+    pub categories: Vec<String>,
+    /// Continue the run in --out from its last checkpoint (with its own config).
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Start over in a non-empty --out (removes the previous run's files).
+    #[arg(long)]
+    pub force: bool,
+    /// Side of the square masks the segmentation loss uses.
+    #[arg(long, default_value_t = DEFAULT_MASK_SIZE)]
+    pub mask_size: usize,
+    /// Also checkpoint every N steps (always at the end of each epoch).
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Stop after N steps in total (with a checkpoint); --resume continues.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Drop unreadable samples instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let layout = parse_layout(&args.dataset)?;
+    anyhow::ensure!(
+        args.root.exists(),
+        "dataset root {} does not exist",
+        args.root.display()
+    );
+    let (run, cfg) = if args.resume {
+        let run = RunDir::open(&args.out).with_context(|| {
+            format!("--resume: {} holds no run to continue", args.out.display())
+        })?;
+        let cfg = run.read_config()?;
+        if let Some(path) = &args.config {
+            let given = load_config(Some(path), args.backbones.as_deref())?;
+            anyhow::ensure!(
+                given == cfg,
+                "--resume continues with the run's own config.toml; {} differs from it",
+                path.display()
+            );
+        }
+        for (flag, given, stored) in [
+            ("--epochs", args.epochs, cfg.optim.epochs),
+            ("--batch-size", args.batch_size, cfg.optim.batch_size),
+        ] {
+            if let Some(v) = given {
+                anyhow::ensure!(
+                    v == stored,
+                    "--resume: {flag} {v} differs from the run's {stored} (start a new run to change it)"
+                );
+            }
+        }
+        (run, cfg)
+    } else {
+        let mut cfg: SsvpConfig = load_config(args.config.as_deref(), args.backbones.as_deref())?;
+        if let Some(e) = args.epochs {
+            cfg.optim.epochs = e;
+        }
+        if let Some(b) = args.batch_size {
+            cfg.optim.batch_size = b;
+        }
+        if let Some(s) = args.seed {
+            cfg.optim.seed = s;
+        }
+        anyhow::ensure!(
+            cfg.optim.epochs > 0 && cfg.optim.batch_size > 0,
+            "epochs and batch size must be positive"
+        );
+        (RunDir::create(&args.out, args.force)?, cfg)
+    };
+
+    let loaded = datasets::load(
+        &args.root,
+        &LoadOptions {
+            layout,
+            split: Some(Split::Test),
+            categories: args.categories.clone(),
+            on_problem: if args.skip_bad {
+                OnProblem::Skip
+            } else {
+                OnProblem::Fail
+            },
+            ..LoadOptions::default()
+        },
+    )
+    .with_context(|| format!("reading the training data in {}", args.root.display()))?;
+    for p in &loaded.skipped {
+        eprintln!("skipped: {p}");
+    }
+    let dataset = loaded.dataset;
+    let samples = samples_from_dataset(&dataset);
+    let device = candle_core::Device::Cpu;
+    let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &device)?);
+    let encoder = backbones.prompt_encoder()?;
+    let source = feature_source(&backbones, &args.cache)?;
+    let head = SsvpHead::new(&cfg, &device)?;
+
+    eprintln!(
+        "training on {} images ({} anomalous) of {} categories from {} ({}), {} epochs of batch {}",
+        samples.len(),
+        samples.iter().filter(|s| s.anomalous).count(),
+        dataset.categories.len(),
+        dataset.root.display(),
+        dataset.layout,
+        cfg.optim.epochs,
+        cfg.optim.batch_size
+    );
+    let opts = TrainOptions {
+        mask_size: args.mask_size,
+        checkpoint_every: args.checkpoint_every,
+        stop_after: args.max_steps,
+        warm_cache: true,
+    };
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let mut on_event = |ev: TrainEvent| match ev {
+        TrainEvent::Features { done, total } => {
+            if done == 1 || bar.length() != Some(total as u64) {
+                bar.set_length(total as u64);
+                bar.set_style(
+                    ProgressStyle::with_template("features {bar:30} {pos}/{len} [{elapsed}<{eta}]")
+                        .expect("valid template"),
+                );
+            }
+            bar.set_position(done as u64);
+        }
+        TrainEvent::Start {
+            step, total_steps, ..
+        } => {
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "train {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_length(total_steps as u64);
+            bar.set_position(step as u64);
+        }
+        TrainEvent::Step(r) => {
+            bar.set_position(r.step as u64 + 1);
+            bar.set_message(format!(
+                "epoch {} loss {:.4}",
+                r.epoch + 1,
+                r.losses.get("total").copied().unwrap_or(f64::NAN)
+            ));
+        }
+        TrainEvent::Checkpoint { .. } => {}
+    };
+    let start = if args.resume {
+        Start::Resume
+    } else {
+        Start::Fresh
+    };
+    let summary = train(
+        &run,
+        &head,
+        &source,
+        &encoder,
+        &samples,
+        training_data(&dataset),
+        &opts,
+        start,
+        &mut on_event,
+    )?;
+    bar.finish_and_clear();
+    let state = &summary.state;
+    let loss = summary
+        .last
+        .as_ref()
+        .and_then(|r| r.losses.get("total").copied());
+    eprintln!(
+        "{} steps in {:.1} s; run at step {}/{} (epoch {}/{}){}{}",
+        summary.steps_run,
+        summary.seconds,
+        state.step,
+        state.total_steps,
+        state.epoch(),
+        state.epochs,
+        loss.map(|l| format!(", last loss {l:.4}"))
+            .unwrap_or_default(),
+        if state.complete {
+            String::new()
+        } else {
+            " — incomplete, continue with --resume".into()
+        }
+    );
+    if let Some(stats) = source.stats() {
+        eprintln!("{stats}");
+    }
+    println!("{}", run.path().display());
+    Ok(())
+}

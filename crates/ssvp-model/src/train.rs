@@ -1,0 +1,702 @@
+//! Training the SSVP head on an auxiliary dataset (the standard zero-shot protocol: the labelled
+//! test split of, e.g., VisA, all categories, with masks), the backbones frozen.
+//!
+//! Choices (docs/method.md §2 #11 and #14 leave them to the training loop):
+//! - **Features** come from a [`FeatureSource`]; the CLI wraps the backbones in a `FeatureCache`,
+//!   and [`train`] first runs one pass over every image so the cache is filled before the first
+//!   epoch: epochs then cost the head (and the text tower under the prompts) only.
+//! - **No augmentation.** Augmentations act on pixels before the frozen backbones, so they would
+//!   bypass the feature cache; they are out of scope for this version (Bayes-PFL's rotations,
+//!   colour jitter and MVTec mosaic are not applied).
+//! - **Batches mix categories.** One seeded permutation of all samples per epoch (PyTorch's
+//!   `shuffle=True`, last partial batch kept). `T_init` is per class name, so each step encodes
+//!   the prompts once per *distinct* class name in the batch (keeping the graph to the prompt
+//!   bank) and gathers the rows per image into `T_init [B, 2P, D]`.
+//! - **Masks** are read at their own size, resized to a square `mask_size` by the evaluation
+//!   protocol (PIL bilinear on the 0/255 mask, then `> 0.5`), and the head's loss upsamples its
+//!   token-grid maps to them (exact bilinear, differentiable). Normal images get all-zero masks.
+//!   The default, 518, is the input side the baseline trains its masks at.
+//! - **VAE noise** of step `s` is drawn from a generator seeded by `(seed, s)`, and the epoch
+//!   permutation from `(seed, epoch)`, so a resumed run replays exactly what an uninterrupted one
+//!   would have done.
+//! - **Resume** restores the Adam moments exactly: [`TrainOptimizer`] is the same update as
+//!   [`crate::SsvpOptimizer`] (one Adam(W) per learning-rate group, same schedule, same
+//!   operation order) with its moments readable and writable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use ssvp_eval::datasets::{load_mask, Dataset};
+use ssvp_eval::postprocess::{resize_mask, GtMask};
+
+use crate::config::{OptimConfig, SsvpConfig};
+use crate::features::{stack_features, BackboneIdentity, FeatureSource};
+use crate::head::{Mode, ParamGroup, SsvpHead};
+use crate::loss::Targets;
+use crate::optim::CosineSchedule;
+use crate::run_dir::{checkpoint_names, RunDir, RunState, TrainingData, RUN_FORMAT_VERSION};
+use crate::vcpg::PromptTextEncoder;
+
+/// Default side of the square training masks.
+pub const DEFAULT_MASK_SIZE: usize = 518;
+
+/// One training image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainSample {
+    pub category: String,
+    /// The class name the prompts are built with (the category's prompt name).
+    pub class_name: String,
+    pub image_path: PathBuf,
+    pub mask_path: Option<PathBuf>,
+    pub anomalous: bool,
+}
+
+/// Every sample of every category of `dataset`, with its category's prompt name.
+pub fn samples_from_dataset(dataset: &Dataset) -> Vec<TrainSample> {
+    dataset
+        .categories
+        .iter()
+        .flat_map(|cat| {
+            cat.samples.iter().map(|s| TrainSample {
+                category: cat.name.clone(),
+                class_name: cat.prompt_name.clone(),
+                image_path: s.image_path.clone(),
+                mask_path: s.mask_path.clone(),
+                anomalous: s.label.is_anomalous(),
+            })
+        })
+        .collect()
+}
+
+/// What [`train`] records about its data in the run directory.
+pub fn training_data(dataset: &Dataset) -> TrainingData {
+    let counts = dataset.counts();
+    TrainingData {
+        root: dataset.root.clone(),
+        layout: dataset.layout.name().to_string(),
+        split: dataset.split.as_str().to_string(),
+        categories: dataset.categories.iter().map(|c| c.name.clone()).collect(),
+        samples: counts.total(),
+        anomalous: counts.anomalous,
+    }
+}
+
+/// Options of the training loop that are not hyper-parameters of the method.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Side of the square masks the segmentation loss compares the maps with.
+    pub mask_size: usize,
+    /// Also checkpoint every this many steps (checkpoints are always written at the end of
+    /// every epoch).
+    pub checkpoint_every: Option<usize>,
+    /// Stop (with a checkpoint) once this many steps are done in total; the run stays
+    /// incomplete and `--resume` continues it.
+    pub stop_after: Option<usize>,
+    /// Run every image through the feature source once before the first epoch (fills a
+    /// feature cache; progress is reported as [`TrainEvent::Features`]).
+    pub warm_cache: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            mask_size: DEFAULT_MASK_SIZE,
+            checkpoint_every: None,
+            stop_after: None,
+            warm_cache: true,
+        }
+    }
+}
+
+/// One optimiser step, as logged to `train_log.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// 0-based step over the whole run.
+    pub step: usize,
+    pub batch_size: usize,
+    pub lr_prompts: f64,
+    pub lr_rest: f64,
+    /// Every loss term of [`crate::LossTerms::named`].
+    #[serde(flatten)]
+    pub losses: BTreeMap<String, f64>,
+    /// Wall time of the step (features, forward, backward, update).
+    pub seconds: f64,
+}
+
+/// Progress reports of [`train`].
+#[derive(Debug)]
+pub enum TrainEvent<'a> {
+    /// Feature extraction pass: `done` of `total` images.
+    Features {
+        done: usize,
+        total: usize,
+    },
+    /// Training starts (or resumes) at `step` of `total_steps`.
+    Start {
+        step: usize,
+        total_steps: usize,
+        steps_per_epoch: usize,
+    },
+    Step(&'a StepRecord),
+    Checkpoint {
+        step: usize,
+    },
+}
+
+/// How [`train`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A fresh run in an empty (or `--force`d) run directory.
+    Fresh,
+    /// Continue the run directory's last checkpoint.
+    Resume,
+}
+
+/// What a call of [`train`] did.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub state: RunState,
+    /// Steps run by this call.
+    pub steps_run: usize,
+    pub seconds: f64,
+    pub last: Option<StepRecord>,
+}
+
+/// Adam(W) per learning-rate group with the warm-up + cosine schedule: the update of
+/// [`crate::SsvpOptimizer`] (candle's `AdamW::step`, operation for operation), with the moments
+/// exposed so that a checkpoint can hold them.
+pub struct TrainOptimizer {
+    groups: Vec<AdamGroup>,
+    schedule: CosineSchedule,
+    cfg: OptimConfig,
+    step: usize,
+}
+
+struct AdamGroup {
+    base_lr: f64,
+    /// `(name, parameter, first moment, second moment)`.
+    vars: Vec<(String, Var, Var, Var)>,
+}
+
+impl TrainOptimizer {
+    pub fn new(head: &SsvpHead, cfg: &OptimConfig, total_steps: usize) -> anyhow::Result<Self> {
+        let groups = [
+            (ParamGroup::Prompts, cfg.lr_prompts),
+            (ParamGroup::Rest, cfg.lr_rest),
+        ]
+        .into_iter()
+        .map(|(group, base_lr)| {
+            let vars = head
+                .group_vars(group)
+                .into_iter()
+                .map(|(name, var)| {
+                    let m = Var::zeros(var.shape(), var.dtype(), var.device())?;
+                    let v = Var::zeros(var.shape(), var.dtype(), var.device())?;
+                    Ok((name, var, m, v))
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(AdamGroup { base_lr, vars })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            groups,
+            schedule: CosineSchedule::new(cfg, total_steps),
+            cfg: cfg.clone(),
+            step: 0,
+        })
+    }
+
+    /// Steps done.
+    pub fn step_index(&self) -> usize {
+        self.step
+    }
+
+    /// `(prompts, rest)` learning rates of the next step.
+    pub fn learning_rates(&self) -> (f64, f64) {
+        let f = self.schedule.factor(self.step);
+        (self.groups[0].base_lr * f, self.groups[1].base_lr * f)
+    }
+
+    /// One update from gradients.
+    pub fn step(&mut self, grads: &candle_core::backprop::GradStore) -> anyhow::Result<()> {
+        let factor = self.schedule.factor(self.step);
+        // candle's AdamW counts its own steps from 1; every group steps every time.
+        let t = (self.step + 1) as i32;
+        let (beta1, beta2) = (self.cfg.beta1, self.cfg.beta2);
+        let scale_m = 1f64 / (1f64 - beta1.powi(t));
+        let scale_v = 1f64 / (1f64 - beta2.powi(t));
+        for group in &self.groups {
+            let lr = group.base_lr * factor;
+            let lr_lambda = lr * self.cfg.weight_decay;
+            for (_, theta, m, v) in &group.vars {
+                if let Some(g) = grads.get(theta) {
+                    let next_m = ((m.as_tensor() * beta1)? + (g * (1.0 - beta1))?)?;
+                    let next_v = ((v.as_tensor() * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+                    let m_hat = (&next_m * scale_m)?;
+                    let v_hat = (&next_v * scale_v)?;
+                    let next_theta = (theta.as_tensor() * (1f64 - lr_lambda))?;
+                    let adjusted = (m_hat / (v_hat.sqrt()? + self.cfg.eps)?)?;
+                    let next_theta = (next_theta - (adjusted * lr)?)?;
+                    m.set(&next_m)?;
+                    v.set(&next_v)?;
+                    theta.set(&next_theta)?;
+                }
+            }
+        }
+        self.step += 1;
+        Ok(())
+    }
+
+    /// The moments as named tensors (`m.<param>`, `v.<param>`).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.groups
+            .iter()
+            .flat_map(|g| &g.vars)
+            .flat_map(|(name, _, m, v)| {
+                [
+                    (format!("m.{name}"), m.as_tensor().clone()),
+                    (format!("v.{name}"), v.as_tensor().clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Writes the moments as safetensors.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tensors: std::collections::HashMap<String, Tensor> =
+            self.state_tensors().into_iter().collect();
+        candle_core::safetensors::save(&tensors, path)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Restores the moments written by [`Self::save`] after `step` steps.
+    pub fn load(&mut self, path: &Path, step: usize) -> anyhow::Result<()> {
+        let device = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.vars)
+            .map(|(_, v, _, _)| v.device().clone())
+            .next()
+            .unwrap_or(Device::Cpu);
+        let tensors = candle_core::safetensors::load(path, &device)
+            .with_context(|| format!("reading optimiser state {}", path.display()))?;
+        for (name, _, m, v) in self.groups.iter().flat_map(|g| &g.vars) {
+            for (prefix, var) in [("m", m), ("v", v)] {
+                let key = format!("{prefix}.{name}");
+                let t = tensors
+                    .get(&key)
+                    .with_context(|| format!("optimiser state {} lacks {key}", path.display()))?;
+                if t.dims() != var.dims() {
+                    bail!(
+                        "optimiser state {}: {key} has shape {:?}, the head's {:?}",
+                        path.display(),
+                        t.dims(),
+                        var.dims()
+                    );
+                }
+                var.set(t)?;
+            }
+        }
+        if tensors.len() != 2 * self.groups.iter().map(|g| g.vars.len()).sum::<usize>() {
+            bail!(
+                "optimiser state {} holds {} tensors, the head needs {}",
+                path.display(),
+                tensors.len(),
+                2 * self.groups.iter().map(|g| g.vars.len()).sum::<usize>()
+            );
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// SplitMix64 and Box-Muller: the seeded generator of the permutations and VAE noise.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64, stream: u64, index: u64) -> Self {
+        let mut r = Rng(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        r.0 ^= r.next_u64() ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Rng(r.next_u64())
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.unit(), self.unit());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+const STREAM_PERMUTATION: u64 = 1;
+const STREAM_NOISE: u64 = 2;
+
+/// The sample order of `epoch` (Fisher-Yates with a generator seeded by `(seed, epoch)`).
+pub fn epoch_permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(seed, STREAM_PERMUTATION, epoch as u64);
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order
+}
+
+/// Standard-normal VAE noise `[b, d]` of step `step`.
+pub fn step_noise(
+    seed: u64,
+    step: usize,
+    b: usize,
+    d: usize,
+    device: &Device,
+) -> anyhow::Result<Tensor> {
+    let mut rng = Rng::new(seed, STREAM_NOISE, step as u64);
+    let data: Vec<f32> = (0..b * d).map(|_| rng.normal() as f32).collect();
+    Ok(Tensor::from_vec(data, (b, d), device)?)
+}
+
+/// The training mask of one sample, `size x size`, 1 = defect (all zero for a normal image).
+pub fn training_mask(sample: &TrainSample, size: usize) -> anyhow::Result<Vec<f32>> {
+    let Some(path) = &sample.mask_path else {
+        if sample.anomalous {
+            bail!(
+                "{}: anomalous training image without a mask (training needs pixel labels)",
+                sample.image_path.display()
+            );
+        }
+        return Ok(vec![0.0; size * size]);
+    };
+    let mask = load_mask(path)?;
+    let grid = GtMask::new(
+        mask.width as usize,
+        mask.height as usize,
+        mask.pixels.iter().map(|&p| p != 0).collect(),
+    )?;
+    let resized = resize_mask(&grid, size, size)?;
+    Ok(resized
+        .data
+        .iter()
+        .map(|&m| if m { 1.0 } else { 0.0 })
+        .collect())
+}
+
+/// `T_init [B, 2P, D]` for the class names of a batch: the prompts are encoded once per distinct
+/// name (in first-seen order) and gathered per image.
+pub fn batch_t_init(
+    head: &SsvpHead,
+    encoder: &dyn PromptTextEncoder,
+    class_names: &[&str],
+) -> anyhow::Result<Tensor> {
+    let mut distinct: Vec<&str> = Vec::new();
+    let mut index = Vec::with_capacity(class_names.len());
+    for name in class_names {
+        let i = match distinct.iter().position(|d| d == name) {
+            Some(i) => i,
+            None => {
+                distinct.push(name);
+                distinct.len() - 1
+            }
+        };
+        index.push(i as u32);
+    }
+    let encoded = distinct
+        .iter()
+        .map(|name| {
+            head.encode_prompts(encoder, name)
+                .with_context(|| format!("encoding the prompts of `{name}`"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let stacked = Tensor::stack(&encoded, 0)?;
+    if distinct.len() == 1 {
+        let (p, d) = (stacked.dim(1)?, stacked.dim(2)?);
+        return Ok(stacked
+            .broadcast_as((class_names.len(), p, d))?
+            .contiguous()?);
+    }
+    let index = Tensor::from_vec(index, class_names.len(), stacked.device())?;
+    Ok(stacked.index_select(&index, 0)?)
+}
+
+/// One optimiser step on `batch`; returns every loss term.
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    head: &SsvpHead,
+    opt: &mut TrainOptimizer,
+    source: &dyn FeatureSource,
+    encoder: &dyn PromptTextEncoder,
+    batch: &[&TrainSample],
+    mask_size: usize,
+    seed: u64,
+    device: &Device,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let paths: Vec<PathBuf> = batch.iter().map(|s| s.image_path.clone()).collect();
+    let features = stack_features(&source.features_batch(&paths)?)?;
+    let b = batch.len();
+    let names: Vec<&str> = batch.iter().map(|s| s.class_name.as_str()).collect();
+    let t_init = batch_t_init(head, encoder, &names)?;
+    let mut masks = Vec::with_capacity(b * mask_size * mask_size);
+    for s in batch {
+        masks.extend(training_mask(s, mask_size)?);
+    }
+    let targets = Targets {
+        masks: Tensor::from_vec(masks, (b, mask_size, mask_size), device)?,
+        labels: Tensor::from_vec(
+            batch
+                .iter()
+                .map(|s| if s.anomalous { 1f32 } else { 0.0 })
+                .collect::<Vec<_>>(),
+            b,
+            device,
+        )?,
+    };
+    let noise = step_noise(
+        seed,
+        opt.step_index(),
+        b,
+        head.model_config().vae_latent,
+        device,
+    )?;
+    let out = head.forward(&features, &t_init, &Mode::Train { noise }, Some(&targets))?;
+    let loss = out.loss.context("the head returned no loss terms")?;
+    let total = loss.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    if !total.is_finite() {
+        bail!("the training loss is {total} at step {}", opt.step_index());
+    }
+    let grads = loss.total.backward()?;
+    opt.step(&grads)?;
+    loss.named()
+        .into_iter()
+        .map(|(name, t)| {
+            Ok((
+                name.to_string(),
+                t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            ))
+        })
+        .collect()
+}
+
+fn write_checkpoint(
+    run: &RunDir,
+    head: &SsvpHead,
+    opt: &TrainOptimizer,
+    state: &mut RunState,
+) -> anyhow::Result<()> {
+    let (head_file, optim_file) = checkpoint_names(opt.step_index());
+    run.write_atomic_with(&head_file, |tmp| head.save(tmp))?;
+    run.write_atomic_with(&optim_file, |tmp| {
+        opt.save(tmp)
+            .map_err(|e| crate::error::Error::Io(format!("{e:#}")))
+    })?;
+    state.step = opt.step_index();
+    state.complete = state.step >= state.total_steps;
+    state.head_file = head_file;
+    state.optimizer_file = optim_file;
+    run.commit_state(state)?;
+    Ok(())
+}
+
+/// Trains `head` on `samples` into the run directory `run`.
+///
+/// [`Start::Fresh`] writes the config, the identity of `source`'s backbones and
+/// a step-0 checkpoint of the untrained head first; [`Start::Resume`] loads the last checkpoint
+/// (head tensors, Adam moments, step) and refuses a run whose config, data or identity differs.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    run: &RunDir,
+    head: &SsvpHead,
+    source: &dyn FeatureSource,
+    encoder: &dyn PromptTextEncoder,
+    samples: &[TrainSample],
+    data: TrainingData,
+    opts: &TrainOptions,
+    start: Start,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> anyhow::Result<TrainSummary> {
+    let cfg: SsvpConfig = head.config().clone();
+    let oc = &cfg.optim;
+    if samples.is_empty() {
+        bail!("no training samples");
+    }
+    if oc.batch_size == 0 || oc.epochs == 0 {
+        bail!("optim.batch_size and optim.epochs must be positive");
+    }
+    if opts.mask_size == 0 {
+        bail!("the training mask size must be positive");
+    }
+    let steps_per_epoch = samples.len().div_ceil(oc.batch_size);
+    let total_steps = steps_per_epoch * oc.epochs;
+    let device = head
+        .named_vars()
+        .first()
+        .map(|(_, v)| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let mut opt = TrainOptimizer::new(head, oc, total_steps)?;
+    let identity = source.identity();
+
+    let mut state = match start {
+        Start::Fresh => {
+            run.write_config(&cfg)?;
+            run.write_identity(identity)?;
+            let _ = std::fs::remove_file(run.file(crate::run_dir::LOG_FILE));
+            let mut state = RunState {
+                format_version: RUN_FORMAT_VERSION,
+                data,
+                epochs: oc.epochs,
+                batch_size: oc.batch_size,
+                steps_per_epoch,
+                total_steps,
+                step: 0,
+                complete: false,
+                head_file: String::new(),
+                optimizer_file: String::new(),
+                mask_size: opts.mask_size,
+            };
+            write_checkpoint(run, head, &opt, &mut state)?;
+            state
+        }
+        Start::Resume => {
+            let state = run.read_state()?;
+            let stored_cfg = run.read_config()?;
+            if stored_cfg != cfg {
+                bail!(
+                    "{}: the run was trained with a different configuration (resume uses the \
+                     run's config.toml; start a new run to change it)",
+                    run.path().display()
+                );
+            }
+            let stored: BackboneIdentity = run.read_identity()?;
+            stored.check_matches(identity).with_context(|| {
+                format!(
+                    "{}: the run's features were {}",
+                    run.path().display(),
+                    "made with other backbones than the ones given now"
+                )
+            })?;
+            if state.data.samples != data.samples
+                || state.data.categories != data.categories
+                || state.steps_per_epoch != steps_per_epoch
+                || state.total_steps != total_steps
+            {
+                bail!(
+                    "{}: the run trained on {} samples of {:?} ({} steps); the data given now \
+                     has {} samples of {:?} ({} steps)",
+                    run.path().display(),
+                    state.data.samples,
+                    state.data.categories,
+                    state.total_steps,
+                    data.samples,
+                    data.categories,
+                    total_steps
+                );
+            }
+            if state.mask_size != opts.mask_size {
+                bail!(
+                    "{}: the run trained with {0}x{0} masks, not {1}x{1}",
+                    state.mask_size,
+                    opts.mask_size
+                );
+            }
+            head.load(run.file(&state.head_file))?;
+            opt.load(&run.file(&state.optimizer_file), state.step)?;
+            run.truncate_log(state.step)?;
+            state
+        }
+    };
+
+    if state.complete {
+        return Ok(TrainSummary {
+            state,
+            steps_run: 0,
+            seconds: 0.0,
+            last: None,
+        });
+    }
+
+    if opts.warm_cache {
+        let total = samples.len();
+        let mut done = 0;
+        for chunk in samples.chunks(oc.batch_size) {
+            let paths: Vec<PathBuf> = chunk.iter().map(|s| s.image_path.clone()).collect();
+            source.features_batch(&paths)?;
+            done += chunk.len();
+            on_event(TrainEvent::Features { done, total });
+        }
+    }
+
+    on_event(TrainEvent::Start {
+        step: state.step,
+        total_steps,
+        steps_per_epoch,
+    });
+    let started = Instant::now();
+    let first_step = state.step;
+    let mut last = None;
+    let stop = opts.stop_after.unwrap_or(total_steps).min(total_steps);
+    while opt.step_index() < stop {
+        let step = opt.step_index();
+        let epoch = step / steps_per_epoch;
+        let in_epoch = step % steps_per_epoch;
+        let order = epoch_permutation(samples.len(), oc.seed, epoch);
+        let lo = in_epoch * oc.batch_size;
+        let hi = (lo + oc.batch_size).min(samples.len());
+        let batch: Vec<&TrainSample> = order[lo..hi].iter().map(|&i| &samples[i]).collect();
+        let (lr_prompts, lr_rest) = opt.learning_rates();
+        let t0 = Instant::now();
+        let losses = train_step(
+            head,
+            &mut opt,
+            source,
+            encoder,
+            &batch,
+            opts.mask_size,
+            oc.seed,
+            &device,
+        )?;
+        let record = StepRecord {
+            epoch,
+            step,
+            batch_size: batch.len(),
+            lr_prompts,
+            lr_rest,
+            losses,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        run.append_log(&[serde_json::to_string(&record)?])?;
+        on_event(TrainEvent::Step(&record));
+        last = Some(record);
+        let done = opt.step_index();
+        let epoch_end = done % steps_per_epoch == 0;
+        let periodic = opts
+            .checkpoint_every
+            .is_some_and(|k| k > 0 && done % k == 0);
+        if epoch_end || periodic || done == stop {
+            write_checkpoint(run, head, &opt, &mut state)?;
+            on_event(TrainEvent::Checkpoint { step: done });
+        }
+    }
+    Ok(TrainSummary {
+        steps_run: state.step - first_step,
+        state,
+        seconds: started.elapsed().as_secs_f64(),
+        last,
+    })
+}
