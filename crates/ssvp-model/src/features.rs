@@ -40,7 +40,7 @@ use crate::head::HeadFeatures;
 
 pub use backbones::{tiny_clip_config, tiny_dino_config, Backbones};
 pub use cache::{CacheStats, CacheStorage, FeatureCache};
-pub use prompt::{ClipPromptEncoder, PLACEHOLDER};
+pub use prompt::{ClipPromptEncoder, PromptCache, PromptIds, PLACEHOLDER};
 
 /// Version of the feature layout; bumped whenever extraction changes what a cached file means.
 pub const FEATURE_FORMAT: u32 = 1;

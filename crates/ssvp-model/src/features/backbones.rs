@@ -1,10 +1,8 @@
 //! [`Backbones`]: the frozen CLIP and DINOv3 towers, loaded from weights or built as the seeded
 //! `tiny` preset, aligned on one patch grid, and run on image files.
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
@@ -17,7 +15,7 @@ use ssvp_backbones::dinov3::{self, Activation as DinoActivation, Dinov3Config, D
 use ssvp_backbones::weights::{seeded_var_builder, ModelSource, WantedFiles};
 use ssvp_image::Preprocess;
 
-use super::prompt::{ClipPromptEncoder, PromptIds};
+use super::prompt::{ClipPromptEncoder, PromptCache};
 use super::{hex, BackboneIdentity, FeatureSource, ImageFeatures, FEATURE_FORMAT};
 use crate::config::{BackbonesConfig, ModelConfig, PosInterp, TINY};
 
@@ -125,8 +123,8 @@ pub struct Backbones {
     vision_opts: VisionOptions,
     dino_blocks: Vec<usize>,
     device: Device,
-    /// Tokenised prompt templates per (class name, prompt length).
-    pub(super) prompt_ids: Mutex<HashMap<(String, usize), Arc<PromptIds>>>,
+    /// Tokenised prompt templates, shared by every encoder this creates.
+    prompt_cache: PromptCache,
 }
 
 impl Backbones {
@@ -286,7 +284,7 @@ impl Backbones {
             },
             dino_blocks: dino_layers,
             device: device.clone(),
-            prompt_ids: Mutex::new(HashMap::new()),
+            prompt_cache: PromptCache::default(),
         })
     }
 
@@ -304,7 +302,11 @@ impl Backbones {
 
     /// The real prompt text encoder over this CLIP's text tower.
     pub fn prompt_encoder(&self) -> anyhow::Result<ClipPromptEncoder<'_>> {
-        ClipPromptEncoder::new(self)
+        Ok(ClipPromptEncoder::new(
+            self.clip.text()?,
+            &self.tokenizer,
+            &self.prompt_cache,
+        ))
     }
 
     /// Width of the CLIP text token embeddings (0 for a vision-only CLIP).

@@ -6,14 +6,14 @@
 //! the joint space. Because the tower is causal, the EOT state depends only on positions up to
 //! EOT, so the padded tail (up to 77 tokens) is never computed.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{DType, Tensor};
-use ssvp_backbones::clip::tokenizer::CONTEXT_LENGTH;
+use ssvp_backbones::clip::tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
 use ssvp_backbones::clip::ClipTextTransformer;
 use ssvp_backbones::Grad;
 
-use super::backbones::Backbones;
 use crate::error::{Error, Result};
 use crate::vcpg::PromptTextEncoder;
 
@@ -22,7 +22,7 @@ pub const PLACEHOLDER: &str = "X";
 
 /// A class's tokenised template, cut after EOT, and the frozen embeddings around the slots.
 #[derive(Debug)]
-pub(crate) struct PromptIds {
+pub struct PromptIds {
     /// `[SOT, X × L, class tokens…, ".", EOT]`.
     ids: Vec<u32>,
     /// Frozen token embeddings of `ids[..1]` (`[1, 1, W]`) and `ids[1 + L..]` (`[1, n − 1 − L, W]`).
@@ -30,18 +30,30 @@ pub(crate) struct PromptIds {
     suffix: Tensor,
 }
 
+/// Tokenised templates per (class name, number of slots), kept by whoever owns the text tower
+/// so that encoders created per step share them.
+#[derive(Debug, Default)]
+pub struct PromptCache(Mutex<HashMap<(String, usize), Arc<PromptIds>>>);
+
 /// The real `PromptTextEncoder`: splices the prompt tokens into CLIP's text tower.
 pub struct ClipPromptEncoder<'a> {
-    backbones: &'a Backbones,
     text: &'a ClipTextTransformer,
+    tokenizer: &'a ClipTokenizer,
+    cache: &'a PromptCache,
 }
 
 impl<'a> ClipPromptEncoder<'a> {
-    pub(super) fn new(backbones: &'a Backbones) -> anyhow::Result<Self> {
-        Ok(Self {
-            backbones,
-            text: backbones.clip().text()?,
-        })
+    /// An encoder over `text` (usually [`super::Backbones::prompt_encoder`] builds it).
+    pub fn new(
+        text: &'a ClipTextTransformer,
+        tokenizer: &'a ClipTokenizer,
+        cache: &'a PromptCache,
+    ) -> Self {
+        Self {
+            text,
+            tokenizer,
+            cache,
+        }
     }
 
     /// The template the learnable tokens are spliced into for `class_name` and `slots` tokens.
@@ -63,7 +75,7 @@ impl<'a> ClipPromptEncoder<'a> {
         if let Some(hit) = self.lock_cache()?.get(&key) {
             return Ok(hit.clone());
         }
-        let tokenizer = self.backbones.tokenizer();
+        let tokenizer = self.tokenizer;
         let cfg_err =
             |msg: String| Error::Config(format!("prompt for class `{class_name}`: {msg}"));
         if class_name.trim().is_empty() {
@@ -73,7 +85,7 @@ impl<'a> ClipPromptEncoder<'a> {
         let mut ids = tokenizer
             .tokenize(&text, CONTEXT_LENGTH, false)
             .map_err(|e| cfg_err(e.to_string()))?;
-        let eot = ssvp_backbones::clip::tokenizer::ClipTokenizer::eot_position(&ids)
+        let eot = ClipTokenizer::eot_position(&ids)
             .ok_or_else(|| cfg_err("tokenised prompt has no end-of-text token".into()))?;
         ids.truncate(eot + 1);
         // One placeholder token per slot, right after SOT (the class name may hold an `x` too,
@@ -102,12 +114,9 @@ impl<'a> ClipPromptEncoder<'a> {
         Ok(entry)
     }
 
-    fn lock_cache(
-        &self,
-    ) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<(String, usize), Arc<PromptIds>>>>
-    {
-        self.backbones
-            .prompt_ids
+    fn lock_cache(&self) -> Result<MutexGuard<'_, HashMap<(String, usize), Arc<PromptIds>>>> {
+        self.cache
+            .0
             .lock()
             .map_err(|_| Error::Config("prompt tokenisation cache lock poisoned".into()))
     }
