@@ -132,6 +132,23 @@ fn bad_inputs_are_errors() {
     let ids = Tensor::new(&[[62u32, 64, 63]], &dev).unwrap();
     let err = model.text_embeds(&ids).unwrap_err();
     assert!(err.to_string().contains("vocabulary"), "{err}");
+    // Prompt-path misuse: too many deep prompts (2 layers take at most 1), EOT out of range.
+    let text = model.text().unwrap();
+    let embeds = Tensor::zeros((1, 77, 32), DType::F32, &dev).unwrap();
+    let prompt = Tensor::zeros((2, 32), DType::F32, &dev).unwrap();
+    let err = text
+        .forward_embeds(
+            &embeds,
+            &[5],
+            &[prompt.clone(), prompt],
+            ssvp_backbones::Grad::Tracked,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 1"), "{err}");
+    let err = text
+        .forward_embeds(&embeds, &[77], &[], ssvp_backbones::Grad::Frozen)
+        .unwrap_err();
+    assert!(err.to_string().contains("EOT position 77"), "{err}");
     // Preset that does not match the tensors: shape error names the tensor.
     let opts = LoadOptions {
         config: ConfigChoice::Preset("ViT-B/32".into()),

@@ -139,7 +139,7 @@ impl ClipTextTransformer {
                 "{} deep prompts given; a {}-layer text tower takes at most {} (layers 2..={})",
                 deep_prompts.len(),
                 self.layers.len(),
-                self.layers.len() - 1,
+                self.layers.len().saturating_sub(1),
                 self.layers.len()
             );
         }
