@@ -171,11 +171,101 @@ fn clip_input_errors_are_clear() {
     let r = run(&["--size", "16", "--layers", "7"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("blocks 1..=3"), "{err}");
-    let r = run(&["--backbone", "dinov3"]);
+    let r = run(&["--backbone", "resnet"]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
-        !r.status.success() && err.contains("not wired yet"),
+        !r.status.success() && err.contains("unknown backbone `resnet`"),
         "{err}"
     );
     assert!(!out.exists(), "no output is written on failure");
+}
+
+/// `--backbone dinov3` on the tiny SwiGLU DINOv3 fixture (an HF-style directory), at a
+/// non-square input: the file must hold every token of the requested blocks (normed with
+/// --norm-layers), the final-normed CLS and patches, and equal the library's output.
+#[test]
+fn dinov3_features_match_the_library() {
+    use ssvp_backbones::dinov3::Dinov3Model;
+    let weights = workspace().join("crates/ssvp-backbones/tests/fixtures/dinov3/swiglu");
+    let image = workspace().join("crates/ssvp-image/tests/fixtures/image/gray_64x48.png");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("dino.safetensors");
+    let run = ssvp()
+        .args(["embed", "--backbone", "dinov3", "--weights"])
+        .arg(&weights)
+        .arg("--image")
+        .arg(&image)
+        .args([
+            "--height",
+            "64",
+            "--width",
+            "96",
+            "--layers",
+            "1,2",
+            "--norm-layers",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let mut names: Vec<&str> = got.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["cls", "hidden.1", "hidden.2", "patch"]);
+
+    let model =
+        Dinov3Model::load(weights.to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    let img = ssvp_image::load_rgb8(&image).unwrap();
+    let chw = ssvp_image::Preprocess::dinov3(96)
+        .with_size(96, 64)
+        .apply(&img)
+        .unwrap();
+    let pixels = Tensor::from_vec(chw.data, (1, 3, 64, 96), &Device::Cpu).unwrap();
+    let want = model.forward(&pixels, &[1, 2], true).unwrap();
+    let width = model.config().hidden_size;
+    for (i, block) in [1, 2].iter().enumerate() {
+        let h = &got[&format!("hidden.{block}")];
+        // CLS + 4 registers + 4x6 patches.
+        assert_eq!(h.dims(), &[1 + 4 + 24, width]);
+        assert!(rel_err(h, &want.hidden[i].1.squeeze(0).unwrap()) < 1e-6);
+    }
+    assert_eq!(got["patch"].dims(), &[24, width]);
+    assert!(rel_err(&got["patch"], &want.patch.squeeze(0).unwrap()) < 1e-6);
+    assert!(rel_err(&got["cls"], &want.cls.squeeze(0).unwrap()) < 1e-6);
+
+    // CLIP-only options are refused rather than ignored, and nothing is written.
+    let bad_out = out_dir.path().join("bad.safetensors");
+    let r = ssvp()
+        .args(["embed", "--backbone", "dinov3", "--weights"])
+        .arg(&weights)
+        .arg("--image")
+        .arg(&image)
+        .args(["--size", "64", "--text", "a photo"])
+        .arg("--out")
+        .arg(&bad_out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("CLIP only"), "{err}");
+    let r = ssvp()
+        .args(["embed", "--backbone", "dinov3", "--weights"])
+        .arg(&weights)
+        .arg("--image")
+        .arg(&image)
+        .args(["--size", "60"])
+        .arg("--out")
+        .arg(&bad_out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("multiples of the patch size 16"),
+        "{err}"
+    );
+    assert!(!bad_out.exists());
 }

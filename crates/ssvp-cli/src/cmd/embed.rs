@@ -11,6 +11,7 @@ use ssvp_backbones::clip::tokenizer::ClipTokenizer;
 use ssvp_backbones::clip::{
     Activation, ClipModel, ConfigChoice, LoadOptions, PosInterp, VisionOptions,
 };
+use ssvp_backbones::dinov3::{self, Dinov3Config, Dinov3Model};
 use ssvp_image::Preprocess;
 
 const EMBED_HELP: &str = "\
@@ -47,9 +48,10 @@ pub struct EmbedArgs {
     /// Input image (PNG, JPEG, BMP, TIFF; gray images are replicated to RGB).
     #[arg(long)]
     pub image: PathBuf,
-    /// Square input size in pixels (a multiple of the patch size).
-    #[arg(long, default_value_t = 518)]
-    pub size: usize,
+    /// Square input size in pixels, a multiple of the patch size. Default: 518 for CLIP
+    /// (37x37 patches of 14), 592 for DINOv3 (37x37 patches of 16).
+    #[arg(long)]
+    pub size: Option<usize>,
     /// Input height, for a non-square input (with --width; squash resize only).
     #[arg(long, requires = "width")]
     pub height: Option<usize>,
@@ -72,9 +74,13 @@ pub struct EmbedArgs {
     /// bilinear (AnomalyCLIP). CLIP only.
     #[arg(long, default_value = "bicubic")]
     pub pos_interp: PosInterp,
-    /// Apply the final LayerNorm (CLIP ln_post) to the written hidden.<block> tensors.
+    /// Apply the final LayerNorm (CLIP ln_post, DINOv3 norm as Meta's
+    /// get_intermediate_layers(norm=True)) to the written hidden.<block> tensors.
     #[arg(long)]
     pub norm_layers: bool,
+    /// DINOv3 only: normalise with the SAT-493M (satellite) mean/std instead of ImageNet's.
+    #[arg(long)]
+    pub sat: bool,
     /// A prompt to encode with the text tower (repeatable). CLIP only.
     #[arg(long)]
     pub text: Vec<String>,
@@ -96,7 +102,7 @@ pub struct EmbedArgs {
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     match args.backbone.to_ascii_lowercase().as_str() {
         "clip" => run_clip(&args),
-        "dinov3" => anyhow::bail!("`ssvp embed --backbone dinov3` is not wired yet"),
+        "dinov3" => run_dinov3(&args),
         other => anyhow::bail!("unknown backbone `{other}` (expected clip or dinov3)"),
     }
 }
@@ -137,10 +143,7 @@ fn run_clip(args: &EmbedArgs) -> anyhow::Result<()> {
         args.layers.clone()
     };
 
-    let (height, width) = match (args.height, args.width) {
-        (Some(h), Some(w)) => (h, w),
-        _ => (args.size, args.size),
-    };
+    let (height, width) = input_size(args, 518);
     let patch = vision.config().patch_size;
     if height % patch != 0 || width % patch != 0 {
         anyhow::bail!(
@@ -152,7 +155,7 @@ fn run_clip(args: &EmbedArgs) -> anyhow::Result<()> {
         "crop" if height != width => {
             anyhow::bail!("--resize crop needs a square input; use --size, not --height/--width")
         }
-        "crop" => Preprocess::clip_center_crop(args.size),
+        "crop" => Preprocess::clip_center_crop(height),
         _ => Preprocess::clip(width).with_size(width, height),
     };
     let img = ssvp_image::load_rgb8(&args.image)
@@ -224,6 +227,91 @@ fn run_clip(args: &EmbedArgs) -> anyhow::Result<()> {
         } else {
             format!(", {} prompts", args.text.len())
         }
+    );
+    Ok(())
+}
+
+/// `--height/--width` when given, else the square `--size`, else the backbone's default.
+fn input_size(args: &EmbedArgs, default: usize) -> (usize, usize) {
+    match (args.height, args.width) {
+        (Some(h), Some(w)) => (h, w),
+        _ => {
+            let size = args.size.unwrap_or(default);
+            (size, size)
+        }
+    }
+}
+
+fn run_dinov3(args: &EmbedArgs) -> anyhow::Result<()> {
+    for (set, flag) in [
+        (args.dpam_from.is_some(), "--dpam-from"),
+        (!args.text.is_empty(), "--text"),
+        (args.activation.is_some(), "--activation"),
+        (args.resize != "squash", "--resize crop"),
+    ] {
+        if set {
+            anyhow::bail!("{flag} applies to CLIP only, not to --backbone dinov3");
+        }
+    }
+    let device = Device::Cpu;
+    let config = args
+        .preset
+        .as_deref()
+        .map(|p| {
+            Dinov3Config::preset(p).ok_or_else(|| {
+                anyhow::anyhow!("unknown DINOv3 preset `{p}`; known: {:?}", dinov3::PRESETS)
+            })
+        })
+        .transpose()?;
+    let files = dinov3::resolve(&args.weights)
+        .with_context(|| format!("resolving DINOv3 weights `{}`", args.weights))?;
+    let model = Dinov3Model::load_files(&files, config, parse_dtype(&args.dtype)?, &device)
+        .with_context(|| format!("loading DINOv3 weights `{}`", args.weights))?;
+    let (height, width) = input_size(args, 592);
+    let grid = model.grid_for(height, width)?;
+    let depth = model.config().num_hidden_layers;
+    let blocks = if args.layers.is_empty() {
+        let mut q: Vec<usize> = (1..=4).map(|i| (depth * i / 4).max(1)).collect();
+        q.dedup();
+        q
+    } else {
+        args.layers.clone()
+    };
+
+    let recipe = if args.sat {
+        Preprocess::dinov3_sat(width)
+    } else {
+        Preprocess::dinov3(width)
+    }
+    .with_size(width, height);
+    let img = ssvp_image::load_rgb8(&args.image)
+        .with_context(|| format!("reading image {}", args.image.display()))?;
+    let chw = recipe.apply(&img)?;
+    let pixels = Tensor::from_vec(chw.data, (1, chw.channels, chw.height, chw.width), &device)?;
+    let out = model.forward(&pixels, &blocks, args.norm_layers)?;
+    let tensors = out.embed_tensors(0)?;
+
+    let metadata = HashMap::from([
+        ("backbone".to_string(), "dinov3".to_string()),
+        ("weights".to_string(), files.origin.clone()),
+        ("image".to_string(), args.image.display().to_string()),
+        ("input_height".to_string(), height.to_string()),
+        ("input_width".to_string(), width.to_string()),
+        ("grid".to_string(), format!("{}x{}", grid.0, grid.1)),
+        ("norm_layers".to_string(), args.norm_layers.to_string()),
+        (
+            "normalisation".to_string(),
+            if args.sat { "sat493m" } else { "imagenet" }.to_string(),
+        ),
+        ("dtype".to_string(), args.dtype.to_ascii_lowercase()),
+    ]);
+    write_atomically(&args.out, tensors, metadata)?;
+    eprintln!(
+        "wrote {} ({} blocks, grid {}x{})",
+        args.out.display(),
+        blocks.len(),
+        grid.0,
+        grid.1
     );
     Ok(())
 }
