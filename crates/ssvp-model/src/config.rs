@@ -461,7 +461,7 @@ impl BackbonesConfig {
     /// dino_size / dino_patch)` must be equal integers.
     pub fn grid(&self, clip_patch: usize, dino_patch: usize) -> Result<usize> {
         let side = |name: &str, size: usize, patch: usize| {
-            if patch == 0 || !size.is_multiple_of(patch) {
+            if patch == 0 || size % patch != 0 {
                 return Err(Error::Config(format!(
                     "backbones.{name}_size {size} is not a multiple of the {name} patch size {patch}"
                 )));

@@ -240,11 +240,11 @@ fn batches_equal_single_images_and_stack() {
     assert_eq!(hf.dino_local[1].dims(), &[3, 64, 64]);
     assert_eq!(hf.clip_global.dims(), &[3, 64]);
     assert_eq!(hf.dino_global.dims(), &[3, 64]);
-    for i in 0..3 {
+    for (i, item) in batch.iter().enumerate() {
         let row = hf.dino_local[1].get(i).unwrap();
-        assert_eq!(max_abs_diff(&row, &batch[i].dino_local[1]), 0.0);
+        assert_eq!(max_abs_diff(&row, &item.dino_local[1]), 0.0);
         let g = hf.clip_global.get(i).unwrap();
-        assert_eq!(max_abs_diff(&g, &batch[i].clip_global), 0.0);
+        assert_eq!(max_abs_diff(&g, &item.clip_global), 0.0);
     }
     assert!(stack_features(&[]).is_err());
     let mut odd = batch[1].clone();

@@ -33,7 +33,9 @@ pub struct PromptIds {
 /// Tokenised templates per (class name, number of slots), kept by whoever owns the text tower
 /// so that encoders created per step share them.
 #[derive(Debug, Default)]
-pub struct PromptCache(Mutex<HashMap<(String, usize), Arc<PromptIds>>>);
+pub struct PromptCache(Mutex<PromptMap>);
+
+type PromptMap = HashMap<(String, usize), Arc<PromptIds>>;
 
 /// The real `PromptTextEncoder`: splices the prompt tokens into CLIP's text tower.
 pub struct ClipPromptEncoder<'a> {
@@ -114,7 +116,7 @@ impl<'a> ClipPromptEncoder<'a> {
         Ok(entry)
     }
 
-    fn lock_cache(&self) -> Result<MutexGuard<'_, HashMap<(String, usize), Arc<PromptIds>>>> {
+    fn lock_cache(&self) -> Result<MutexGuard<'_, PromptMap>> {
         self.cache
             .0
             .lock()
