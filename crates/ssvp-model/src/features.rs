@@ -12,8 +12,9 @@
 //! use ssvp_model::SsvpConfig;
 //! let cfg = SsvpConfig::tiny(); // seeded backbones, no weights files
 //! let backbones = Backbones::load(&cfg.backbones, &cfg.model, &Device::Cpu)?;
-//! let encoder = backbones.prompt_encoder()?; // a PromptTextEncoder for SsvpHead::encode_prompts
 //! let cached = FeatureCache::new(backbones, "features-cache".into(), CacheStorage::F32)?;
+//! // A PromptTextEncoder for SsvpHead::encode_prompts, borrowing the text tower.
+//! let encoder = cached.inner().prompt_encoder()?;
 //! let one = cached.features(std::path::Path::new("image.png"))?;
 //! let batch = stack_features(&[one])?;
 //! # let _ = (encoder, batch); Ok(()) }
