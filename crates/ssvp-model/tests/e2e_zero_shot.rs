@@ -1,0 +1,129 @@
+//! End to end, zero-shot: tiny seeded backbones (real CLIP + DINOv3 architectures, random
+//! weights), the synthetic benchmark written to a tempdir, the head trained on four categories
+//! (woven, grain, disc, board) and evaluated on two it never saw (speckle, screw). The trained
+//! head must beat the untrained one (same seed, zero steps) on image and pixel AUROC by margins
+//! about half of what was measured (seed 111: image AUROC 0.379 -> 0.594, pixel AUROC
+//! 0.321 -> 0.637; see the numbers printed with `--nocapture`).
+//!
+//! The learning rates are raised tenfold over the paper's (1e-3 / 5e-3) so that 10 epochs of
+//! 128 images are enough; everything else is the paper's setting at tiny widths.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Device;
+use ssvp_eval::datasets::{self, LoadOptions, Split};
+use ssvp_eval::synth::{generate, Kind, SynthConfig};
+use ssvp_model::evaluate::{evaluate, EvalOptions};
+use ssvp_model::features::{Backbones, CacheStorage, FeatureCache};
+use ssvp_model::run_dir::RunDir;
+use ssvp_model::train::{samples_from_dataset, train, training_data, Start, TrainOptions};
+use ssvp_model::{SsvpConfig, SsvpHead};
+
+fn load(root: &Path, categories: &[&str]) -> datasets::Dataset {
+    datasets::load(
+        root,
+        &LoadOptions {
+            split: Some(Split::Test),
+            categories: categories.iter().map(|c| c.to_string()).collect(),
+            ..LoadOptions::default()
+        },
+    )
+    .expect("synthetic benchmark loads")
+    .dataset
+}
+
+#[test]
+fn training_on_some_categories_improves_zero_shot_on_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(
+        &data,
+        &SynthConfig {
+            kinds: Kind::ALL.to_vec(),
+            per_category: 16,
+            size: 96,
+            seed: 5,
+        },
+        false,
+    )
+    .unwrap();
+    let train_set = load(&data, &["woven", "grain", "disc", "board"]);
+    let eval_set = load(&data, &["speckle", "screw"]);
+
+    let mut cfg = SsvpConfig::tiny();
+    cfg.optim.lr_rest = 1e-3;
+    cfg.optim.lr_prompts = 5e-3;
+    cfg.optim.epochs = 10;
+    cfg.optim.seed = 111;
+    let device = Device::Cpu;
+    let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &device).unwrap());
+    let encoder = backbones.prompt_encoder().unwrap();
+    let cache = FeatureCache::new(
+        Arc::clone(&backbones),
+        tmp.path().join("cache"),
+        CacheStorage::F32,
+    )
+    .unwrap();
+    let eval_opts = EvalOptions {
+        eval_size: 64,
+        ..EvalOptions::default()
+    };
+
+    let untrained = SsvpHead::new(&cfg, &device).unwrap();
+    let before = evaluate(
+        &untrained,
+        &cache,
+        &encoder,
+        &eval_set,
+        &eval_opts,
+        &mut |_| {},
+    )
+    .unwrap()
+    .report;
+
+    let head = SsvpHead::new(&cfg, &device).unwrap();
+    let run = RunDir::create(tmp.path().join("run"), false).unwrap();
+    let samples = samples_from_dataset(&train_set);
+    let opts = TrainOptions {
+        mask_size: 64,
+        ..TrainOptions::default()
+    };
+    let summary = train(
+        &run,
+        &head,
+        &cache,
+        &encoder,
+        &samples,
+        training_data(&train_set),
+        &opts,
+        Start::Fresh,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(summary.state.complete);
+    assert_eq!(summary.steps_run, 160);
+    let after = evaluate(&head, &cache, &encoder, &eval_set, &eval_opts, &mut |_| {})
+        .unwrap()
+        .report;
+
+    let get = |r: &ssvp_eval::report::EvaluationReport, m: &str| r.mean.metrics.get(m).unwrap();
+    for m in ["image_auroc", "image_ap", "pixel_auroc", "pixel_aupro"] {
+        println!(
+            "{m}: untrained {:.4} trained {:.4}",
+            get(&before, m),
+            get(&after, m)
+        );
+    }
+    let first = &summary.last.as_ref().unwrap().losses["total"];
+    println!("final loss {first:.4}");
+    assert!(
+        get(&after, "image_auroc") > get(&before, "image_auroc") + 0.10,
+        "image AUROC did not improve enough"
+    );
+    assert!(
+        get(&after, "pixel_auroc") > get(&before, "pixel_auroc") + 0.15,
+        "pixel AUROC did not improve enough"
+    );
+    assert!(get(&after, "pixel_auroc") > 0.55);
+}
