@@ -146,7 +146,9 @@ pub fn attention(
 ) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
-    let logits = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
+    // Scale q, not the [tokens x tokens] logits: N/head_dim times fewer multiplies (21x for
+    // ViT-L at 518 px). The transposed k is read through strides (gemm takes either layout).
+    let logits = (q * scale)?.contiguous()?.matmul(&k.contiguous()?.t()?)?;
     let logits = match mask {
         Some(m) => logits.broadcast_add(m)?,
         None => logits,
