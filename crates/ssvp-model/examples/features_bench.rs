@@ -1,0 +1,112 @@
+//! Time and memory of backbone feature extraction for one image, with seeded random weights (no
+//! files): `tiny`, or the paper's pair (CLIP ViT-L/14@336 at 518 px + DINOv3 ViT-L/16 at 592 px,
+//! both on a 37 x 37 grid).
+//!
+//! ```sh
+//! cargo run --release -p ssvp-model --example features_bench -- tiny
+//! cargo run --release -p ssvp-model --example features_bench -- vitl [images=2] [batch=1]
+//! ```
+
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use ssvp_backbones::clip::{ClipConfig, ClipModel};
+use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
+use ssvp_backbones::weights::seeded_var_builder;
+use ssvp_model::{Backbones, FeatureSource, SsvpConfig};
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let which = args.first().map(String::as_str).unwrap_or("tiny");
+    let images: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2);
+    let batch: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let dev = Device::Cpu;
+
+    let dir = std::env::temp_dir().join(format!("ssvp-features-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let paths: Vec<_> = (0..batch.max(1))
+        .map(|i| {
+            let p = dir.join(format!("{i}.png"));
+            image::RgbImage::from_fn(700, 700, |x, y| {
+                image::Rgb([
+                    (x % 256) as u8,
+                    (y % 256) as u8,
+                    ((x * y + i as u32) % 256) as u8,
+                ])
+            })
+            .save(&p)
+            .map(|_| p)
+        })
+        .collect::<Result<_, _>>()?;
+
+    let t0 = Instant::now();
+    let backbones = match which {
+        "tiny" => {
+            let cfg = SsvpConfig::tiny();
+            Backbones::load(&cfg.backbones, &cfg.model, &dev)?
+        }
+        "vitl" => {
+            let cfg = SsvpConfig::default();
+            let clip = ClipModel::new(
+                &ClipConfig::preset("ViT-L-14-336")?,
+                seeded_var_builder(1, DType::F32, &dev),
+                "seeded ViT-L/14@336",
+            )?;
+            let dino = Dinov3Model::new(
+                &Dinov3Config::vitl16(),
+                seeded_var_builder(2, DType::F32, &dev),
+            )?;
+            Backbones::from_models(
+                clip,
+                dino,
+                &cfg.backbones,
+                &cfg.model,
+                "seeded:1".into(),
+                "seeded:2".into(),
+                &dev,
+            )?
+        }
+        other => anyhow::bail!("unknown bench `{other}` (tiny | vitl)"),
+    };
+    let load = t0.elapsed();
+    let id = backbones.identity();
+    println!(
+        "{which}: CLIP {:?} px layers {:?}, DINO {:?} px layers {:?}, grid {:?}; built in {:.2?}; \
+         peak RSS {:.0} MiB",
+        id.clip_size,
+        id.clip_layers,
+        id.dino_size,
+        id.dino_layers,
+        id.grid,
+        load,
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    let mut times = Vec::new();
+    for run in 0..images.max(1) {
+        let t = Instant::now();
+        let f = backbones.features_batch(&paths)?;
+        let dt = t.elapsed();
+        times.push(dt.as_secs_f64() / paths.len() as f64);
+        println!(
+            "run {run}: {} image(s) in {dt:.2?} ({:.3} s/image); clip_local[0] {:?}, dino_local[0] {:?}; \
+             peak RSS {:.0} MiB",
+            paths.len(),
+            dt.as_secs_f64() / paths.len() as f64,
+            f[0].clip_local[0].dims(),
+            f[0].dino_local[0].dims(),
+            peak_rss_mib().unwrap_or(f64::NAN)
+        );
+    }
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    println!("{which}: best {best:.3} s/image");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
