@@ -112,11 +112,11 @@ pub fn eval_mask(mask_path: Option<&Path>, size: usize) -> anyhow::Result<GtMask
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn evaluate_category(
     head: &SsvpHead,
     source: &dyn FeatureSource,
     encoder: &dyn PromptTextEncoder,
-    dataset: &Dataset,
     cat: &Category,
     opts: &EvalOptions,
     done: &mut usize,
@@ -160,7 +160,6 @@ fn evaluate_category(
             });
         }
     }
-    let _ = dataset;
     let raw: Vec<f64> = scores.iter().map(|s| s.score).collect();
     let labels: Vec<bool> = scores.iter().map(|s| s.anomalous).collect();
     let image = binary_metrics(&raw, &labels)?;
@@ -199,7 +198,6 @@ pub fn evaluate(
             head,
             source,
             encoder,
-            dataset,
             cat,
             opts,
             &mut done,
