@@ -13,7 +13,7 @@ use candle_core::{DType, Device};
 use ssvp_backbones::clip::{ClipConfig, ClipModel};
 use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
 use ssvp_backbones::weights::seeded_var_builder;
-use ssvp_model::{Backbones, FeatureSource, SsvpConfig};
+use ssvp_model::{Backbones, FeatureSource, PromptTextEncoder, SsvpConfig};
 
 /// Peak resident memory of this process (Linux), in MiB.
 fn peak_rss_mib() -> Option<f64> {
@@ -107,6 +107,28 @@ fn main() -> anyhow::Result<()> {
     }
     let best = times.iter().copied().fold(f64::INFINITY, f64::min);
     println!("{which}: best {best:.3} s/image");
+
+    // The prompt path of one training step: T_init of one class and its backward.
+    let m = &SsvpConfig::tiny().model;
+    let width = backbones.text_width();
+    let tokens = candle_core::Var::from_tensor(&candle_core::Tensor::randn(
+        0f32,
+        0.02,
+        (m.num_prompts(), m.context_len + m.state_len, width),
+        &dev,
+    )?)?;
+    let encoder = backbones.prompt_encoder()?;
+    for run in 0..3 {
+        let t = Instant::now();
+        let t_init = encoder.encode("printed circuit board", tokens.as_tensor())?;
+        let forward = t.elapsed();
+        let grads = t_init.sqr()?.sum_all()?.backward()?;
+        anyhow::ensure!(grads.get(tokens.as_tensor()).is_some(), "no gradient");
+        println!(
+            "prompt encode run {run}: forward {forward:.2?}, forward + backward {:.2?}",
+            t.elapsed()
+        );
+    }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
