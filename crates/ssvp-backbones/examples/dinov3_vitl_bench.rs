@@ -8,34 +8,9 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Tensor};
 use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
-
-/// Hands out a fresh N(0, 0.02) tensor for every name the model asks for.
-struct RandomWeights;
-
-impl SimpleBackend for RandomWeights {
-    fn get(
-        &self,
-        shape: Shape,
-        _: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        Tensor::randn(0f32, 0.02, shape, dev)?.to_dtype(dtype)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("random weights need a shape for `{name}`")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
+use ssvp_backbones::weights::seeded_var_builder;
 
 fn vm_hwm_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -49,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let runs: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(3);
     let device = Device::Cpu;
     let config = Dinov3Config::vitl16();
-    let vb = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone());
+    let vb = seeded_var_builder(0, DType::F32, &device);
     let model = Dinov3Model::new(&config, vb)?;
     let pixels = Tensor::randn(0f32, 1.0, (1, 3, size, size), &device)?;
     let blocks = [6, 12, 18, 24];
