@@ -11,6 +11,7 @@ use ssvp_model::evaluate::{evaluate, scores_csv, EvalOptions, TrainedRun, DEFAUL
 use ssvp_model::features::{Backbones, FeatureSource};
 
 use super::model_common::{feature_source, load_config, parse_layout, CacheArgs};
+use super::report_files::{write_text_files, ReportFiles};
 
 const EVAL_HELP: &str = "\
 Pipeline per image: backbone features (cached) -> head in eval mode with the category's prompt
@@ -40,15 +41,8 @@ pub struct EvalArgs {
     /// Evaluate these categories only (comma-separated on-disk names).
     #[arg(long, value_delimiter = ',')]
     pub categories: Vec<String>,
-    /// Write the results as JSON (the schema of `ssvp metrics`).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Write a Markdown table (x100, one decimal).
-    #[arg(long)]
-    pub markdown: Option<PathBuf>,
-    /// Write a CSV table (fractions).
-    #[arg(long)]
-    pub csv: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: ReportFiles,
     /// Write the image scores (category,path,label,score).
     #[arg(long)]
     pub scores: Option<PathBuf>,
@@ -164,25 +158,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let report = &evaluation.report;
     print!("{}", report.to_table());
     let csv_scores = scores_csv(&evaluation.scores);
-    let mut outputs = vec![
-        (args.out, report.to_json()),
-        (args.markdown, report.to_markdown()),
-        (args.csv, report.to_csv()),
-        (args.scores, csv_scores.clone()),
-    ];
+    let mut outputs = args.files.render(report);
+    if let Some(path) = &args.scores {
+        outputs.push((path.clone(), csv_scores.clone()));
+    }
     if let Some(dir) = &args.save_maps {
-        outputs.push((Some(dir.join("scores.csv")), csv_scores));
+        outputs.push((dir.join("scores.csv"), csv_scores));
     }
-    for (path, text) in outputs {
-        if let Some(path) = path {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-    }
+    write_text_files(&outputs)?;
     if let Some(stats) = source.stats() {
         eprintln!("{stats}");
     }

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use ssvp_eval::metrics::predictions::{
     evaluate_predictions, read_scores_csv, EvalResolution, PixelOptions,
 };
+
+use super::report_files::{write_text_files, ReportFiles};
 
 /// Shown after the options of `ssvp metrics --help`.
 const PAIRING_HELP: &str = "\
@@ -49,15 +50,8 @@ pub struct MetricsArgs {
     /// 4, reflect), e.g. 4 as in AnomalyCLIP/AdaCLIP. Default: none.
     #[arg(long)]
     pub sigma: Option<f64>,
-    /// Write the results as JSON (fractions; schema {"categories": {...}, "mean": {...}}).
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Write a Markdown table (x100, one decimal).
-    #[arg(long)]
-    pub markdown: Option<PathBuf>,
-    /// Write a CSV table (fractions).
-    #[arg(long)]
-    pub csv: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: ReportFiles,
 }
 
 fn parse_resolution(s: &str) -> Result<EvalResolution, String> {
@@ -83,16 +77,5 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
     };
     let report = evaluate_predictions(&rows, pixels.as_ref())?;
     print!("{}", report.to_table());
-    let outputs = [
-        (args.out, report.to_json()),
-        (args.markdown, report.to_markdown()),
-        (args.csv, report.to_csv()),
-    ];
-    for (path, text) in outputs {
-        if let Some(path) = path {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-    }
-    Ok(())
+    write_text_files(&args.files.render(&report))
 }
