@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssvp_eval::datasets::{self, LoadOptions, OnProblem, Split};
 use ssvp_model::evaluate::{evaluate, scores_csv, EvalOptions, TrainedRun, DEFAULT_EVAL_SIZE};
 use ssvp_model::features::{Backbones, FeatureSource};
 
-use super::model_common::{feature_source, load_config, parse_layout, CacheArgs};
+use super::model_common::{
+    check_dataset_args, feature_source, load_config, load_test_split, CacheArgs,
+};
 use super::report_files::{write_text_files, ReportFiles};
 
 const EVAL_HELP: &str = "\
@@ -70,12 +71,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let layout = parse_layout(&args.dataset)?;
-    anyhow::ensure!(
-        args.root.exists(),
-        "dataset root {} does not exist",
-        args.root.display()
-    );
+    let layout = check_dataset_args(&args.dataset, &args.root)?;
     anyhow::ensure!(
         args.eval_size > 0 && args.batch_size > 0,
         "--eval-size and --batch-size must be positive"
@@ -113,25 +109,13 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let encoder = backbones.prompt_encoder()?;
     let source = feature_source(&backbones, &args.cache)?;
 
-    let loaded = datasets::load(
+    let dataset = load_test_split(
         &args.root,
-        &LoadOptions {
-            layout,
-            split: Some(Split::Test),
-            categories: args.categories.clone(),
-            on_problem: if args.skip_bad {
-                OnProblem::Skip
-            } else {
-                OnProblem::Fail
-            },
-            ..LoadOptions::default()
-        },
-    )
-    .with_context(|| format!("reading the evaluation data in {}", args.root.display()))?;
-    for p in &loaded.skipped {
-        eprintln!("skipped: {p}");
-    }
-    let dataset = loaded.dataset;
+        layout,
+        &args.categories,
+        args.skip_bad,
+        "evaluation",
+    )?;
     let opts = EvalOptions {
         eval_size: args.eval_size,
         batch_size: args.batch_size,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::Device;
-use ssvp_eval::datasets::Layout;
+use ssvp_eval::datasets::{self, Dataset, Layout, LoadOptions, OnProblem, Split};
 use ssvp_model::config::{BackbonesConfig, TINY};
 use ssvp_model::features::{
     BackboneIdentity, Backbones, CacheStorage, FeatureCache, FeatureSource, ImageFeatures,
@@ -48,6 +48,47 @@ fn default_cache_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
     base.join("ssvp").join("features")
+}
+
+/// Checks `--dataset` and `--root` before anything is written: the layout (`None` = detect).
+pub fn check_dataset_args(dataset: &str, root: &Path) -> anyhow::Result<Option<Layout>> {
+    let layout = parse_layout(dataset)?;
+    anyhow::ensure!(
+        root.exists(),
+        "dataset root {} does not exist",
+        root.display()
+    );
+    Ok(layout)
+}
+
+/// The labelled test split of a dataset (what the zero-shot protocol trains and evaluates on),
+/// with skipped samples listed on stderr; `purpose` names the data in the error context.
+pub fn load_test_split(
+    root: &Path,
+    layout: Option<Layout>,
+    categories: &[String],
+    skip_bad: bool,
+    purpose: &str,
+) -> anyhow::Result<Dataset> {
+    let loaded = datasets::load(
+        root,
+        &LoadOptions {
+            layout,
+            split: Some(Split::Test),
+            categories: categories.to_vec(),
+            on_problem: if skip_bad {
+                OnProblem::Skip
+            } else {
+                OnProblem::Fail
+            },
+            ..LoadOptions::default()
+        },
+    )
+    .with_context(|| format!("reading the {purpose} data in {}", root.display()))?;
+    for p in &loaded.skipped {
+        eprintln!("skipped: {p}");
+    }
+    Ok(loaded.dataset)
 }
 
 /// `auto` or a layout name.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssvp_eval::datasets::{self, LoadOptions, OnProblem, Split};
 use ssvp_model::features::Backbones;
 use ssvp_model::run_dir::RunDir;
 use ssvp_model::train::{
@@ -14,7 +13,9 @@ use ssvp_model::train::{
 };
 use ssvp_model::{SsvpConfig, SsvpHead};
 
-use super::model_common::{feature_source, load_config, parse_layout, CacheArgs};
+use super::model_common::{
+    check_dataset_args, feature_source, load_config, load_test_split, CacheArgs,
+};
 
 const TRAIN_HELP: &str = "\
 Trains on the labelled TEST split of the auxiliary dataset (all categories, masks; normal images
@@ -81,12 +82,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let layout = parse_layout(&args.dataset)?;
-    anyhow::ensure!(
-        args.root.exists(),
-        "dataset root {} does not exist",
-        args.root.display()
-    );
+    let layout = check_dataset_args(&args.dataset, &args.root)?;
     let (run, cfg) = if args.resume {
         let run = RunDir::open(&args.out).with_context(|| {
             format!("--resume: {} holds no run to continue", args.out.display())
@@ -130,25 +126,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         (RunDir::create(&args.out, args.force)?, cfg)
     };
 
-    let loaded = datasets::load(
+    let dataset = load_test_split(
         &args.root,
-        &LoadOptions {
-            layout,
-            split: Some(Split::Test),
-            categories: args.categories.clone(),
-            on_problem: if args.skip_bad {
-                OnProblem::Skip
-            } else {
-                OnProblem::Fail
-            },
-            ..LoadOptions::default()
-        },
-    )
-    .with_context(|| format!("reading the training data in {}", args.root.display()))?;
-    for p in &loaded.skipped {
-        eprintln!("skipped: {p}");
-    }
-    let dataset = loaded.dataset;
+        layout,
+        &args.categories,
+        args.skip_bad,
+        "training",
+    )?;
     let samples = samples_from_dataset(&dataset);
     let device = candle_core::Device::Cpu;
     let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &device)?);
