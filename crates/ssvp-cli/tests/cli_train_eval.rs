@@ -288,3 +288,37 @@ fn bad_input_exits_2_with_a_clear_message() {
         "other backbones",
     );
 }
+
+#[test]
+fn augmented_training_records_its_setting_and_rejects_bad_probabilities() {
+    let st = setup();
+    let run = st.root.join("aug");
+    ok(&ssvp(&train_args(
+        &st,
+        &run,
+        &["--epochs", "1", "--augment"],
+    )));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("[augment]\nenabled = true\n"), "{config}");
+    let log = std::fs::read_to_string(run.join("train_log.jsonl")).unwrap();
+    let augmented: u64 = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["augmented"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(augmented > 0, "{log}");
+
+    let bad = st.root.join("bad.toml");
+    std::fs::write(&bad, "[augment]\nenabled = true\nrotate_p = 1.5\n").unwrap();
+    fails_with(
+        &ssvp(&train_args(
+            &st,
+            &st.root.join("bad-run"),
+            &["--config", s(&bad)],
+        )),
+        "augment.rotate_p must be a probability",
+    );
+}

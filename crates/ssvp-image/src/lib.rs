@@ -4,6 +4,7 @@
 //! Framework-free on purpose: it yields plain `f32` CHW buffers so that evaluation code can read
 //! masks and images without pulling in the tensor framework.
 
+pub mod augment;
 pub mod decode;
 mod error;
 pub mod preprocess;

@@ -334,6 +334,106 @@ impl Default for OptimConfig {
     }
 }
 
+/// When the 2 x 2 mosaic of [`AugmentConfig`] may replace a training image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MosaicWhen {
+    /// Only when training on the MVTec-AD layout (the baseline's rule).
+    MvtecOnly,
+    Always,
+    Never,
+}
+
+/// Training-time augmentation (Bayes-PFL's albumentations pipeline, docs/method.md #11).
+///
+/// Off by default: augmented pixels need fresh backbone passes every epoch, so they bypass the
+/// feature cache and multiply the cost of training by the number of epochs. The probabilities
+/// and ranges are the baseline's; each transform is drawn independently per image, in the
+/// baseline's order (mosaic, rotation, quarter turns, brightness/contrast, noise, one of
+/// blur / colour jitter / Gaussian blur).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    pub enabled: bool,
+    /// Probability and range (± degrees) of a free rotation with mirrored borders.
+    pub rotate_p: f64,
+    pub rotate_limit: f64,
+    /// Probability of `k` quarter turns, `k` uniform in 0..4.
+    pub rot90_p: f64,
+    /// Probability and ranges of `v * (1 + c) + b * 255`, `c` and `b` uniform in ± the limits.
+    pub brightness_contrast_p: f64,
+    pub brightness_limit: f64,
+    pub contrast_limit: f64,
+    /// Probability of additive Gaussian noise, its variance uniform in `noise_var`.
+    pub noise_p: f64,
+    pub noise_var: [f64; 2],
+    /// Probability of one of 3 x 3 box blur, colour jitter (±0.2 brightness, contrast, saturation
+    /// and hue) or Gaussian blur (kernel 3, 5 or 7), chosen uniformly.
+    pub blur_p: f64,
+    /// Probability that an image is replaced by a 2 x 2 mosaic of four anomalous images of its
+    /// category, and on which data.
+    pub mosaic_p: f64,
+    pub mosaic: MosaicWhen,
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            rotate_p: 0.5,
+            rotate_limit: 30.0,
+            rot90_p: 0.5,
+            brightness_contrast_p: 0.5,
+            brightness_limit: 0.2,
+            contrast_limit: 0.2,
+            noise_p: 0.5,
+            noise_var: [10.0, 50.0],
+            blur_p: 0.5,
+            mosaic_p: 0.4,
+            mosaic: MosaicWhen::MvtecOnly,
+        }
+    }
+}
+
+impl AugmentConfig {
+    pub fn validate(&self) -> Result<()> {
+        let probabilities = [
+            ("rotate_p", self.rotate_p),
+            ("rot90_p", self.rot90_p),
+            ("brightness_contrast_p", self.brightness_contrast_p),
+            ("noise_p", self.noise_p),
+            ("blur_p", self.blur_p),
+            ("mosaic_p", self.mosaic_p),
+        ];
+        for (name, p) in probabilities {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Error::Config(format!(
+                    "augment.{name} must be a probability in [0, 1], got {p}"
+                )));
+            }
+        }
+        let limits = [
+            ("rotate_limit", self.rotate_limit),
+            ("brightness_limit", self.brightness_limit),
+            ("contrast_limit", self.contrast_limit),
+        ];
+        for (name, v) in limits {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::Config(format!(
+                    "augment.{name} must be finite and non-negative, got {v}"
+                )));
+            }
+        }
+        let [lo, hi] = self.noise_var;
+        if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo <= hi) {
+            return Err(Error::Config(format!(
+                "augment.noise_var must be [min, max] with 0 <= min <= max, got [{lo}, {hi}]"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Test-time post-processing of the fused map.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -499,6 +599,7 @@ pub struct SsvpConfig {
     pub model: ModelConfig,
     pub loss: LossConfig,
     pub optim: OptimConfig,
+    pub augment: AugmentConfig,
     pub postprocess: PostprocessConfig,
 }
 
@@ -514,6 +615,7 @@ impl SsvpConfig {
     /// Checks the head and the backbone settings.
     pub fn validate(&self) -> Result<()> {
         self.backbones.validate()?;
+        self.augment.validate()?;
         self.model.validate()
     }
 

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use ssvp_image::RgbImage8;
 
 use crate::head::HeadFeatures;
 
@@ -259,6 +260,12 @@ pub trait FeatureSource: Send + Sync {
     fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
         image_paths.iter().map(|p| self.features(p)).collect()
     }
+    /// Features of decoded images (augmented training images, uploads): never cached, since
+    /// there is no file whose content keys them.
+    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
+        let _ = images;
+        anyhow::bail!("this feature source only reads image files")
+    }
 }
 
 impl<S: FeatureSource + ?Sized> FeatureSource for Arc<S> {
@@ -274,6 +281,9 @@ impl<S: FeatureSource + ?Sized> FeatureSource for Arc<S> {
     fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
         (**self).features_batch(image_paths)
     }
+    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
+        (**self).features_of_images(images)
+    }
 }
 
 impl<S: FeatureSource + ?Sized> FeatureSource for Box<S> {
@@ -288,6 +298,9 @@ impl<S: FeatureSource + ?Sized> FeatureSource for Box<S> {
     }
     fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
         (**self).features_batch(image_paths)
+    }
+    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
+        (**self).features_of_images(images)
     }
 }
 

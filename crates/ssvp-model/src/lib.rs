@@ -6,6 +6,7 @@
 //! Everything on the trainable path uses autograd-capable ops only (`Grad::Tracked`): candle's
 //! fused LayerNorm and softmax kernels have no backward.
 
+pub mod augment;
 pub mod config;
 pub mod error;
 pub mod evaluate;
@@ -15,14 +16,15 @@ pub mod hsvs;
 pub mod loss;
 pub mod optim;
 pub mod params;
+mod rng;
 pub mod run_dir;
 pub mod train;
 pub mod vcpg;
 pub mod vtam;
 
 pub use config::{
-    BackbonesConfig, ClassLoss, DinoLayerSet, LocalScore, LossConfig, ModelConfig, OptimConfig,
-    PostprocessConfig, SsvpConfig,
+    AugmentConfig, BackbonesConfig, ClassLoss, DinoLayerSet, LocalScore, LossConfig, ModelConfig,
+    MosaicWhen, OptimConfig, PostprocessConfig, SsvpConfig,
 };
 pub use error::{Error, Result};
 pub use features::{

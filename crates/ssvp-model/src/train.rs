@@ -5,9 +5,11 @@
 //! - **Features** come from a [`FeatureSource`]; the CLI wraps the backbones in a `FeatureCache`,
 //!   and [`train`] first runs one pass over every image so the cache is filled before the first
 //!   epoch: epochs then cost the head (and the text tower under the prompts) only.
-//! - **No augmentation.** Augmentations act on pixels before the frozen backbones, so they would
-//!   bypass the feature cache; they are out of scope for this version (Bayes-PFL's rotations,
-//!   colour jitter and MVTec mosaic are not applied).
+//! - **Augmentation** (`[augment]`, off by default) acts on pixels before the frozen backbones:
+//!   an augmented image is decoded, transformed with its mask, and run through the backbones
+//!   afresh ([`FeatureSource::features_of_images`], which bypasses the cache). An image whose
+//!   drawn plan changes nothing still reads the cache. With augmentation on, the warm-up pass
+//!   over the cache is skipped, since almost every step recomputes its features anyway.
 //! - **Batches mix categories.** One seeded permutation of all samples per epoch (PyTorch's
 //!   `shuffle=True`, last partial batch kept). `T_init` is per class name, so each step encodes
 //!   the prompts once per *distinct* class name in the batch (keeping the graph to the prompt
@@ -31,13 +33,15 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use ssvp_eval::datasets::{load_mask, Dataset};
-use ssvp_eval::postprocess::{resize_mask, GtMask};
+use ssvp_image::{GrayImage8, RgbImage8};
 
+use crate::augment::{load_image_and_mask, mask_to_training, AugmentPlan, Augmenter};
 use crate::config::{OptimConfig, SsvpConfig};
-use crate::features::{stack_features, BackboneIdentity, FeatureSource};
+use crate::features::{stack_features, BackboneIdentity, FeatureSource, ImageFeatures};
 use crate::head::{Mode, ParamGroup, SsvpHead};
 use crate::loss::Targets;
 use crate::optim::CosineSchedule;
+use crate::rng::{Rng, STREAM_NOISE, STREAM_PERMUTATION};
 use crate::run_dir::{checkpoint_names, RunDir, RunState, TrainingData, RUN_FORMAT_VERSION};
 use crate::vcpg::PromptTextEncoder;
 
@@ -120,6 +124,9 @@ pub struct StepRecord {
     /// 0-based step over the whole run.
     pub step: usize,
     pub batch_size: usize,
+    /// How many images of the batch were augmented (their features computed afresh).
+    #[serde(default)]
+    pub augmented: usize,
     pub lr_prompts: f64,
     pub lr_rest: f64,
     /// Every loss term of [`crate::LossTerms::named`].
@@ -316,41 +323,6 @@ impl TrainOptimizer {
     }
 }
 
-/// SplitMix64 and Box-Muller: the seeded generator of the permutations and VAE noise.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64, stream: u64, index: u64) -> Self {
-        let mut r = Rng(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        r.0 ^= r.next_u64() ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        Rng(r.next_u64())
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let (u1, u2) = (self.unit(), self.unit());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
-
-const STREAM_PERMUTATION: u64 = 1;
-const STREAM_NOISE: u64 = 2;
-
 /// The sample order of `epoch` (Fisher-Yates with a generator seeded by `(seed, epoch)`).
 pub fn epoch_permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
@@ -386,17 +358,15 @@ pub fn training_mask(sample: &TrainSample, size: usize) -> anyhow::Result<Vec<f3
         return Ok(vec![0.0; size * size]);
     };
     let mask = load_mask(path)?;
-    let grid = GtMask::new(
+    let mask = GrayImage8::from_raw(
         mask.width as usize,
         mask.height as usize,
-        mask.pixels.iter().map(|&p| p != 0).collect(),
+        mask.pixels
+            .iter()
+            .map(|&p| if p != 0 { 255 } else { 0 })
+            .collect(),
     )?;
-    let resized = resize_mask(&grid, size, size)?;
-    Ok(resized
-        .data
-        .iter()
-        .map(|&m| if m { 1.0 } else { 0.0 })
-        .collect())
+    mask_to_training(&mask, size)
 }
 
 /// `T_init [B, 2P, D]` for the class names of a batch: the prompts are encoded once per distinct
@@ -436,37 +406,112 @@ pub fn batch_t_init(
     Ok(stacked.index_select(&index, 0)?)
 }
 
-/// One optimiser step on `batch`; returns every loss term.
+/// The features, masks and labels of one batch, augmented by `plans`.
+struct BatchInputs {
+    features: Vec<ImageFeatures>,
+    masks: Vec<f32>,
+    labels: Vec<f32>,
+    augmented: usize,
+}
+
+fn batch_inputs(
+    source: &dyn FeatureSource,
+    samples: &[TrainSample],
+    batch: &[usize],
+    plans: &[AugmentPlan],
+    mask_size: usize,
+) -> anyhow::Result<BatchInputs> {
+    let b = batch.len();
+    let mut features: Vec<Option<ImageFeatures>> = (0..b).map(|_| None).collect();
+    let mut masks: Vec<Vec<f32>> = vec![Vec::new(); b];
+    let mut labels = vec![0f32; b];
+    // Unchanged images: the source's path (and cache); augmented ones: decoded, transformed,
+    // and run through the backbones as one batch.
+    let plain: Vec<usize> = (0..b).filter(|&j| plans[j].is_identity()).collect();
+    let paths: Vec<PathBuf> = plain
+        .iter()
+        .map(|&j| samples[batch[j]].image_path.clone())
+        .collect();
+    for (&j, f) in plain.iter().zip(source.features_batch(&paths)?) {
+        let s = &samples[batch[j]];
+        features[j] = Some(f);
+        masks[j] = training_mask(s, mask_size)?;
+        labels[j] = if s.anomalous { 1.0 } else { 0.0 };
+    }
+    let tile = |i: usize| -> anyhow::Result<(RgbImage8, GrayImage8)> {
+        let s = &samples[i];
+        load_image_and_mask(&s.image_path, s.mask_path.as_deref())
+    };
+    let changed: Vec<usize> = (0..b).filter(|&j| !plans[j].is_identity()).collect();
+    let mut images = Vec::with_capacity(changed.len());
+    for &j in &changed {
+        let s = &samples[batch[j]];
+        if s.anomalous && s.mask_path.is_none() {
+            bail!(
+                "{}: anomalous training image without a mask (training needs pixel labels)",
+                s.image_path.display()
+            );
+        }
+        let (image, mask) = tile(batch[j])?;
+        let (image, mask) = plans[j]
+            .apply(image, mask, &tile)
+            .with_context(|| format!("augmenting {}", s.image_path.display()))?;
+        masks[j] = mask_to_training(&mask, mask_size)?;
+        // A mosaic is built from anomalous images only.
+        labels[j] = if s.anomalous || plans[j].mosaic.is_some() {
+            1.0
+        } else {
+            0.0
+        };
+        images.push(image);
+    }
+    let computed = source.features_of_images(&images)?;
+    anyhow::ensure!(
+        computed.len() == changed.len(),
+        "the feature source returned {} results for {} images",
+        computed.len(),
+        changed.len()
+    );
+    for (&j, f) in changed.iter().zip(computed) {
+        features[j] = Some(f);
+    }
+    Ok(BatchInputs {
+        features: features
+            .into_iter()
+            .map(|f| f.expect("every image has features"))
+            .collect(),
+        masks: masks.concat(),
+        labels,
+        augmented: changed.len(),
+    })
+}
+
+/// One optimiser step on `batch` (indices into `samples`); returns every loss term and the
+/// number of augmented images.
 #[allow(clippy::too_many_arguments)]
 fn train_step(
     head: &SsvpHead,
     opt: &mut TrainOptimizer,
     source: &dyn FeatureSource,
     encoder: &dyn PromptTextEncoder,
-    batch: &[&TrainSample],
+    samples: &[TrainSample],
+    batch: &[usize],
+    plans: &[AugmentPlan],
     mask_size: usize,
     seed: u64,
     device: &Device,
-) -> anyhow::Result<BTreeMap<String, f64>> {
-    let paths: Vec<PathBuf> = batch.iter().map(|s| s.image_path.clone()).collect();
-    let features = stack_features(&source.features_batch(&paths)?)?;
+) -> anyhow::Result<(BTreeMap<String, f64>, usize)> {
+    let inputs = batch_inputs(source, samples, batch, plans, mask_size)?;
+    let features = stack_features(&inputs.features)?;
     let b = batch.len();
-    let names: Vec<&str> = batch.iter().map(|s| s.class_name.as_str()).collect();
+    let names: Vec<&str> = batch
+        .iter()
+        .map(|&i| samples[i].class_name.as_str())
+        .collect();
     let t_init = batch_t_init(head, encoder, &names)?;
-    let mut masks = Vec::with_capacity(b * mask_size * mask_size);
-    for s in batch {
-        masks.extend(training_mask(s, mask_size)?);
-    }
     let targets = Targets {
-        masks: Tensor::from_vec(masks, (b, mask_size, mask_size), device)?,
-        labels: Tensor::from_vec(
-            batch
-                .iter()
-                .map(|s| if s.anomalous { 1f32 } else { 0.0 })
-                .collect::<Vec<_>>(),
-            b,
-            device,
-        )?,
+        masks: Tensor::from_vec(inputs.masks, (b, mask_size, mask_size), device)?,
+        labels: Tensor::from_vec(inputs.labels, b, device)?,
     };
     let noise = step_noise(
         seed,
@@ -483,7 +528,8 @@ fn train_step(
     }
     let grads = loss.total.backward()?;
     opt.step(&grads)?;
-    loss.named()
+    let losses = loss
+        .named()
         .into_iter()
         .map(|(name, t)| {
             Ok((
@@ -491,7 +537,8 @@ fn train_step(
                 t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
             ))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((losses, inputs.augmented))
 }
 
 fn write_checkpoint(
@@ -631,7 +678,11 @@ pub fn train(
         });
     }
 
-    if opts.warm_cache {
+    let augmenter = cfg
+        .augment
+        .enabled
+        .then(|| Augmenter::new(&cfg.augment, samples, &state.data.layout));
+    if opts.warm_cache && augmenter.is_none() {
         let total = samples.len();
         let mut done = 0;
         for chunk in samples.chunks(oc.batch_size) {
@@ -658,15 +709,21 @@ pub fn train(
         let order = epoch_permutation(samples.len(), oc.seed, epoch);
         let lo = in_epoch * oc.batch_size;
         let hi = (lo + oc.batch_size).min(samples.len());
-        let batch: Vec<&TrainSample> = order[lo..hi].iter().map(|&i| &samples[i]).collect();
+        let batch = &order[lo..hi];
+        let plans = match &augmenter {
+            Some(a) => a.plans(oc.seed, step, batch, samples),
+            None => vec![AugmentPlan::default(); batch.len()],
+        };
         let (lr_prompts, lr_rest) = opt.learning_rates();
         let t0 = Instant::now();
-        let losses = train_step(
+        let (losses, augmented) = train_step(
             head,
             &mut opt,
             source,
             encoder,
-            &batch,
+            samples,
+            batch,
+            &plans,
             opts.mask_size,
             oc.seed,
             &device,
@@ -675,6 +732,7 @@ pub fn train(
             epoch,
             step,
             batch_size: batch.len(),
+            augmented,
             lr_prompts,
             lr_rest,
             losses,

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use ssvp_eval::datasets::{self, LoadOptions, Split};
 use ssvp_eval::synth::{generate, Kind, SynthConfig};
-use ssvp_model::features::{stack_features, Backbones, FeatureSource};
+use ssvp_model::features::{stack_features, Backbones, CacheStorage, FeatureCache, FeatureSource};
 use ssvp_model::run_dir::{RunDir, LOG_FILE};
 use ssvp_model::train::{
     batch_t_init, epoch_permutation, samples_from_dataset, train, training_data, Start,
     TrainOptimizer, TrainOptions, TrainSample,
 };
-use ssvp_model::{Mode, SsvpConfig, SsvpHead, SsvpOptimizer, Targets};
+use ssvp_model::{Mode, MosaicWhen, SsvpConfig, SsvpHead, SsvpOptimizer, Targets};
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -77,7 +77,18 @@ fn tensors(head: &SsvpHead) -> Vec<(String, Vec<f32>)> {
 }
 
 fn run(f: &Fixture, dir: &Path, opts: &TrainOptions, start: Start) -> SsvpHead {
-    let head = SsvpHead::new(&f.cfg, &Device::Cpu).unwrap();
+    run_with(f, &f.cfg, &f.backbones, dir, opts, start)
+}
+
+fn run_with(
+    f: &Fixture,
+    cfg: &SsvpConfig,
+    source: &dyn FeatureSource,
+    dir: &Path,
+    opts: &TrainOptions,
+    start: Start,
+) -> SsvpHead {
+    let head = SsvpHead::new(cfg, &Device::Cpu).unwrap();
     let rd = match start {
         Start::Fresh => RunDir::create(dir, false).unwrap(),
         Start::Resume => RunDir::open(dir).unwrap(),
@@ -86,7 +97,7 @@ fn run(f: &Fixture, dir: &Path, opts: &TrainOptions, start: Start) -> SsvpHead {
     train(
         &rd,
         &head,
-        &f.backbones,
+        source,
         &encoder,
         &samples_from_dataset(&f.dataset),
         training_data(&f.dataset),
@@ -168,6 +179,68 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         .load(resumed_dir.join("head-step-0000012.safetensors"))
         .unwrap();
     assert_eq!(tensors(&reloaded), tensors(&straight));
+}
+
+#[test]
+fn augmented_training_is_seeded_resumable_and_bypasses_the_cache() {
+    let f = fixture();
+    let mut cfg = f.cfg.clone();
+    cfg.augment.enabled = true;
+    // The synthetic set is not MVTec; ask for the mosaic anyway so that it is exercised.
+    cfg.augment.mosaic = MosaicWhen::Always;
+    let cache = |name: &str| {
+        FeatureCache::new(
+            Arc::clone(&f.backbones),
+            f.root.join(name),
+            CacheStorage::F32,
+        )
+        .unwrap()
+    };
+
+    let straight_dir = f.root.join("aug-straight");
+    let straight_cache = cache("cache-straight");
+    let straight = run_with(
+        &f,
+        &cfg,
+        &straight_cache,
+        &straight_dir,
+        &opts(None),
+        Start::Fresh,
+    );
+    let log = log_without_times(&straight_dir);
+    assert_eq!(log.len(), 12);
+    let augmented: u64 = log.iter().map(|r| r["augmented"].as_u64().unwrap()).sum();
+    let images: u64 = log.iter().map(|r| r["batch_size"].as_u64().unwrap()).sum();
+    // With the baseline's probabilities about 1 image in 50 is left alone.
+    assert!(augmented > images * 3 / 4, "{augmented} of {images}");
+    // Only unchanged images went through the cache; there was no warm-up pass.
+    let stats = straight_cache.stats();
+    assert_eq!(stats.hits + stats.misses, images - augmented);
+
+    let resumed_dir = f.root.join("aug-resumed");
+    let resumed_cache = cache("cache-resumed");
+    run_with(
+        &f,
+        &cfg,
+        &resumed_cache,
+        &resumed_dir,
+        &opts(Some(5)),
+        Start::Fresh,
+    );
+    let resumed = run_with(
+        &f,
+        &cfg,
+        &resumed_cache,
+        &resumed_dir,
+        &opts(None),
+        Start::Resume,
+    );
+    assert_eq!(tensors(&straight), tensors(&resumed), "weights differ");
+    assert_eq!(log, log_without_times(&resumed_dir));
+
+    // Augmentation changed what was learnt.
+    let plain = run(&f, &f.root.join("plain"), &opts(None), Start::Fresh);
+    assert_ne!(tensors(&plain), tensors(&straight));
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use candle_core::Device;
 use ssvp_eval::datasets::{self, Dataset, Layout, LoadOptions, OnProblem, Split};
+use ssvp_image::RgbImage8;
 use ssvp_model::config::{BackbonesConfig, TINY};
 use ssvp_model::features::{
     BackboneIdentity, Backbones, CacheStorage, FeatureCache, FeatureSource, ImageFeatures,
@@ -179,6 +180,12 @@ impl FeatureSource for Source {
         match self {
             Source::Live(b) => b.features_batch(image_paths),
             Source::Cached(c) => c.features_batch(image_paths),
+        }
+    }
+    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
+        match self {
+            Source::Live(b) => b.features_of_images(images),
+            Source::Cached(c) => c.features_of_images(images),
         }
     }
 }

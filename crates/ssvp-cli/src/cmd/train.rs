@@ -21,7 +21,13 @@ const TRAIN_HELP: &str = "\
 Trains on the labelled TEST split of the auxiliary dataset (all categories, masks; normal images
 get all-zero masks), the standard zero-shot protocol: e.g. train on VisA, evaluate on MVTec AD.
 The frozen backbones' features are computed once per image and cached (--cache-dir); epochs then
-cost the head only. No augmentation is applied.
+cost the head only.
+
+--augment (or `[augment] enabled = true` in the config) applies the Bayes-PFL baseline's
+augmentations: rotation up to +-30 degrees, quarter turns, brightness/contrast, Gaussian noise, one
+of blur / colour jitter / Gaussian blur, each with probability 0.5, and on MVTec AD a 2x2 mosaic of
+four anomalous images with probability 0.4. Augmented images need fresh backbone passes, so every
+epoch then costs about as much as the first.
 
 The run directory holds config.toml (the full config), backbones.json (the backbones' identity),
 state.json, head-step-N.safetensors (the trainable tensors only), optim-step-N.safetensors (Adam
@@ -56,6 +62,9 @@ pub struct TrainArgs {
     /// Override optim.seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Turn on the baseline's training augmentations (sets augment.enabled; see below).
+    #[arg(long)]
+    pub augment: bool,
     /// Train on these categories only (comma-separated on-disk names).
     #[arg(long, value_delimiter = ',')]
     pub categories: Vec<String>,
@@ -107,6 +116,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 );
             }
         }
+        anyhow::ensure!(
+            !args.augment || cfg.augment.enabled,
+            "--resume: --augment differs from the run's config (augment.enabled = false)"
+        );
         (run, cfg)
     } else {
         let mut cfg: SsvpConfig = load_config(args.config.as_deref(), args.backbones.as_deref())?;
@@ -118,6 +131,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
         if let Some(s) = args.seed {
             cfg.optim.seed = s;
+        }
+        if args.augment {
+            cfg.augment.enabled = true;
         }
         anyhow::ensure!(
             cfg.optim.epochs > 0 && cfg.optim.batch_size > 0,
@@ -141,14 +157,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let head = SsvpHead::new(&cfg, &device)?;
 
     eprintln!(
-        "training on {} images ({} anomalous) of {} categories from {} ({}), {} epochs of batch {}",
+        "training on {} images ({} anomalous) of {} categories from {} ({}), {} epochs of batch {}{}",
         samples.len(),
         samples.iter().filter(|s| s.anomalous).count(),
         dataset.categories.len(),
         dataset.root.display(),
         dataset.layout,
         cfg.optim.epochs,
-        cfg.optim.batch_size
+        cfg.optim.batch_size,
+        if cfg.augment.enabled {
+            ", augmented (features recomputed every step)"
+        } else {
+            ""
+        }
     );
     let opts = TrainOptions {
         mask_size: args.mask_size,

@@ -13,7 +13,7 @@ use ssvp_backbones::clip::{
 };
 use ssvp_backbones::dinov3::{self, Activation as DinoActivation, Dinov3Config, Dinov3Model};
 use ssvp_backbones::weights::{seeded_var_builder, ModelSource, WantedFiles};
-use ssvp_image::Preprocess;
+use ssvp_image::{Preprocess, RgbImage8};
 
 use super::prompt::{ClipPromptEncoder, PromptCache};
 use super::{hex, BackboneIdentity, FeatureSource, ImageFeatures, FEATURE_FORMAT};
@@ -329,19 +329,47 @@ impl Backbones {
         (&self.clip_pre, &self.dino_pre)
     }
 
-    /// Decodes and preprocesses one image for both towers: `([3, Hc, Wc], [3, Hd, Wd])` f32.
-    fn pixels(&self, path: &Path) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-        let img = ssvp_image::load_rgb8(path)
-            .with_context(|| format!("cannot read image {}", path.display()))?;
+    /// Preprocesses one image for both towers: `([3, Hc, Wc], [3, Hd, Wd])` f32.
+    fn pixels(&self, img: &RgbImage8, name: &str) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
         let clip = self
             .clip_pre
-            .apply(&img)
-            .with_context(|| format!("preprocessing {} for CLIP", path.display()))?;
+            .apply(img)
+            .with_context(|| format!("preprocessing {name} for CLIP"))?;
         let dino = self
             .dino_pre
-            .apply(&img)
-            .with_context(|| format!("preprocessing {} for DINOv3", path.display()))?;
+            .apply(img)
+            .with_context(|| format!("preprocessing {name} for DINOv3"))?;
         Ok((clip.data, dino.data))
+    }
+
+    /// Preprocesses a batch of decoded images (each with a name for error messages) and runs
+    /// each tower once on it.
+    fn features_of_decoded(
+        &self,
+        images: &[(&RgbImage8, String)],
+    ) -> anyhow::Result<Vec<ImageFeatures>> {
+        let b = images.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        let mut clip_data = Vec::with_capacity(b * 3 * self.clip_pre.width * self.clip_pre.height);
+        let mut dino_data = Vec::with_capacity(b * 3 * self.dino_pre.width * self.dino_pre.height);
+        for (img, name) in images {
+            let (c, d) = self.pixels(img, name)?;
+            clip_data.extend(c);
+            dino_data.extend(d);
+        }
+        let clip = Tensor::from_vec(
+            clip_data,
+            (b, 3, self.clip_pre.height, self.clip_pre.width),
+            &self.device,
+        )?;
+        let dino = Tensor::from_vec(
+            dino_data,
+            (b, 3, self.dino_pre.height, self.dino_pre.width),
+            &self.device,
+        )?;
+        self.features_from_pixels(&clip, &dino)
     }
 
     /// Runs both towers on already preprocessed batches `[B, 3, H, W]` (CLIP and DINO inputs).
@@ -415,27 +443,27 @@ impl FeatureSource for Backbones {
 
     /// Decodes and preprocesses every image, then runs each tower once on the whole batch.
     fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
-        if image_paths.is_empty() {
-            return Ok(Vec::new());
-        }
-        let b = image_paths.len();
-        let mut clip_data = Vec::with_capacity(b * 3 * self.clip_pre.width * self.clip_pre.height);
-        let mut dino_data = Vec::with_capacity(b * 3 * self.dino_pre.width * self.dino_pre.height);
-        for path in image_paths {
-            let (c, d) = self.pixels(path)?;
-            clip_data.extend(c);
-            dino_data.extend(d);
-        }
-        let clip = Tensor::from_vec(
-            clip_data,
-            (b, 3, self.clip_pre.height, self.clip_pre.width),
-            &self.device,
-        )?;
-        let dino = Tensor::from_vec(
-            dino_data,
-            (b, 3, self.dino_pre.height, self.dino_pre.width),
-            &self.device,
-        )?;
-        self.features_from_pixels(&clip, &dino)
+        let decoded = image_paths
+            .iter()
+            .map(|path| {
+                ssvp_image::load_rgb8(path)
+                    .with_context(|| format!("cannot read image {}", path.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let named: Vec<(&RgbImage8, String)> = decoded
+            .iter()
+            .zip(image_paths)
+            .map(|(img, path)| (img, path.display().to_string()))
+            .collect();
+        self.features_of_decoded(&named)
+    }
+
+    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
+        let named: Vec<(&RgbImage8, String)> = images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| (img, format!("image {i} of the batch")))
+            .collect();
+        self.features_of_decoded(&named)
     }
 }

@@ -17,6 +17,8 @@ use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use ssvp_image::RgbImage8;
+
 use super::{sha256_hex, BackboneIdentity, FeatureSource, ImageFeatures, FEATURE_FORMAT};
 
 /// On-disk precision of cached features.
@@ -300,6 +302,11 @@ impl<S: FeatureSource> FeatureCache<S> {
 impl<S: FeatureSource> FeatureSource for FeatureCache<S> {
     fn identity(&self) -> &BackboneIdentity {
         self.inner.identity()
+    }
+
+    /// Decoded images bypass the cache (nothing keys them); the inner source computes them.
+    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
+        self.inner.features_of_images(images)
     }
 
     fn device(&self) -> &Device {
