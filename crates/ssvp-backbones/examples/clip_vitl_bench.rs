@@ -20,6 +20,10 @@ fn vm_hwm_kib() -> Option<u64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `ssvp` binary does; SSVP_DEFAULT_MALLOC=1 measures without it.
+    if std::env::var_os("SSVP_DEFAULT_MALLOC").is_none() {
+        ssvp_backbones::runtime::keep_freed_memory();
+    }
     let args: Vec<String> = std::env::args().collect();
     let size: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(518);
     let runs: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(3);

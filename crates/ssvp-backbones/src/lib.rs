@@ -8,6 +8,7 @@
 pub mod clip;
 pub mod dinov3;
 pub mod nn;
+pub mod runtime;
 pub mod weights;
 
 pub use nn::Grad;

@@ -37,6 +37,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Tensor buffers are reused instead of being faulted in afresh for every op
+    // (ssvp_backbones::runtime::keep_freed_memory explains the measurement).
+    ssvp_backbones::runtime::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Embed(args) => cmd::embed::run(args),

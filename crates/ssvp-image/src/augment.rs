@@ -258,7 +258,7 @@ fn separable_filter(img: &RgbImage8, kernel: &[f64]) -> RgbImage8 {
 }
 
 fn check_kernel_size(ksize: usize) -> Result<()> {
-    if ksize == 0 || ksize % 2 == 0 {
+    if ksize == 0 || ksize.is_multiple_of(2) {
         return Err(Error::Size(format!(
             "blur kernel size must be odd and positive, got {ksize}"
         )));
@@ -647,7 +647,8 @@ mod tests {
         let tile = |v: u8, w: usize, h: usize| {
             (
                 RgbImage8::from_raw(w, h, vec![v; w * h * 3]).unwrap(),
-                GrayImage8::from_raw(w, h, vec![if v % 2 == 0 { 255 } else { 0 }; w * h]).unwrap(),
+                GrayImage8::from_raw(w, h, vec![if v.is_multiple_of(2) { 255 } else { 0 }; w * h])
+                    .unwrap(),
             )
         };
         let (a, b, c, d) = (

@@ -40,6 +40,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `ssvp` binary does; SSVP_DEFAULT_MALLOC=1 measures without it.
+    if std::env::var_os("SSVP_DEFAULT_MALLOC").is_none() {
+        ssvp_backbones::runtime::keep_freed_memory();
+    }
     let runs: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())

@@ -24,6 +24,10 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `ssvp` binary does; SSVP_DEFAULT_MALLOC=1 measures without it.
+    if std::env::var_os("SSVP_DEFAULT_MALLOC").is_none() {
+        ssvp_backbones::runtime::keep_freed_memory();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let which = args.first().map(String::as_str).unwrap_or("tiny");
     let images: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2);

@@ -7,6 +7,10 @@ use candle_core::{DType, Device, Tensor};
 use ssvp_model::{HeadFeatures, Mode, SsvpConfig, SsvpHead, Targets};
 
 fn main() -> ssvp_model::Result<()> {
+    // As the `ssvp` binary does; SSVP_DEFAULT_MALLOC=1 measures without it.
+    if std::env::var_os("SSVP_DEFAULT_MALLOC").is_none() {
+        ssvp_backbones::runtime::keep_freed_memory();
+    }
     let batch: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())

@@ -7,6 +7,8 @@
 //! `softmax_last_dim` have no backward and silently cut the graph (framework-notes.md). The
 //! [`Grad`] switch makes that choice explicit at every call.
 
+mod attention_cpu;
+
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
@@ -194,7 +196,9 @@ impl candle_core::CustomOp1 for SoftmaxWithBackward {
 /// Scaled dot-product attention on `[batch, heads, tokens, head_dim]` tensors.
 ///
 /// `mask` is added to the logits (e.g. `-inf` above the diagonal for causal text attention).
-/// This is the one attention kernel of the project: a faster fused version replaces it here.
+/// Unmasked f32 attention on the CPU (every vision tower and the SSVP head) runs as one fused
+/// op ([`attention_cpu`]) that never materialises a `[tokens x tokens]` tensor, in either
+/// direction; the rest is composed from candle ops.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -204,12 +208,15 @@ pub fn attention(
 ) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
-    if grad == Grad::Tracked && mask.is_none() && q.dtype() == DType::F32 && q.device().is_cpu() {
-        // Keeps only q, k, v for the backward pass and recomputes the probabilities there.
+    if mask.is_none()
+        && [q, k, v]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
+    {
         return q.contiguous()?.apply_op3(
             &k.contiguous()?,
             &v.contiguous()?,
-            RecomputingAttention { scale },
+            FusedAttention { scale },
         );
     }
     // Scale q, not the [tokens x tokens] logits: N/head_dim times fewer multiplies (21x for
@@ -222,42 +229,62 @@ pub fn attention(
     softmax_last_dim(&logits, grad)?.matmul(&v.contiguous()?)
 }
 
-/// Unmasked softmax attention whose backward pass recomputes the `[tokens x tokens]`
-/// probabilities from q and k instead of keeping them (and the logits) alive from the forward
-/// pass, as the composed ops do. The head's cross-attentions over 37x37 tokens hold 8 such maps
-/// per image; keeping them made a training batch of 8 outgrow a 24 GB machine.
-///
-/// With `S = s·q kᵀ`, `P = softmax(S)`, `O = P v`: `dv = Pᵀ dO`, `dP = dO vᵀ`,
-/// `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dq = s·dS k`, `dk = s·dSᵀ q`.
+/// Unmasked softmax attention as one op ([`attention_cpu`]): the forward pass keeps no
+/// `[tokens x tokens]` map, and the backward pass recomputes the probabilities block by block.
+/// Composed from candle ops, the head's cross-attentions over 37x37 tokens kept 8 such maps per
+/// image alive for the backward pass and made a training batch of 8 outgrow a 24 GB machine.
 #[derive(Debug, Clone, Copy)]
-struct RecomputingAttention {
+struct FusedAttention {
     scale: f64,
 }
 
-impl RecomputingAttention {
-    fn probabilities(&self, q: &Tensor, k: &Tensor) -> Result<Tensor> {
-        let logits = (q * self.scale)?.matmul(&k.t()?)?;
-        candle_nn::ops::softmax_last_dim(&logits)
+/// The shapes of an attention call on `q [.., Nq, d]`, `k [.., Nk, d]`, `v [.., Nk, dv]`.
+fn attention_dims(
+    q: &candle_core::Shape,
+    k: &candle_core::Shape,
+    v: &candle_core::Shape,
+) -> Result<attention_cpu::Dims> {
+    let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
+    let r = qd.len();
+    if r < 2
+        || kd.len() != r
+        || vd.len() != r
+        || qd[..r - 2] != kd[..r - 2]
+        || kd[..r - 1] != vd[..r - 1]
+        || qd[r - 1] != kd[r - 1]
+    {
+        return Err(candle_core::Error::Msg(format!(
+            "attention shapes do not fit: q {qd:?}, k {kd:?}, v {vd:?}"
+        )));
     }
+    Ok(attention_cpu::Dims {
+        pairs: qd[..r - 2].iter().product(),
+        queries: qd[r - 2],
+        keys: kd[r - 2],
+        dim: qd[r - 1],
+        value_dim: vd[r - 1],
+    })
 }
 
-fn cpu_tensor(storage: &candle_core::CpuStorage, layout: &candle_core::Layout) -> Result<Tensor> {
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        candle_core::Error::Msg("recomputing attention needs contiguous inputs".into())
-    })?;
+/// The f32 values of a contiguous CPU storage.
+fn cpu_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused attention needs contiguous inputs".into()))?;
     match storage {
-        candle_core::CpuStorage::F32(v) => {
-            Tensor::from_slice(&v[start..end], layout.shape(), &candle_core::Device::Cpu)
-        }
+        candle_core::CpuStorage::F32(v) => Ok(&v[start..end]),
         _ => Err(candle_core::Error::Msg(
-            "recomputing attention is f32 only".into(),
+            "fused attention is f32 only".into(),
         )),
     }
 }
 
-impl candle_core::CustomOp3 for RecomputingAttention {
+impl candle_core::CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
-        "attention-recomputing-backward"
+        "fused-attention"
     }
 
     fn cpu_fwd(
@@ -269,15 +296,17 @@ impl candle_core::CustomOp3 for RecomputingAttention {
         s3: &candle_core::CpuStorage,
         l3: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (q, k, v) = (
-            cpu_tensor(s1, l1)?,
-            cpu_tensor(s2, l2)?,
-            cpu_tensor(s3, l3)?,
-        );
-        let out = self.probabilities(&q, &k)?.matmul(&v)?;
-        let shape = out.shape().clone();
-        let data = out.flatten_all()?.to_vec1::<f32>()?;
-        Ok((candle_core::CpuStorage::F32(data), shape))
+        let dims = attention_dims(l1.shape(), l2.shape(), l3.shape())?;
+        let out = attention_cpu::forward(
+            cpu_f32(s1, l1)?,
+            cpu_f32(s2, l2)?,
+            cpu_f32(s3, l3)?,
+            dims,
+            self.scale as f32,
+        )?;
+        let mut shape = l1.dims().to_vec();
+        *shape.last_mut().expect("rank checked") = dims.value_dim;
+        Ok((candle_core::CpuStorage::F32(out), shape.into()))
     }
 
     fn bwd(
@@ -288,16 +317,34 @@ impl candle_core::CustomOp3 for RecomputingAttention {
         _res: &Tensor,
         grad_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v) = (q.detach(), k.detach(), v.detach());
         let grad_out = grad_out.contiguous()?;
-        let p = self.probabilities(&q, &k)?;
-        let dv = p.t()?.matmul(&grad_out)?;
-        let dp = grad_out.matmul(&v.t()?)?;
-        let row = (&dp * &p)?.sum_keepdim(D::Minus1)?;
-        let ds = (p * dp.broadcast_sub(&row)?)?;
-        let dq = (ds.matmul(&k)? * self.scale)?;
-        let dk = (ds.t()?.matmul(&q)? * self.scale)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        let dims = attention_dims(q.shape(), k.shape(), v.shape())?;
+        let guards = [q, k, v, &grad_out].map(|t| t.storage_and_layout());
+        let mut slices = Vec::with_capacity(4);
+        for (storage, layout) in &guards {
+            match &**storage {
+                candle_core::Storage::Cpu(s) => slices.push(cpu_f32(s, layout)?),
+                _ => {
+                    return Err(candle_core::Error::Msg(
+                        "fused attention runs on the CPU only".into(),
+                    ))
+                }
+            }
+        }
+        let (dq, dk, dv) = attention_cpu::backward(
+            slices[0],
+            slices[1],
+            slices[2],
+            slices[3],
+            dims,
+            self.scale as f32,
+        )?;
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
     }
 }
 
@@ -334,10 +381,10 @@ mod tests {
             .unwrap()
     }
 
-    /// The recomputing attention equals the composed attention in value and in the gradients
-    /// of q, k and v.
+    /// The fused attention equals the composed attention in value and in the gradients of q,
+    /// k and v.
     #[test]
-    fn recomputing_attention_matches_the_composed_one_with_gradients() {
+    fn fused_attention_matches_the_composed_one_with_gradients() {
         let dev = Device::Cpu;
         let var = |n: usize, shift: f32| {
             let values: Vec<f32> = (0..n)
