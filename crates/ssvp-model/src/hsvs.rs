@@ -7,7 +7,7 @@
 //! untrained head passes the CLIP features through unchanged.
 
 use candle_core::{Module, Tensor};
-use ssvp_backbones::nn::{attention, merge_heads, split_heads, Grad, LayerNorm, Linear};
+use ssvp_backbones::nn::{multi_head_attention, Grad, LayerNorm, Linear};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -76,11 +76,17 @@ impl AtfBlock {
         to_v: &Linear,
         keys: &Tensor,
     ) -> Result<Tensor> {
-        let h = self.heads;
-        let q = split_heads(&from.q.forward(queries)?, h)?;
-        let k = split_heads(&to.k.forward(keys)?, h)?;
-        let v = split_heads(&to_v.forward(keys)?, h)?;
-        Ok(merge_heads(&attention(&q, &k, &v, None, Grad::Tracked)?)?)
+        let q = from.q.forward(queries)?;
+        let k = to.k.forward(keys)?;
+        let v = to_v.forward(keys)?;
+        Ok(multi_head_attention(
+            &q,
+            &k,
+            &v,
+            self.heads,
+            None,
+            Grad::Tracked,
+        )?)
     }
 
     /// `clip: [B, N, D_c]`, `dino: [B, N, D_d]` -> fused `[B, N, D_c]`.

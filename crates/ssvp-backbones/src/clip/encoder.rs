@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::Activation;
-use crate::nn::{attention, merge_heads, split_heads, Grad, LayerNorm, Linear};
+use crate::nn::{multi_head_attention, Grad, LayerNorm, Linear};
 
 #[derive(Debug, Clone)]
 pub struct ClipAttention {
@@ -29,10 +29,10 @@ impl ClipAttention {
 
     /// `x`: `[batch, tokens, width]`; `mask` is added to the logits (causal text attention).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, grad: Grad) -> Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
-        let out = merge_heads(&attention(&q, &k, &v, mask, grad)?)?;
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let out = multi_head_attention(&q, &k, &v, self.heads, mask, grad)?;
         self.out_proj.forward(&out)
     }
 
@@ -40,11 +40,11 @@ impl ClipAttention {
     /// ordinary attention and `vv` = out_proj(softmax(v vᵀ / √d) v), with the same scale and the
     /// same output projection (bias included). Inference only.
     pub fn forward_dual(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
-        let ori = merge_heads(&attention(&q, &k, &v, None, Grad::Frozen)?)?;
-        let vv = merge_heads(&attention(&v, &v, &v, None, Grad::Frozen)?)?;
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let ori = multi_head_attention(&q, &k, &v, self.heads, None, Grad::Frozen)?;
+        let vv = multi_head_attention(&v, &v, &v, self.heads, None, Grad::Frozen)?;
         Ok((self.out_proj.forward(&vv)?, self.out_proj.forward(&ori)?))
     }
 }

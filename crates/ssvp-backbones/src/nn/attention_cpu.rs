@@ -23,36 +23,72 @@ use rayon::prelude::*;
 /// Query rows per block: the scratch rows `[BLOCK, keys]` stay in the L2 cache at 1369 keys.
 const BLOCK: usize = 128;
 
-/// Shapes of one attention call: `pairs` (batch x heads) independent problems, each with
-/// `queries x dim` q, `keys x dim` k and `keys x value_dim` v, row-major and packed.
+/// Shapes and memory layout of one attention call: `batch x heads` independent problems, each
+/// with `queries x dim` q, `keys x dim` k and `keys x value_dim` v (and a `queries x value_dim`
+/// output), packed in one of two layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Dims {
-    pub pairs: usize,
+    pub batch: usize,
+    pub heads: usize,
     pub queries: usize,
     pub keys: usize,
     pub dim: usize,
     pub value_dim: usize,
+    /// `true`: `[batch, tokens, heads * dim]`, the layout a projection produces (heads side by
+    /// side in each token's row); `false`: `[batch, heads, tokens, dim]`.
+    pub packed_heads: bool,
+}
+
+/// Where one (batch, head) problem's matrix lives in a buffer: its first element and the
+/// distance between its rows (columns are adjacent).
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    base: usize,
+    row: usize,
 }
 
 impl Dims {
-    fn q_len(&self) -> usize {
-        self.queries * self.dim
+    fn pairs(&self) -> usize {
+        self.batch * self.heads
     }
-    fn k_len(&self) -> usize {
-        self.keys * self.dim
+
+    /// The place of pair `pair`'s `tokens x width` matrix.
+    fn place(&self, pair: usize, tokens: usize, width: usize) -> Place {
+        let (b, h) = (pair / self.heads, pair % self.heads);
+        if self.packed_heads {
+            Place {
+                base: b * tokens * self.heads * width + h * width,
+                row: self.heads * width,
+            }
+        } else {
+            Place {
+                base: pair * tokens * width,
+                row: width,
+            }
+        }
     }
-    fn v_len(&self) -> usize {
-        self.keys * self.value_dim
+    fn q(&self, pair: usize) -> Place {
+        self.place(pair, self.queries, self.dim)
     }
-    fn o_len(&self) -> usize {
-        self.queries * self.value_dim
+    fn k(&self, pair: usize) -> Place {
+        self.place(pair, self.keys, self.dim)
+    }
+    fn v(&self, pair: usize) -> Place {
+        self.place(pair, self.keys, self.value_dim)
+    }
+    fn o(&self, pair: usize) -> Place {
+        self.place(pair, self.queries, self.value_dim)
+    }
+
+    fn len(&self, tokens: usize, width: usize) -> usize {
+        self.pairs() * tokens * width
     }
 
     fn check(&self, q: usize, k: usize, v: usize) -> candle_core::Result<()> {
         let expect = (
-            self.pairs * self.q_len(),
-            self.pairs * self.k_len(),
-            self.pairs * self.v_len(),
+            self.len(self.queries, self.dim),
+            self.len(self.keys, self.dim),
+            self.len(self.keys, self.value_dim),
         );
         if (q, k, v) != expect {
             return Err(candle_core::Error::Msg(format!(
@@ -73,21 +109,25 @@ struct View {
 }
 
 impl View {
-    fn row_major(rows: usize, cols: usize) -> Self {
+    /// `rows x cols` with rows `row` apart and adjacent columns.
+    fn rows_at(rows: usize, cols: usize, row: usize) -> Self {
         Self {
             rows,
             cols,
-            row: cols,
+            row,
             col: 1,
         }
     }
-    /// The transpose of a row-major `cols x rows` matrix.
-    fn transposed(rows: usize, cols: usize) -> Self {
+    fn row_major(rows: usize, cols: usize) -> Self {
+        Self::rows_at(rows, cols, cols)
+    }
+    /// The transpose of a `cols x rows` matrix whose rows are `row` apart.
+    fn transposed(rows: usize, cols: usize, row: usize) -> Self {
         Self {
             rows,
             cols,
             row: 1,
-            col: rows,
+            col: row,
         }
     }
     /// Number of elements the view spans.
@@ -100,68 +140,243 @@ impl View {
     }
 }
 
-/// `dst = (accumulate ? dst : 0) + scale · a b` with `dst` row-major `a.rows x b.cols`.
-fn matmul(dst: &mut [f32], a: &[f32], av: View, b: &[f32], bv: View, scale: f32, accumulate: bool) {
+/// A raw output pointer shared by the workers of one call; each (batch, head) problem writes a
+/// disjoint set of elements (its own columns of the packed layout, or its own block).
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: see the type's doc; no two workers write the same element.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `dst = (accumulate ? dst : 0) + scale · a b`, `dst` being `a.rows x b.cols` at `dst`, rows
+/// `dst_row` apart.
+///
+/// # Safety
+/// `dst` must be valid for writes of every element of that matrix, and no other thread may
+/// touch those elements during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    dst: *mut f32,
+    dst_row: usize,
+    a: &[f32],
+    av: View,
+    b: &[f32],
+    bv: View,
+    scale: f32,
+    accumulate: bool,
+) {
     let (m, k, n) = (av.rows, av.cols, bv.cols);
-    assert!(bv.rows == k && dst.len() >= m * n && a.len() >= av.span() && b.len() >= bv.span());
+    assert!(bv.rows == k && a.len() >= av.span() && b.len() >= bv.span());
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(0.0);
+            for i in 0..m {
+                std::slice::from_raw_parts_mut(dst.add(i * dst_row), n).fill(0.0);
+            }
         }
         return;
     }
-    // SAFETY: the asserts above keep every index the views address inside the slices, and
-    // `dst` does not alias `a` or `b` (it is a distinct `&mut`).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            av.col as isize,
-            av.row as isize,
-            b.as_ptr(),
-            bv.col as isize,
-            bv.row as isize,
-            1.0,
-            scale,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    // SAFETY: the assert keeps the reads inside `a` and `b`; the caller vouches for `dst`.
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_row as isize,
+        accumulate,
+        a.as_ptr(),
+        av.col as isize,
+        av.row as isize,
+        b.as_ptr(),
+        bv.col as isize,
+        bv.row as isize,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
 }
 
-/// `P` of one block: `scale · q_block kᵀ`, then a softmax over each row, into `p`.
+/// `P` of one block: `scale · q_block kᵀ`, then a softmax over each row, into the packed
+/// `rows x keys` scratch `p`.
 fn block_probabilities(
     p: &mut [f32],
     q_block: &[f32],
+    q_row: usize,
     rows: usize,
     k: &[f32],
+    k_row: usize,
     d: &Dims,
     scale: f32,
 ) {
     let keys = d.keys;
-    matmul(
-        p,
-        q_block,
-        View::row_major(rows, d.dim),
-        k,
-        View::transposed(d.dim, keys),
-        scale,
-        false,
-    );
+    assert!(p.len() >= rows * keys);
+    // SAFETY: `p` is an exclusive slice holding the `rows x keys` result.
+    unsafe {
+        matmul(
+            p.as_mut_ptr(),
+            keys,
+            q_block,
+            View::rows_at(rows, d.dim, q_row),
+            k,
+            View::transposed(d.dim, keys, k_row),
+            scale,
+            false,
+        );
+    }
     for row in p[..rows * keys].chunks_exact_mut(keys) {
         softmax_in_place(row);
     }
+}
+
+/// `softmax(scale · q kᵀ) v` for every (batch, head) problem, in the layout of `d`.
+pub(crate) fn forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: Dims,
+    scale: f32,
+) -> candle_core::Result<Vec<f32>> {
+    d.check(q.len(), k.len(), v.len())?;
+    let mut out = vec![0f32; d.len(d.queries, d.value_dim)];
+    if out.is_empty() || d.keys == 0 {
+        return Ok(out);
+    }
+    let out_ptr = Out(out.as_mut_ptr());
+    (0..d.pairs()).into_par_iter().for_each_init(
+        || vec![0f32; BLOCK * d.keys],
+        |p, pair| {
+            let out_ptr = out_ptr;
+            let (qp, kp, vp, op) = (d.q(pair), d.k(pair), d.v(pair), d.o(pair));
+            for r0 in (0..d.queries).step_by(BLOCK) {
+                let rows = BLOCK.min(d.queries - r0);
+                let q_block = &q[qp.base + r0 * qp.row..];
+                block_probabilities(p, q_block, qp.row, rows, &k[kp.base..], kp.row, &d, scale);
+                // SAFETY: rows r0..r0+rows of this pair's output, inside `out` (its place was
+                // computed from the same dims `out` was sized by) and written by this pair only.
+                unsafe {
+                    matmul(
+                        out_ptr.0.add(op.base + r0 * op.row),
+                        op.row,
+                        p,
+                        View::row_major(rows, d.keys),
+                        &v[vp.base..],
+                        View::rows_at(d.keys, d.value_dim, vp.row),
+                        1.0,
+                        false,
+                    );
+                }
+            }
+        },
+    );
+    Ok(out)
+}
+
+/// The gradients `(dq, dk, dv)` of [`forward`] given `d_out`, recomputing the probabilities.
+pub(crate) fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d_out: &[f32],
+    d: Dims,
+    scale: f32,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    d.check(q.len(), k.len(), v.len())?;
+    if d_out.len() != d.len(d.queries, d.value_dim) {
+        return Err(candle_core::Error::Msg(format!(
+            "fused attention: output gradient of {} values for shapes {d:?}",
+            d_out.len()
+        )));
+    }
+    let mut dq = vec![0f32; q.len()];
+    let mut dk = vec![0f32; k.len()];
+    let mut dv = vec![0f32; v.len()];
+    if d.pairs() == 0 || d.queries == 0 || d.keys == 0 {
+        return Ok((dq, dk, dv));
+    }
+    let (dq_ptr, dk_ptr, dv_ptr) = (
+        Out(dq.as_mut_ptr()),
+        Out(dk.as_mut_ptr()),
+        Out(dv.as_mut_ptr()),
+    );
+    (0..d.pairs()).into_par_iter().for_each_init(
+        || (vec![0f32; BLOCK * d.keys], vec![0f32; BLOCK * d.keys]),
+        |(p, dp), pair| {
+            let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
+            let (qp, kp, vp, op) = (d.q(pair), d.k(pair), d.v(pair), d.o(pair));
+            let (k, v) = (&k[kp.base..], &v[vp.base..]);
+            for r0 in (0..d.queries).step_by(BLOCK) {
+                let rows = BLOCK.min(d.queries - r0);
+                let first = r0 == 0;
+                let q_block = &q[qp.base + r0 * qp.row..];
+                let do_block = &d_out[op.base + r0 * op.row..];
+                block_probabilities(p, q_block, qp.row, rows, k, kp.row, &d, scale);
+                // SAFETY (all four matmuls): each destination is this pair's own matrix in
+                // dq/dk/dv, at places computed from the dims the buffers were sized by.
+                unsafe {
+                    // dv += Pᵀ dO
+                    matmul(
+                        dv_ptr.0.add(vp.base),
+                        vp.row,
+                        p,
+                        View::transposed(d.keys, rows, d.keys),
+                        do_block,
+                        View::rows_at(rows, d.value_dim, op.row),
+                        1.0,
+                        !first,
+                    );
+                    // dP = dO vᵀ
+                    matmul(
+                        dp.as_mut_ptr(),
+                        d.keys,
+                        do_block,
+                        View::rows_at(rows, d.value_dim, op.row),
+                        v,
+                        View::transposed(d.value_dim, d.keys, vp.row),
+                        1.0,
+                        false,
+                    );
+                }
+                // dS = P ⊙ (dP − rowsum(dP ⊙ P)), in place.
+                for (dp_row, p_row) in dp[..rows * d.keys]
+                    .chunks_exact_mut(d.keys)
+                    .zip(p[..rows * d.keys].chunks_exact(d.keys))
+                {
+                    softmax_backward_in_place(dp_row, p_row);
+                }
+                unsafe {
+                    // dq_block = s · dS k
+                    matmul(
+                        dq_ptr.0.add(qp.base + r0 * qp.row),
+                        qp.row,
+                        dp,
+                        View::row_major(rows, d.keys),
+                        k,
+                        View::rows_at(d.keys, d.dim, kp.row),
+                        scale,
+                        false,
+                    );
+                    // dk += s · dSᵀ q_block
+                    matmul(
+                        dk_ptr.0.add(kp.base),
+                        kp.row,
+                        dp,
+                        View::transposed(d.keys, rows, d.keys),
+                        q_block,
+                        View::rows_at(rows, d.dim, qp.row),
+                        scale,
+                        !first,
+                    );
+                }
+            }
+        },
+    );
+    Ok((dq, dk, dv))
 }
 
 /// Softmax of one row, in place.
@@ -266,149 +481,22 @@ fn exp_f32(x: f32) -> f32 {
     e_r * two_n
 }
 
-/// `softmax(scale · q kᵀ) v` for every pair.
-pub(crate) fn forward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    d: Dims,
-    scale: f32,
-) -> candle_core::Result<Vec<f32>> {
-    d.check(q.len(), k.len(), v.len())?;
-    let mut out = vec![0f32; d.pairs * d.o_len()];
-    if d.o_len() == 0 {
-        return Ok(out);
-    }
-    out.par_chunks_mut(d.o_len()).enumerate().for_each_init(
-        || vec![0f32; BLOCK * d.keys],
-        |p, (pair, o)| {
-            let q = &q[pair * d.q_len()..(pair + 1) * d.q_len()];
-            let k = &k[pair * d.k_len()..(pair + 1) * d.k_len()];
-            let v = &v[pair * d.v_len()..(pair + 1) * d.v_len()];
-            for r0 in (0..d.queries).step_by(BLOCK) {
-                let rows = BLOCK.min(d.queries - r0);
-                block_probabilities(p, &q[r0 * d.dim..], rows, k, &d, scale);
-                matmul(
-                    &mut o[r0 * d.value_dim..],
-                    p,
-                    View::row_major(rows, d.keys),
-                    v,
-                    View::row_major(d.keys, d.value_dim),
-                    1.0,
-                    false,
-                );
-            }
-        },
-    );
-    Ok(out)
-}
-
-/// The gradients `(dq, dk, dv)` of [`forward`] given `d_out`, recomputing the probabilities.
-pub(crate) fn backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    d_out: &[f32],
-    d: Dims,
-    scale: f32,
-) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    d.check(q.len(), k.len(), v.len())?;
-    if d_out.len() != d.pairs * d.o_len() {
-        return Err(candle_core::Error::Msg(format!(
-            "fused attention: output gradient of {} values for shapes {d:?}",
-            d_out.len()
-        )));
-    }
-    let mut dq = vec![0f32; d.pairs * d.q_len()];
-    let mut dk = vec![0f32; d.pairs * d.k_len()];
-    let mut dv = vec![0f32; d.pairs * d.v_len()];
-    if d.pairs == 0 || d.queries == 0 || d.keys == 0 {
-        return Ok((dq, dk, dv));
-    }
-    dq.par_chunks_mut(d.q_len().max(1))
-        .zip(dk.par_chunks_mut(d.k_len().max(1)))
-        .zip(dv.par_chunks_mut(d.v_len().max(1)))
-        .enumerate()
-        .for_each_init(
-            || (vec![0f32; BLOCK * d.keys], vec![0f32; BLOCK * d.keys]),
-            |(p, dp), (pair, ((dq, dk), dv))| {
-                let q = &q[pair * d.q_len()..(pair + 1) * d.q_len()];
-                let k = &k[pair * d.k_len()..(pair + 1) * d.k_len()];
-                let v = &v[pair * d.v_len()..(pair + 1) * d.v_len()];
-                let d_out = &d_out[pair * d.o_len()..(pair + 1) * d.o_len()];
-                for r0 in (0..d.queries).step_by(BLOCK) {
-                    let rows = BLOCK.min(d.queries - r0);
-                    let first = r0 == 0;
-                    let q_block = &q[r0 * d.dim..(r0 + rows) * d.dim];
-                    let do_block = &d_out[r0 * d.value_dim..(r0 + rows) * d.value_dim];
-                    block_probabilities(p, q_block, rows, k, &d, scale);
-                    // dv += Pᵀ dO
-                    matmul(
-                        dv,
-                        p,
-                        View::transposed(d.keys, rows),
-                        do_block,
-                        View::row_major(rows, d.value_dim),
-                        1.0,
-                        !first,
-                    );
-                    // dP = dO vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place.
-                    matmul(
-                        dp,
-                        do_block,
-                        View::row_major(rows, d.value_dim),
-                        v,
-                        View::transposed(d.value_dim, d.keys),
-                        1.0,
-                        false,
-                    );
-                    for (dp_row, p_row) in dp[..rows * d.keys]
-                        .chunks_exact_mut(d.keys)
-                        .zip(p[..rows * d.keys].chunks_exact(d.keys))
-                    {
-                        softmax_backward_in_place(dp_row, p_row);
-                    }
-                    // dq_block = s · dS k
-                    matmul(
-                        &mut dq[r0 * d.dim..],
-                        dp,
-                        View::row_major(rows, d.keys),
-                        k,
-                        View::row_major(d.keys, d.dim),
-                        scale,
-                        false,
-                    );
-                    // dk += s · dSᵀ q_block
-                    matmul(
-                        dk,
-                        dp,
-                        View::transposed(d.keys, rows),
-                        q_block,
-                        View::row_major(rows, d.dim),
-                        scale,
-                        !first,
-                    );
-                }
-            },
-        );
-    Ok((dq, dk, dv))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Plain triple-loop attention in f64.
+    /// Plain triple-loop attention in f64, reading through the layout's places.
     fn naive(q: &[f32], k: &[f32], v: &[f32], d: Dims, scale: f64) -> Vec<f64> {
-        let mut out = vec![0f64; d.pairs * d.o_len()];
-        for p in 0..d.pairs {
+        let mut out = vec![0f64; d.len(d.queries, d.value_dim)];
+        for pair in 0..d.pairs() {
+            let (qp, kp, vp, op) = (d.q(pair), d.k(pair), d.v(pair), d.o(pair));
             for i in 0..d.queries {
                 let logits: Vec<f64> = (0..d.keys)
                     .map(|j| {
                         (0..d.dim)
                             .map(|c| {
-                                q[p * d.q_len() + i * d.dim + c] as f64
-                                    * k[p * d.k_len() + j * d.dim + c] as f64
+                                q[qp.base + i * qp.row + c] as f64
+                                    * k[kp.base + j * kp.row + c] as f64
                             })
                             .sum::<f64>()
                             * scale
@@ -418,8 +506,8 @@ mod tests {
                 let e: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for c in 0..d.value_dim {
-                    out[p * d.o_len() + i * d.value_dim + c] = (0..d.keys)
-                        .map(|j| e[j] / z * v[p * d.v_len() + j * d.value_dim + c] as f64)
+                    out[op.base + i * op.row + c] = (0..d.keys)
+                        .map(|j| e[j] / z * v[vp.base + j * vp.row + c] as f64)
                         .sum();
                 }
             }
@@ -433,70 +521,65 @@ mod tests {
             .collect()
     }
 
-    /// Several blocks (300 queries), a ragged last block, and queries != keys.
+    /// Several blocks (300 queries), a ragged last block, queries != keys, value_dim != dim,
+    /// in both layouts.
     #[test]
     fn forward_and_backward_match_a_naive_reference() {
-        let d = Dims {
-            pairs: 3,
-            queries: 300,
-            keys: 37,
-            dim: 5,
-            value_dim: 4,
-        };
-        let (q, k, v) = (
-            values(d.pairs * d.q_len(), 0.1),
-            values(d.pairs * d.k_len(), 1.1),
-            values(d.pairs * d.v_len(), 2.1),
-        );
-        let scale = 0.4f32;
-        let out = forward(&q, &k, &v, d, scale).unwrap();
-        let reference = naive(&q, &k, &v, d, scale as f64);
-        for (a, b) in out.iter().zip(&reference) {
-            assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
-        }
-        // Gradients of L = Σ w ⊙ O against central differences of the f64 reference.
-        let w = values(d.pairs * d.o_len(), 3.3);
-        let (dq, dk, dv) = backward(&q, &k, &v, &w, d, scale).unwrap();
-        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
-            naive(q, k, v, d, scale as f64)
-                .iter()
-                .zip(&w)
-                .map(|(o, w)| o * *w as f64)
-                .sum()
-        };
-        let h = 1e-2f32;
-        let check = |which: usize, grad: &[f32], idx: usize| {
-            let (mut q2, mut k2, mut v2) = (q.clone(), k.clone(), v.clone());
-            let (mut q3, mut k3, mut v3) = (q.clone(), k.clone(), v.clone());
-            match which {
-                0 => {
-                    q2[idx] += h;
-                    q3[idx] -= h;
-                }
-                1 => {
-                    k2[idx] += h;
-                    k3[idx] -= h;
-                }
-                _ => {
-                    v2[idx] += h;
-                    v3[idx] -= h;
-                }
-            }
-            let numeric = (loss(&q2, &k2, &v2) - loss(&q3, &k3, &v3)) / (2.0 * h as f64);
-            let analytic = grad[idx] as f64;
-            assert!(
-                (numeric - analytic).abs() < 2e-3 * numeric.abs().max(1.0),
-                "input {which}[{idx}]: {analytic} vs numeric {numeric}"
+        for packed_heads in [false, true] {
+            let d = Dims {
+                batch: 2,
+                heads: 2,
+                queries: 300,
+                keys: 37,
+                dim: 5,
+                value_dim: 4,
+                packed_heads,
+            };
+            let (q, k, v) = (
+                values(d.len(d.queries, d.dim), 0.1),
+                values(d.len(d.keys, d.dim), 1.1),
+                values(d.len(d.keys, d.value_dim), 2.1),
             );
-        };
-        for idx in [0, 7, 1499, 2 * d.q_len() + 1234] {
-            check(0, &dq, idx);
-        }
-        for idx in [0, 33, d.k_len() + 100, 3 * d.k_len() - 1] {
-            check(1, &dk, idx);
-        }
-        for idx in [1, 50, 2 * d.v_len() + 17] {
-            check(2, &dv, idx);
+            let scale = 0.4f32;
+            let out = forward(&q, &k, &v, d, scale).unwrap();
+            let reference = naive(&q, &k, &v, d, scale as f64);
+            for (a, b) in out.iter().zip(&reference) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+            }
+            // Gradients of L = Σ w ⊙ O against central differences of the f64 reference.
+            let w = values(out.len(), 3.3);
+            let (dq, dk, dv) = backward(&q, &k, &v, &w, d, scale).unwrap();
+            let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+                naive(q, k, v, d, scale as f64)
+                    .iter()
+                    .zip(&w)
+                    .map(|(o, w)| o * *w as f64)
+                    .sum()
+            };
+            let h = 1e-2f32;
+            let check = |which: usize, grad: &[f32], idx: usize| {
+                let mut plus = [q.clone(), k.clone(), v.clone()];
+                let mut minus = [q.clone(), k.clone(), v.clone()];
+                plus[which][idx] += h;
+                minus[which][idx] -= h;
+                let numeric = (loss(&plus[0], &plus[1], &plus[2])
+                    - loss(&minus[0], &minus[1], &minus[2]))
+                    / (2.0 * h as f64);
+                let analytic = grad[idx] as f64;
+                assert!(
+                    (numeric - analytic).abs() < 2e-3 * numeric.abs().max(1.0),
+                    "packed {packed_heads}, input {which}[{idx}]: {analytic} vs numeric {numeric}"
+                );
+            };
+            for idx in [0, 7, 1499, q.len() - 1, q.len() / 2 + 3] {
+                check(0, &dq, idx);
+            }
+            for idx in [0, 33, k.len() / 3, k.len() - 1] {
+                check(1, &dk, idx);
+            }
+            for idx in [1, 50, v.len() - 2] {
+                check(2, &dv, idx);
+            }
         }
     }
 
@@ -512,7 +595,18 @@ mod tests {
         assert_eq!(exp_f32(0.0), 1.0);
         assert_eq!(exp_f32(-1000.0), exp_f32(-87.0));
         assert!(exp_f32(f32::NAN).is_nan());
-        let mut row = vec![3.0, -1.0, f32::NEG_INFINITY, 0.5, 2.0, 2.0, -7.0, 1.0, 0.0, 4.0];
+        let mut row = vec![
+            3.0,
+            -1.0,
+            f32::NEG_INFINITY,
+            0.5,
+            2.0,
+            2.0,
+            -7.0,
+            1.0,
+            0.0,
+            4.0,
+        ];
         let expect: Vec<f64> = {
             let e: Vec<f64> = row.iter().map(|&v| (v as f64 - 4.0).exp()).collect();
             let z: f64 = e.iter().sum();
@@ -527,11 +621,13 @@ mod tests {
     #[test]
     fn mismatched_buffers_are_an_error_not_a_panic() {
         let d = Dims {
-            pairs: 1,
+            batch: 1,
+            heads: 1,
             queries: 2,
             keys: 3,
             dim: 4,
             value_dim: 4,
+            packed_heads: false,
         };
         assert!(forward(&[0.0; 8], &[0.0; 12], &[0.0; 11], d, 1.0).is_err());
         assert!(backward(&[0.0; 8], &[0.0; 12], &[0.0; 12], &[0.0; 7], d, 1.0).is_err());
