@@ -8,6 +8,7 @@
 //! [`Grad`] switch makes that choice explicit at every call.
 
 mod attention_cpu;
+mod linear_cpu;
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -59,7 +60,16 @@ impl Module for Linear {
         let dims = x.dims();
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = if [&x2, &self.weight]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
+        {
+            x2.contiguous()?
+                .apply_op2(&self.weight.contiguous()?, linear_cpu::MatmulWeightT)?
+        } else {
+            x2.matmul(&self.weight.t()?)?
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -509,6 +519,44 @@ mod tests {
             );
             assert!(max_abs(a) > 1e-3);
         }
+    }
+
+    /// The f32 CPU linear op equals candle's matmul in value and gradients, and leaves out the
+    /// gradient of an input that is not part of the graph.
+    #[test]
+    fn linear_matches_matmul_with_gradients_and_skips_untracked_inputs() {
+        let dev = Device::Cpu;
+        let vals = |n: usize, s: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.41 + s).cos()).collect()
+        };
+        let x = Var::from_vec(vals(2 * 3 * 5, 0.3), (2, 3, 5), &dev).unwrap();
+        let w = Var::from_vec(vals(4 * 5, 1.7), (4, 5), &dev).unwrap();
+        let b = Var::from_vec(vals(4, 2.2), 4, &dev).unwrap();
+        let g = Tensor::from_vec(vals(2 * 3 * 4, 0.9), (2, 3, 4), &dev).unwrap();
+        let lin = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        let fused = lin.forward(x.as_tensor()).unwrap();
+        let plain = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t().unwrap())
+            .unwrap()
+            .broadcast_add(b.as_tensor())
+            .unwrap();
+        assert!(max_abs(&(&fused - &plain).unwrap()) < 1e-6);
+        let loss = |t: &Tensor| (t * &g).unwrap().sum_all().unwrap();
+        let (g1, g2) = (
+            loss(&fused).backward().unwrap(),
+            loss(&plain).backward().unwrap(),
+        );
+        for v in [&x, &w, &b] {
+            let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(max_abs(&(a - e).unwrap()) < 1e-5);
+        }
+        // A plain (untracked) input gets no gradient; the weight still does.
+        let input = x.as_tensor().detach();
+        let grads = loss(&lin.forward(&input).unwrap()).backward().unwrap();
+        assert!(grads.get(&input).is_none());
+        let (a, e) = (grads.get(&w).unwrap(), g2.get(&w).unwrap());
+        assert!(max_abs(&(a - e).unwrap()) < 1e-5);
     }
 
     /// The packed-heads path equals splitting the heads, attending and merging them back, in

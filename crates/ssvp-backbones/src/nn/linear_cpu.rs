@@ -1,0 +1,186 @@
+//! `y = x Wᵀ` as one op on the CPU (f32), with a backward pass that skips what nobody needs.
+//!
+//! Why: candle's matmul backward always computes both operand gradients and accumulates each
+//! into a fresh zero tensor. In the SSVP head the first projections of every ATF block read the
+//! frozen backbone features, which need no gradient: a third of the head's linear-layer backward
+//! work (and as many `[tokens, width]` temporaries) went into gradients that were thrown away.
+//! Here `dx` is computed only when `x` is part of the graph, and `dW` only when `W` is.
+
+use gemm::Parallelism;
+
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+
+/// `x [rows, in] · Wᵀ` for `W [out, in]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatmulWeightT;
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("linear: inputs must be contiguous".into()))?;
+    match storage {
+        CpuStorage::F32(v) => Ok(&v[start..end]),
+        _ => Err(candle_core::Error::Msg("linear: f32 only".into())),
+    }
+}
+
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// `dst [m, n] = a · b` where `a` is `m x k` and `b` is `k x n`, each given by
+/// `(row stride, column stride)`.
+///
+/// # Safety
+/// The strides must keep every addressed element inside the slices.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst[..m * n].fill(0.0);
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        1,
+        n as isize,
+        false,
+        a.as_ptr(),
+        a_strides.1 as isize,
+        a_strides.0 as isize,
+        b.as_ptr(),
+        b_strides.1 as isize,
+        b_strides.0 as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        parallelism(),
+    );
+}
+
+/// Checks `x [rows, in]` against `w [out, in]`; returns `(rows, in, out)`.
+fn dims(x: &Shape, w: &Shape) -> Result<(usize, usize, usize)> {
+    let (rows, in_dim) = x.dims2()?;
+    let (out_dim, w_in) = w.dims2()?;
+    if in_dim != w_in {
+        return Err(candle_core::Error::Msg(format!(
+            "linear: input width {in_dim} but weight {out_dim}x{w_in}"
+        )));
+    }
+    Ok((rows, in_dim, out_dim))
+}
+
+impl candle_core::CustomOp2 for MatmulWeightT {
+    fn name(&self) -> &'static str {
+        "matmul-weight-transposed"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, in_dim, out_dim) = dims(l1.shape(), l2.shape())?;
+        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let mut y = vec![0f32; rows * out_dim];
+        // SAFETY: x is rows x in (row-major), Wᵀ is W read with swapped strides; both spans
+        // match the buffers' lengths checked by `dims`.
+        unsafe {
+            gemm_into(
+                &mut y,
+                rows,
+                out_dim,
+                in_dim,
+                x,
+                (in_dim, 1),
+                w,
+                (1, in_dim),
+            )
+        };
+        Ok((CpuStorage::F32(y), (rows, out_dim).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, in_dim, out_dim) = dims(x.shape(), w.shape())?;
+        let grad = grad.contiguous()?;
+        let guards = [x, w, &grad].map(|t| t.storage_and_layout());
+        let mut slices = Vec::with_capacity(3);
+        for (storage, layout) in &guards {
+            match &**storage {
+                candle_core::Storage::Cpu(s) => slices.push(contiguous_f32(s, layout)?),
+                _ => return Err(candle_core::Error::Msg("linear: CPU only".into())),
+            }
+        }
+        let (xs, ws, gs) = (slices[0], slices[1], slices[2]);
+        let dev = x.device();
+        // dW = dYᵀ x: out x in, only when W is trained (frozen towers under learnable prompts
+        // need dx alone).
+        let dw = if w.track_op() {
+            let mut dw = vec![0f32; out_dim * in_dim];
+            // SAFETY: dYᵀ reads dY [rows, out] with swapped strides, x is rows x in.
+            unsafe {
+                gemm_into(
+                    &mut dw,
+                    out_dim,
+                    in_dim,
+                    rows,
+                    gs,
+                    (1, out_dim),
+                    xs,
+                    (in_dim, 1),
+                )
+            };
+            Some(Tensor::from_vec(dw, (out_dim, in_dim), dev)?)
+        } else {
+            None
+        };
+        // dx = dY W: rows x in, only when x is part of the graph.
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; rows * in_dim];
+            // SAFETY: dY is rows x out, W is out x in, both row-major.
+            unsafe {
+                gemm_into(
+                    &mut dx,
+                    rows,
+                    in_dim,
+                    out_dim,
+                    gs,
+                    (out_dim, 1),
+                    ws,
+                    (in_dim, 1),
+                )
+            };
+            Some(Tensor::from_vec(dx, (rows, in_dim), dev)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
