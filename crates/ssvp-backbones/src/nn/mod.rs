@@ -117,14 +117,20 @@ impl Module for LayerNorm {
     }
 }
 
-/// LayerNorm from elementary ops (two-pass mean/variance, computed in f32), so that autograd
-/// sees every step.
+/// LayerNorm that autograd sees through: on f32 CPU tensors the normalisation is one op with an
+/// analytic backward ([`NormalizeWithBackward`]), elsewhere it is composed from elementary ops
+/// (two-pass mean/variance, computed in f32). The affine part is composed in both cases, so the
+/// weight and bias get their gradients from candle.
 pub fn layer_norm_differentiable(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
+    if x.dtype() == DType::F32 && x.device().is_cpu() {
+        let normed = x.contiguous()?.apply_op1(NormalizeWithBackward { eps })?;
+        return normed.broadcast_mul(weight)?.broadcast_add(bias);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -135,6 +141,99 @@ pub fn layer_norm_differentiable(
         .to_dtype(dtype)?
         .broadcast_mul(weight)?
         .broadcast_add(bias)
+}
+
+/// `(x − mean) / sqrt(var + eps)` over the last dimension (two-pass, biased variance, as
+/// PyTorch's LayerNorm), with the analytic backward
+/// `dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂))` from the saved output `x̂` and `rstd`
+/// recomputed from `x`. The composed version kept four `[rows, width]` intermediates per
+/// LayerNorm alive for the backward pass and made a dozen passes over them.
+#[derive(Debug, Clone, Copy)]
+pub struct NormalizeWithBackward {
+    pub eps: f64,
+}
+
+impl NormalizeWithBackward {
+    /// `1 / sqrt(var + eps)` of one row.
+    fn rstd(&self, row: &[f32]) -> f32 {
+        let n = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / n;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        1.0 / (var + self.eps as f32).sqrt()
+    }
+}
+
+fn contiguous_cpu_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} needs a contiguous input")))?;
+    match storage {
+        candle_core::CpuStorage::F32(v) => Ok(&v[start..end]),
+        _ => Err(candle_core::Error::Msg(format!("{what} is f32 only"))),
+    }
+}
+
+impl candle_core::CustomOp1 for NormalizeWithBackward {
+    fn name(&self) -> &'static str {
+        "normalize-last-dim-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let input = contiguous_cpu_f32(storage, layout, "normalize")?;
+        let dim = layout.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; input.len()];
+        out.par_chunks_mut(dim)
+            .zip(input.par_chunks(dim))
+            .for_each(|(dst, src)| {
+                let n = dim as f32;
+                let mean = src.iter().sum::<f32>() / n;
+                let rstd = self.rstd(src);
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = (s - mean) * rstd;
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        let grad_res = grad_res.contiguous()?;
+        let dim = arg.dims().last().copied().unwrap_or(1).max(1);
+        let guards = [arg, res, &grad_res].map(|t| t.storage_and_layout());
+        let mut slices = Vec::with_capacity(3);
+        for (storage, layout) in &guards {
+            match &**storage {
+                candle_core::Storage::Cpu(s) => {
+                    slices.push(contiguous_cpu_f32(s, layout, "normalize backward")?)
+                }
+                _ => return Err(candle_core::Error::Msg("normalize: CPU only".into())),
+            }
+        }
+        let (x, xhat, g) = (slices[0], slices[1], slices[2]);
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .zip(xhat.par_chunks(dim).zip(g.par_chunks(dim)))
+            .for_each(|((dx, x), (xhat, g))| {
+                let n = dim as f32;
+                let rstd = self.rstd(x);
+                let mean_g = g.iter().sum::<f32>() / n;
+                let mean_gx = g.iter().zip(xhat).map(|(a, b)| a * b).sum::<f32>() / n;
+                for ((d, &gv), &xv) in dx.iter_mut().zip(g).zip(xhat) {
+                    *d = rstd * (gv - mean_g - xv * mean_gx);
+                }
+            });
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
 }
 
 /// Softmax over the last dimension with an explicit gradient policy.
@@ -620,6 +719,49 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("5 heads do not divide"), "{err}");
+    }
+
+    /// The fused normalisation equals the composed LayerNorm in value and in the gradients of
+    /// the input, the weight and the bias.
+    #[test]
+    fn fused_layer_norm_matches_the_composed_one_with_gradients() {
+        let dev = Device::Cpu;
+        let vals = |n: usize, s: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| (i as f32 * 0.53 + s).sin() * 2.0 + 0.3)
+                .collect()
+        };
+        let x = Var::from_vec(vals(4 * 6 * 10, 0.1), (4, 6, 10), &dev).unwrap();
+        let w = Var::from_vec(vals(10, 1.0), 10, &dev).unwrap();
+        let b = Var::from_vec(vals(10, 2.0), 10, &dev).unwrap();
+        let g = Tensor::from_vec(vals(240, 3.0), (4, 6, 10), &dev).unwrap();
+        let fused =
+            layer_norm_differentiable(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        // The composed path, forced through f64 (the fused op only takes f32).
+        let composed = layer_norm_differentiable(
+            &x.as_tensor().to_dtype(DType::F64).unwrap(),
+            &w.as_tensor().to_dtype(DType::F64).unwrap(),
+            &b.as_tensor().to_dtype(DType::F64).unwrap(),
+            1e-5,
+        )
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+        assert!(max_abs(&(&fused - &composed).unwrap()) < 1e-5);
+        let loss = |t: &Tensor| (t * &g).unwrap().sum_all().unwrap();
+        let (g1, g2) = (
+            loss(&fused).backward().unwrap(),
+            loss(&composed).backward().unwrap(),
+        );
+        for v in [&x, &w, &b] {
+            let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert!(
+                max_abs(&(a - e).unwrap()) < 1e-4 * max_abs(e).max(1.0),
+                "{}",
+                max_abs(&(a - e).unwrap())
+            );
+            assert!(max_abs(a) > 1e-3);
+        }
     }
 
     /// The fused tracked softmax equals candle's composed softmax in value and in input gradient
