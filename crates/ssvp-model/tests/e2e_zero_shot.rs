@@ -7,6 +7,10 @@
 //!
 //! The learning rates are raised tenfold over the paper's (1e-3 / 5e-3) so that 10 epochs of
 //! 128 images are enough; everything else is the paper's setting at tiny widths.
+//!
+//! The second test trains the same way with the baseline's augmentations on (features computed
+//! afresh every step). Measured (seed 111): pixel AUROC 0.321 -> 0.851 and AUPRO 0.099 -> 0.645
+//! (against 0.637 and 0.400 without), image AUROC 0.379 -> 0.529 (against 0.594).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,8 +37,11 @@ fn load(root: &Path, categories: &[&str]) -> datasets::Dataset {
     .dataset
 }
 
-#[test]
-fn training_on_some_categories_improves_zero_shot_on_others() {
+type Report = ssvp_eval::report::EvaluationReport;
+
+/// Trains on four categories and evaluates on two unseen ones; returns the untrained and the
+/// trained report.
+fn train_and_evaluate(augment: bool) -> (Report, Report) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     generate(
@@ -56,6 +63,7 @@ fn training_on_some_categories_improves_zero_shot_on_others() {
     cfg.optim.lr_prompts = 5e-3;
     cfg.optim.epochs = 10;
     cfg.optim.seed = 111;
+    cfg.augment.enabled = augment;
     let device = Device::Cpu;
     let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &device).unwrap());
     let encoder = backbones.prompt_encoder().unwrap();
@@ -107,16 +115,27 @@ fn training_on_some_categories_improves_zero_shot_on_others() {
         .unwrap()
         .report;
 
-    let get = |r: &ssvp_eval::report::EvaluationReport, m: &str| r.mean.metrics.get(m).unwrap();
+    let get = |r: &Report, m: &str| r.mean.metrics.get(m).unwrap();
     for m in ["image_auroc", "image_ap", "pixel_auroc", "pixel_aupro"] {
         println!(
-            "{m}: untrained {:.4} trained {:.4}",
+            "augment {augment}: {m}: untrained {:.4} trained {:.4}",
             get(&before, m),
             get(&after, m)
         );
     }
-    let first = &summary.last.as_ref().unwrap().losses["total"];
-    println!("final loss {first:.4}");
+    let last = &summary.last.as_ref().unwrap().losses["total"];
+    println!("augment {augment}: final loss {last:.4}");
+    (before, after)
+}
+
+fn metric(r: &Report, m: &str) -> f64 {
+    r.mean.metrics.get(m).unwrap()
+}
+
+#[test]
+fn training_on_some_categories_improves_zero_shot_on_others() {
+    let (before, after) = train_and_evaluate(false);
+    let get = metric;
     assert!(
         get(&after, "image_auroc") > get(&before, "image_auroc") + 0.10,
         "image AUROC did not improve enough"
@@ -126,4 +145,23 @@ fn training_on_some_categories_improves_zero_shot_on_others() {
         "pixel AUROC did not improve enough"
     );
     assert!(get(&after, "pixel_auroc") > 0.55);
+}
+
+/// Margins about half of the measured gains.
+#[test]
+fn augmented_training_improves_zero_shot_on_others() {
+    let (before, after) = train_and_evaluate(true);
+    let get = metric;
+    assert!(
+        get(&after, "image_auroc") > get(&before, "image_auroc") + 0.07,
+        "image AUROC did not improve enough"
+    );
+    assert!(
+        get(&after, "pixel_auroc") > get(&before, "pixel_auroc") + 0.25,
+        "pixel AUROC did not improve enough"
+    );
+    assert!(
+        get(&after, "pixel_aupro") > get(&before, "pixel_aupro") + 0.25,
+        "pixel AUPRO did not improve enough"
+    );
 }
