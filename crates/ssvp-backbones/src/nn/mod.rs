@@ -305,7 +305,7 @@ impl candle_core::CustomOp1 for SoftmaxWithBackward {
 /// Scaled dot-product attention on `[batch, heads, tokens, head_dim]` tensors.
 ///
 /// `mask` is added to the logits (e.g. `-inf` above the diagonal for causal text attention).
-/// Unmasked f32 attention on the CPU runs as one fused op ([`attention_cpu`]) that never
+/// Unmasked f32 attention on the CPU runs as one fused op (`nn/attention_cpu.rs`) that never
 /// materialises a `[tokens x tokens]` tensor, in either direction; the rest is composed from
 /// candle ops. [`multi_head_attention`] takes the projections as they come out of a linear
 /// layer and saves the head split and merge copies.
@@ -381,7 +381,7 @@ fn composed_attention(
     softmax_last_dim(&logits, grad)?.matmul(&v.contiguous()?)
 }
 
-/// Unmasked softmax attention as one op ([`attention_cpu`]): the forward pass keeps no
+/// Unmasked softmax attention as one op (`nn/attention_cpu.rs`): the forward pass keeps no
 /// `[tokens x tokens]` map, and the backward pass recomputes the probabilities block by block.
 /// Composed from candle ops, the head's cross-attentions over 37x37 tokens kept 8 such maps per
 /// image alive for the backward pass and made a training batch of 8 outgrow a 24 GB machine.

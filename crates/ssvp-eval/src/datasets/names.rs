@@ -1,4 +1,4 @@
-//! Category folder names -> names for text prompts ("a photo of a damaged <name>").
+//! Category folder names -> names for text prompts (`"a photo of a damaged <name>"`).
 //!
 //! The table follows Bayes-PFL's `class_mapping` (SSVP's baseline, ssvp-method.md §2.2) and
 //! extends it to the other benchmarks:
