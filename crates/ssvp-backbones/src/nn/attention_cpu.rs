@@ -148,6 +148,17 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// The pointer advanced by `offset`, read through a method so that closures capture the
+    /// whole (`Send`) wrapper rather than its raw-pointer field.
+    ///
+    /// # Safety
+    /// `offset` must lie inside the buffer the pointer came from.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
 /// `dst = (accumulate ? dst : 0) + scale · a b`, `dst` being `a.rows x b.cols` at `dst`, rows
 /// `dst_row` apart.
 ///
@@ -204,6 +215,7 @@ unsafe fn matmul(
 
 /// `P` of one block: `scale · q_block kᵀ`, then a softmax over each row, into the packed
 /// `rows x keys` scratch `p`.
+#[allow(clippy::too_many_arguments)]
 fn block_probabilities(
     p: &mut [f32],
     q_block: &[f32],
@@ -251,7 +263,6 @@ pub(crate) fn forward(
     (0..d.pairs()).into_par_iter().for_each_init(
         || vec![0f32; BLOCK * d.keys],
         |p, pair| {
-            let out_ptr = out_ptr;
             let (qp, kp, vp, op) = (d.q(pair), d.k(pair), d.v(pair), d.o(pair));
             for r0 in (0..d.queries).step_by(BLOCK) {
                 let rows = BLOCK.min(d.queries - r0);
@@ -261,7 +272,7 @@ pub(crate) fn forward(
                 // computed from the same dims `out` was sized by) and written by this pair only.
                 unsafe {
                     matmul(
-                        out_ptr.0.add(op.base + r0 * op.row),
+                        out_ptr.at(op.base + r0 * op.row),
                         op.row,
                         p,
                         View::row_major(rows, d.keys),
@@ -307,7 +318,6 @@ pub(crate) fn backward(
     (0..d.pairs()).into_par_iter().for_each_init(
         || (vec![0f32; BLOCK * d.keys], vec![0f32; BLOCK * d.keys]),
         |(p, dp), pair| {
-            let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
             let (qp, kp, vp, op) = (d.q(pair), d.k(pair), d.v(pair), d.o(pair));
             let (k, v) = (&k[kp.base..], &v[vp.base..]);
             for r0 in (0..d.queries).step_by(BLOCK) {
@@ -321,7 +331,7 @@ pub(crate) fn backward(
                 unsafe {
                     // dv += Pᵀ dO
                     matmul(
-                        dv_ptr.0.add(vp.base),
+                        dv_ptr.at(vp.base),
                         vp.row,
                         p,
                         View::transposed(d.keys, rows, d.keys),
@@ -352,7 +362,7 @@ pub(crate) fn backward(
                 unsafe {
                     // dq_block = s · dS k
                     matmul(
-                        dq_ptr.0.add(qp.base + r0 * qp.row),
+                        dq_ptr.at(qp.base + r0 * qp.row),
                         qp.row,
                         dp,
                         View::row_major(rows, d.keys),
@@ -363,7 +373,7 @@ pub(crate) fn backward(
                     );
                     // dk += s · dSᵀ q_block
                     matmul(
-                        dk_ptr.0.add(kp.base),
+                        dk_ptr.at(kp.base),
                         kp.row,
                         dp,
                         View::transposed(d.keys, rows, d.keys),
