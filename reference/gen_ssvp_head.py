@@ -99,6 +99,8 @@ class Atf(nn.Module):
 class Hsvs(nn.Module):
     def __init__(self, c):
         super().__init__()
+        # model.clip_adapter: a trainable Linear(D_c -> D_c) per scale on the CLIP patch features.
+        self.clip_adapters = nn.ModuleList([nn.Linear(c["clip_dim"], c["clip_dim"]) for _ in c["clip_layers"]])
         self.scales = nn.ModuleList([Atf(c) for _ in c["clip_layers"]])
         self.add_module("global", Atf(c))
 
@@ -170,7 +172,10 @@ class Head(nn.Module):
 
     def forward(self, clip_local, dino_local, clip_global, dino_global, t_init, noise):
         c, P = self.c, self.c["prompts_per_state"]
-        v_local = [blk(fc, fd) for blk, fc, fd in zip(self.hsvs.scales, clip_local, dino_local)]
+        v_local = [
+            blk(ad(fc), fd)
+            for ad, blk, fc, fd in zip(self.hsvs.clip_adapters, self.hsvs.scales, clip_local, dino_local)
+        ]
         v_global = getattr(self.hsvs, "global")(clip_global[:, None], dino_global[:, None])[:, 0]
 
         vae = self.vcpg.vae
@@ -259,6 +264,7 @@ def config_toml():
 clip_layers = {c['clip_layers']}
 dino_layers = "paper_literal"
 clip_dim = {c['clip_dim']}
+clip_adapter = true
 dino_dim = {c['dino_dim']}
 atf_heads = {c['atf_heads']}
 atf_width = {c['atf_width']}

@@ -96,6 +96,10 @@ pub struct ModelConfig {
     pub dino_layers: DinoLayerSet,
     /// Joint CLIP image-text space `D_c` (CLIP patch features arrive after ln_post -> proj).
     pub clip_dim: usize,
+    /// A trainable `Linear(D_c -> D_c)` per scale on the CLIP patch features before HSVS
+    /// (`hsvs.clip_adapters.{l}`), starting at the identity so that the untrained head is
+    /// unchanged; the "optional trainable linear" of docs/method.md #2.
+    pub clip_adapter: bool,
     /// DINOv3 token width.
     pub dino_dim: usize,
     /// ATF cross-attention heads.
@@ -142,6 +146,7 @@ impl Default for ModelConfig {
             clip_layers: vec![6, 12, 18, 24],
             dino_layers: DinoLayerSet::PaperLiteral,
             clip_dim: 768,
+            clip_adapter: false,
             dino_dim: 1024,
             atf_heads: 8,
             atf_width: 768,

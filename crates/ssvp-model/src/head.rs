@@ -2,7 +2,7 @@
 //! image scores and (given targets) every loss term.
 //!
 //! Tensor names (the checkpoint layout, shared with reference/gen_ssvp_head.py):
-//! `hsvs.scales.{l}.*`, `hsvs.global.*` (ATF: `{clip,dino}_{q,k,v}`, `norm_c2d`, `norm_d2c`,
+//! `hsvs.clip_adapters.{l}` (with `model.clip_adapter`), `hsvs.scales.{l}.*`, `hsvs.global.*` (ATF: `{clip,dino}_{q,k,v}`, `norm_c2d`, `norm_d2c`,
 //! `mlp.fc1`, `mlp.fc2`); `vcpg.prompts.{context,normal_state,abnormal_state}`;
 //! `vcpg.vae.{mu,logvar,decoder}.fc{1,2,3}`, `vcpg.vae.decoder_out`;
 //! `vcpg.inject.{q,k,v,alpha,norm}`; `vtam.log_logit_scale`, `vtam.scale_gate.fc{1,2}`,

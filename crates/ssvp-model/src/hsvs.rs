@@ -124,20 +124,36 @@ impl AtfBlock {
     }
 }
 
-/// The four per-scale ATF blocks and the global one.
+/// The four per-scale ATF blocks and the global one, and the optional per-scale trainable
+/// linear on the CLIP patch features (`model.clip_adapter`).
 #[derive(Debug, Clone)]
 pub struct Hsvs {
+    clip_adapters: Vec<Linear>,
     scales: Vec<AtfBlock>,
     global: AtfBlock,
 }
 
 impl Hsvs {
     pub fn new(pb: &ParamBuilder, cfg: &ModelConfig) -> Result<Self> {
+        let clip_adapters = if cfg.clip_adapter {
+            (0..cfg.num_scales())
+                .map(|l| {
+                    pb.pp("clip_adapters")
+                        .linear_identity(&l.to_string(), cfg.clip_dim)
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let scales = (0..cfg.num_scales())
             .map(|l| AtfBlock::new(&pb.pp("scales").pp(l), cfg, false))
             .collect::<Result<Vec<_>>>()?;
         let global = AtfBlock::new(&pb.pp("global"), cfg, true)?;
-        Ok(Self { scales, global })
+        Ok(Self {
+            clip_adapters,
+            scales,
+            global,
+        })
     }
 
     /// Per-scale `V_syn^{local,l}` from per-scale CLIP/DINO patch features.
@@ -152,8 +168,12 @@ impl Hsvs {
         }
         self.scales
             .iter()
+            .enumerate()
             .zip(clip.iter().zip(dino))
-            .map(|(block, (c, d))| block.forward(c, d))
+            .map(|((l, block), (c, d))| match self.clip_adapters.get(l) {
+                Some(adapter) => block.forward(&adapter.forward(c)?, d),
+                None => block.forward(c, d),
+            })
             .collect()
     }
 

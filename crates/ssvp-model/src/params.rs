@@ -98,7 +98,13 @@ impl ParamBuilder {
                 Init::Uniform { lo, hi } => (lo + (hi - lo) * rng.unit()) as f32,
             })
             .collect();
-        let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
+        drop(rng);
+        self.insert(name, &Tensor::from_vec(values, shape, &self.device)?)
+    }
+
+    /// Registers a trainable tensor with the given initial value.
+    fn insert(&self, name: &str, init: &Tensor) -> Result<Tensor> {
+        let var = Var::from_tensor(init)?;
         debug_assert_eq!(var.dtype(), DType::F32);
         self.varmap
             .data()
@@ -141,6 +147,14 @@ impl ParamBuilder {
         let vb = self.pp(name);
         let weight = vb.get(&[out_dim, in_dim], "weight", Init::Const(0.0))?;
         let bias = vb.get(&[out_dim], "bias", Init::Const(0.0))?;
+        Ok(Linear::new(weight, Some(bias)))
+    }
+
+    /// `Linear(dim -> dim)` starting at exactly the identity (unit diagonal, zero bias).
+    pub fn linear_identity(&self, name: &str, dim: usize) -> Result<Linear> {
+        let vb = self.pp(name);
+        let weight = vb.insert("weight", &Tensor::eye(dim, DType::F32, &self.device)?)?;
+        let bias = vb.get(&[dim], "bias", Init::Const(0.0))?;
         Ok(Linear::new(weight, Some(bias)))
     }
 

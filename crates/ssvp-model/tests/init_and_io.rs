@@ -91,6 +91,69 @@ fn default_init_passes_clip_features_through_and_keeps_gradients_alive() {
     }
 }
 
+/// `model.clip_adapter` starts at the identity: the untrained head's maps and scores are those
+/// of the head without it, and the adapters are trainable tensors that receive gradients.
+#[test]
+fn clip_adapter_starts_as_the_identity_and_trains() {
+    // The fixture config has the adapter on (so the parity tests cover it); compare with off.
+    let mut cfg = tiny_config();
+    cfg.model.clip_adapter = false;
+    let mut with = cfg.clone();
+    with.model.clip_adapter = true;
+    let (plain, adapted) = (
+        SsvpHead::new(&cfg, &Device::Cpu).unwrap(),
+        SsvpHead::new(&with, &Device::Cpu).unwrap(),
+    );
+    let names: Vec<String> = adapted.named_vars().into_iter().map(|(n, _)| n).collect();
+    for l in 0..cfg.model.num_scales() {
+        for t in ["weight", "bias"] {
+            assert!(names.contains(&format!("hsvs.clip_adapters.{l}.{t}")));
+        }
+    }
+    assert_eq!(
+        names.len(),
+        plain.named_vars().len() + 2 * cfg.model.num_scales()
+    );
+    let x = inputs(&cfg);
+    let t_init = t_init(&plain, &x.encoder);
+    let a = plain
+        .forward(&x.features, &t_init, &Mode::Eval, None)
+        .unwrap();
+    let b = adapted
+        .forward(&x.features, &t_init, &Mode::Eval, None)
+        .unwrap();
+    for (u, v) in a.local_features.iter().zip(&b.local_features) {
+        assert!(max_abs_diff(u, v) < 1e-6);
+    }
+    let train = adapted
+        .forward(
+            &x.features,
+            &t_init,
+            &Mode::Train {
+                noise: x.noise.clone(),
+            },
+            Some(&x.targets),
+        )
+        .unwrap();
+    let grads = train.loss.unwrap().total.backward().unwrap();
+    let var = adapted
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "hsvs.clip_adapters.2.weight")
+        .unwrap()
+        .1;
+    let g = grads.get(var.as_tensor()).expect("adapter gradient");
+    assert!(
+        g.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+}
+
 #[test]
 fn init_is_reproducible_from_the_seed() {
     let mut cfg = tiny_config();
