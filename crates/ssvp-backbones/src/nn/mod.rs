@@ -117,19 +117,24 @@ impl Module for LayerNorm {
     }
 }
 
-/// LayerNorm that autograd sees through: on f32 CPU tensors the normalisation is one op with an
-/// analytic backward ([`NormalizeWithBackward`]), elsewhere it is composed from elementary ops
-/// (two-pass mean/variance, computed in f32). The affine part is composed in both cases, so the
-/// weight and bias get their gradients from candle.
+/// LayerNorm that autograd sees through: on f32 CPU tensors one op with an analytic backward
+/// ([`LayerNormWithBackward`]), elsewhere composed from elementary ops (two-pass mean/variance,
+/// computed in f32).
 pub fn layer_norm_differentiable(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    if x.dtype() == DType::F32 && x.device().is_cpu() {
-        let normed = x.contiguous()?.apply_op1(NormalizeWithBackward { eps })?;
-        return normed.broadcast_mul(weight)?.broadcast_add(bias);
+    if [x, weight, bias]
+        .iter()
+        .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
+    {
+        return x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNormWithBackward { eps },
+        );
     }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
@@ -143,23 +148,33 @@ pub fn layer_norm_differentiable(
         .broadcast_add(bias)
 }
 
-/// `(x − mean) / sqrt(var + eps)` over the last dimension (two-pass, biased variance, as
-/// PyTorch's LayerNorm), with the analytic backward
-/// `dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂))` from the saved output `x̂` and `rstd`
-/// recomputed from `x`. The composed version kept four `[rows, width]` intermediates per
-/// LayerNorm alive for the backward pass and made a dozen passes over them.
+/// `(x − mean) / sqrt(var + eps) · w + b` over the last dimension (two-pass, biased variance,
+/// as PyTorch's LayerNorm) with the analytic backward: for `x̂` the normalised input and
+/// `ĝ = g ⊙ w`, `dx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ ⊙ x̂))`, `dw = Σ_rows g ⊙ x̂`,
+/// `db = Σ_rows g`, with `x̂` and `rstd` recomputed from `x`. Composed from candle ops, a
+/// LayerNorm kept six `[rows, width]` intermediates alive for the backward pass and made a
+/// dozen passes over them; this keeps none.
 #[derive(Debug, Clone, Copy)]
-pub struct NormalizeWithBackward {
+pub struct LayerNormWithBackward {
     pub eps: f64,
 }
 
-impl NormalizeWithBackward {
-    /// `1 / sqrt(var + eps)` of one row.
-    fn rstd(&self, row: &[f32]) -> f32 {
+impl LayerNormWithBackward {
+    /// `(mean, 1 / sqrt(var + eps))` of one row.
+    fn moments(&self, row: &[f32]) -> (f32, f32) {
         let n = row.len() as f32;
         let mean = row.iter().sum::<f32>() / n;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        1.0 / (var + self.eps as f32).sqrt()
+        (mean, 1.0 / (var + self.eps as f32).sqrt())
+    }
+
+    fn check(dim: usize, w: usize, b: usize) -> Result<()> {
+        if w != dim || b != dim {
+            return Err(candle_core::Error::Msg(format!(
+                "layer norm over {dim} values with a weight of {w} and a bias of {b}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -177,62 +192,124 @@ fn contiguous_cpu_f32<'a>(
     }
 }
 
-impl candle_core::CustomOp1 for NormalizeWithBackward {
+impl candle_core::CustomOp3 for LayerNormWithBackward {
     fn name(&self) -> &'static str {
-        "normalize-last-dim-with-backward"
+        "layer-norm-with-backward"
     }
 
     fn cpu_fwd(
         &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let input = contiguous_cpu_f32(storage, layout, "normalize")?;
-        let dim = layout.dims().last().copied().unwrap_or(1).max(1);
+        let input = contiguous_cpu_f32(s1, l1, "layer norm")?;
+        let w = contiguous_cpu_f32(s2, l2, "layer norm")?;
+        let b = contiguous_cpu_f32(s3, l3, "layer norm")?;
+        let dim = l1.dims().last().copied().unwrap_or(1).max(1);
+        Self::check(dim, w.len(), b.len())?;
         let mut out = vec![0f32; input.len()];
         out.par_chunks_mut(dim)
             .zip(input.par_chunks(dim))
             .for_each(|(dst, src)| {
-                let n = dim as f32;
-                let mean = src.iter().sum::<f32>() / n;
-                let rstd = self.rstd(src);
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = (s - mean) * rstd;
+                let (mean, rstd) = self.moments(src);
+                for (((d, &s), &wv), &bv) in dst.iter_mut().zip(src).zip(w).zip(b) {
+                    *d = (s - mean) * rstd * wv + bv;
                 }
             });
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+        Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         use rayon::prelude::*;
         let grad_res = grad_res.contiguous()?;
-        let dim = arg.dims().last().copied().unwrap_or(1).max(1);
-        let guards = [arg, res, &grad_res].map(|t| t.storage_and_layout());
+        let dim = x.dims().last().copied().unwrap_or(1).max(1);
+        let guards = [x, weight, &grad_res].map(|t| t.storage_and_layout());
         let mut slices = Vec::with_capacity(3);
         for (storage, layout) in &guards {
             match &**storage {
                 candle_core::Storage::Cpu(s) => {
-                    slices.push(contiguous_cpu_f32(s, layout, "normalize backward")?)
+                    slices.push(contiguous_cpu_f32(s, layout, "layer norm backward")?)
                 }
-                _ => return Err(candle_core::Error::Msg("normalize: CPU only".into())),
+                _ => return Err(candle_core::Error::Msg("layer norm: CPU only".into())),
             }
         }
-        let (x, xhat, g) = (slices[0], slices[1], slices[2]);
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(dim)
-            .zip(x.par_chunks(dim))
-            .zip(xhat.par_chunks(dim).zip(g.par_chunks(dim)))
-            .for_each(|((dx, x), (xhat, g))| {
-                let n = dim as f32;
-                let rstd = self.rstd(x);
-                let mean_g = g.iter().sum::<f32>() / n;
-                let mean_gx = g.iter().zip(xhat).map(|(a, b)| a * b).sum::<f32>() / n;
-                for ((d, &gv), &xv) in dx.iter_mut().zip(g).zip(xhat) {
-                    *d = rstd * (gv - mean_g - xv * mean_gx);
-                }
-            });
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        let (xs, w, g) = (slices[0], slices[1], slices[2]);
+        Self::check(dim, w.len(), bias.elem_count())?;
+        let dev = x.device();
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; xs.len()];
+            dx.par_chunks_mut(dim)
+                .zip(xs.par_chunks(dim).zip(g.par_chunks(dim)))
+                .for_each(|(dx, (x, g))| {
+                    let n = dim as f32;
+                    let (mean, rstd) = self.moments(x);
+                    let (mut mean_g, mut mean_gx) = (0f32, 0f32);
+                    for ((&xv, &gv), &wv) in x.iter().zip(g).zip(w) {
+                        let gh = gv * wv;
+                        mean_g += gh;
+                        mean_gx += gh * (xv - mean) * rstd;
+                    }
+                    let (mean_g, mean_gx) = (mean_g / n, mean_gx / n);
+                    for (((d, &xv), &gv), &wv) in dx.iter_mut().zip(x).zip(g).zip(w) {
+                        let xhat = (xv - mean) * rstd;
+                        *d = rstd * (gv * wv - mean_g - xhat * mean_gx);
+                    }
+                });
+            Some(Tensor::from_vec(dx, x.shape(), dev)?)
+        } else {
+            None
+        };
+        let (dw, db) = if weight.track_op() || bias.track_op() {
+            // Per-row contributions summed over rows, in per-worker partial sums.
+            let (dw, db) = xs
+                .par_chunks(dim)
+                .zip(g.par_chunks(dim))
+                .fold(
+                    || (vec![0f32; dim], vec![0f32; dim]),
+                    |(mut dw, mut db), (x, g)| {
+                        let (mean, rstd) = self.moments(x);
+                        for (((dwv, dbv), &xv), &gv) in
+                            dw.iter_mut().zip(db.iter_mut()).zip(x).zip(g)
+                        {
+                            *dwv += gv * (xv - mean) * rstd;
+                            *dbv += gv;
+                        }
+                        (dw, db)
+                    },
+                )
+                .reduce(
+                    || (vec![0f32; dim], vec![0f32; dim]),
+                    |(mut a, mut b), (c, d)| {
+                        a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+                        b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
+                        (a, b)
+                    },
+                );
+            (
+                weight
+                    .track_op()
+                    .then(|| Tensor::from_vec(dw, weight.shape(), dev))
+                    .transpose()?,
+                bias.track_op()
+                    .then(|| Tensor::from_vec(db, bias.shape(), dev))
+                    .transpose()?,
+            )
+        } else {
+            (None, None)
+        };
+        Ok((dx, dw, db))
     }
 }
 
