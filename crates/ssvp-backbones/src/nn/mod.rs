@@ -272,13 +272,16 @@ impl candle_core::CustomOp3 for LayerNormWithBackward {
             None
         };
         let (dw, db) = if weight.track_op() || bias.track_op() {
-            // Per-row contributions summed over rows, in per-worker partial sums.
-            let (dw, db) = xs
-                .par_chunks(dim)
-                .zip(g.par_chunks(dim))
-                .fold(
-                    || (vec![0f32; dim], vec![0f32; dim]),
-                    |(mut dw, mut db), (x, g)| {
+            // Summed over fixed blocks of rows in parallel, then the block sums in order: the
+            // result must not depend on how rayon splits the work (resumed runs are compared
+            // bit for bit with uninterrupted ones).
+            const ROWS_PER_BLOCK: usize = 64;
+            let partials: Vec<(Vec<f32>, Vec<f32>)> = xs
+                .par_chunks(dim * ROWS_PER_BLOCK)
+                .zip(g.par_chunks(dim * ROWS_PER_BLOCK))
+                .map(|(xb, gb)| {
+                    let (mut dw, mut db) = (vec![0f32; dim], vec![0f32; dim]);
+                    for (x, g) in xb.chunks_exact(dim).zip(gb.chunks_exact(dim)) {
                         let (mean, rstd) = self.moments(x);
                         for (((dwv, dbv), &xv), &gv) in
                             dw.iter_mut().zip(db.iter_mut()).zip(x).zip(g)
@@ -286,17 +289,15 @@ impl candle_core::CustomOp3 for LayerNormWithBackward {
                             *dwv += gv * (xv - mean) * rstd;
                             *dbv += gv;
                         }
-                        (dw, db)
-                    },
-                )
-                .reduce(
-                    || (vec![0f32; dim], vec![0f32; dim]),
-                    |(mut a, mut b), (c, d)| {
-                        a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
-                        b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-                        (a, b)
-                    },
-                );
+                    }
+                    (dw, db)
+                })
+                .collect();
+            let (mut dw, mut db) = (vec![0f32; dim], vec![0f32; dim]);
+            for (pw, pb) in partials {
+                dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+                db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+            }
             (
                 weight
                     .track_op()
@@ -838,6 +839,56 @@ mod tests {
                 max_abs(&(a - e).unwrap())
             );
             assert!(max_abs(a) > 1e-3);
+        }
+    }
+
+    /// The fused ops' gradients do not depend on how the work is split across threads: a
+    /// resumed training run must equal an uninterrupted one bit for bit.
+    #[test]
+    fn fused_gradients_are_identical_for_any_thread_count() {
+        let dev = Device::Cpu;
+        let vals = |n: usize, s: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.71 + s).sin()).collect()
+        };
+        let run = || {
+            let x = Var::from_vec(vals(300 * 48, 0.2), (3, 100, 48), &dev).unwrap();
+            let w = Var::from_vec(vals(48, 1.2), 48, &dev).unwrap();
+            let b = Var::from_vec(vals(48, 2.2), 48, &dev).unwrap();
+            let lw = Var::from_vec(vals(48 * 48, 3.2), (48, 48), &dev).unwrap();
+            let y = layer_norm_differentiable(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)
+                .unwrap();
+            let y = Linear::new(lw.as_tensor().clone(), None)
+                .forward(&y)
+                .unwrap();
+            let y = multi_head_attention(&y, &y, &y, 4, None, Grad::Tracked).unwrap();
+            let grads = (y * 0.5)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [&x, &w, &b, &lw].map(|v| {
+                grads
+                    .get(v)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+        };
+        let with_threads = |n: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+                .install(run)
+        };
+        let one = with_threads(1);
+        for n in [2, 3, 5] {
+            assert!(one == with_threads(n), "gradients differ with {n} threads");
         }
     }
 
