@@ -6,6 +6,7 @@
 //! (`U_h · map · U_wᵀ`), which is exact bilinear interpolation and keeps the autograd graph.
 
 use candle_core::{DType, Device, Tensor};
+use ssvp_backbones::nn::{cpu_f32, with_cpu_f32};
 
 use crate::config::{ClassLoss, LossConfig};
 use crate::error::{Error, Result};
@@ -151,31 +152,16 @@ pub struct FocalLoss {
 }
 
 impl FocalLoss {
-    fn values<'a>(
-        storage: &'a candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<&'a [f32]> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("focal loss needs contiguous inputs".into()))?;
-        match storage {
-            candle_core::CpuStorage::F32(v) => Ok(&v[start..end]),
-            _ => Err(candle_core::Error::Msg("focal loss is f32 only".into())),
-        }
-    }
-
-    /// The clamped probability, and whether the clamp left it alone.
+    /// The clamped probability, and whether the clamp left it alone (compared in f32, as
+    /// candle's `clamp` does, so both paths clamp the same elements).
     fn clamp(p: f32) -> (f64, bool) {
-        let (lo, hi) = (PROB_EPS, 1.0 - PROB_EPS);
-        let p = p as f64;
-        // Compared in f32 as candle's clamp does, so both paths clamp the same elements.
-        let (pf, lof, hif) = (p as f32, lo as f32, hi as f32);
-        if pf < lof {
-            (lof as f64, false)
-        } else if pf > hif {
-            (hif as f64, false)
+        let (lo, hi) = (PROB_EPS as f32, (1.0 - PROB_EPS) as f32);
+        if p < lo {
+            (lo as f64, false)
+        } else if p > hi {
+            (hi as f64, false)
         } else {
-            (p, true)
+            (p as f64, true)
         }
     }
 }
@@ -192,7 +178,10 @@ impl candle_core::CustomOp2 for FocalLoss {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (p, y) = (Self::values(s1, l1)?, Self::values(s2, l2)?);
+        let (p, y) = (
+            cpu_f32(s1, l1, "focal loss")?,
+            cpu_f32(s2, l2, "focal loss")?,
+        );
         let g = self.gamma;
         // Summed in f64: a mean over millions of pixels.
         let sum: f64 = p
@@ -216,30 +205,26 @@ impl candle_core::CustomOp2 for FocalLoss {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let upstream = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let (ps, pl) = prob.storage_and_layout();
-        let (ys, yl) = target.storage_and_layout();
-        let (p, y) = match (&*ps, &*ys) {
-            (candle_core::Storage::Cpu(a), candle_core::Storage::Cpu(b)) => {
-                (Self::values(a, pl)?, Self::values(b, yl)?)
-            }
-            _ => return Err(candle_core::Error::Msg("focal loss: CPU only".into())),
-        };
-        let g = self.gamma;
-        let scale = upstream / p.len().max(1) as f64;
-        let grad: Vec<f32> = p
-            .iter()
-            .zip(y)
-            .map(|(&p, &y)| {
-                let (p, inside) = Self::clamp(p);
-                if !inside {
-                    return 0.0;
-                }
-                let (q, y) = (1.0 - p, y as f64);
-                let d_pos = q.powf(g) / p - g * q.powf(g - 1.0) * p.ln();
-                let d_neg = g * p.powf(g - 1.0) * q.ln() - p.powf(g) / q;
-                (-(y * d_pos + (1.0 - y) * d_neg) * scale) as f32
-            })
-            .collect();
+        let grad = with_cpu_f32(&[prob, target], "focal loss backward", |v| {
+            let (p, y) = (v[0], v[1]);
+            let g = self.gamma;
+            let scale = upstream / p.len().max(1) as f64;
+            let grad: Vec<f32> = p
+                .iter()
+                .zip(y)
+                .map(|(&p, &y)| {
+                    let (p, inside) = Self::clamp(p);
+                    if !inside {
+                        return 0.0;
+                    }
+                    let (q, y) = (1.0 - p, y as f64);
+                    let d_pos = q.powf(g) / p - g * q.powf(g - 1.0) * p.ln();
+                    let d_neg = g * p.powf(g - 1.0) * q.ln() - p.powf(g) / q;
+                    (-(y * d_pos + (1.0 - y) * d_neg) * scale) as f32
+                })
+                .collect();
+            Ok(grad)
+        })?;
         Ok((
             Some(Tensor::from_vec(grad, prob.shape(), prob.device())?),
             None,

@@ -10,19 +10,11 @@ use gemm::Parallelism;
 
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 
+use super::{cpu_f32, with_cpu_f32};
+
 /// `x [rows, in] · Wᵀ` for `W [out, in]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MatmulWeightT;
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("linear: inputs must be contiguous".into()))?;
-    match storage {
-        CpuStorage::F32(v) => Ok(&v[start..end]),
-        _ => Err(candle_core::Error::Msg("linear: f32 only".into())),
-    }
-}
 
 fn parallelism() -> Parallelism {
     match rayon::current_num_threads() {
@@ -102,7 +94,7 @@ impl candle_core::CustomOp2 for MatmulWeightT {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (rows, in_dim, out_dim) = dims(l1.shape(), l2.shape())?;
-        let (x, w) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (x, w) = (cpu_f32(s1, l1, "linear")?, cpu_f32(s2, l2, "linear")?);
         let mut y = vec![0f32; rows * out_dim];
         // SAFETY: x is rows x in (row-major), Wᵀ is W read with swapped strides; both spans
         // match the buffers' lengths checked by `dims`.
@@ -130,15 +122,21 @@ impl candle_core::CustomOp2 for MatmulWeightT {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (rows, in_dim, out_dim) = dims(x.shape(), w.shape())?;
         let grad = grad.contiguous()?;
-        let guards = [x, w, &grad].map(|t| t.storage_and_layout());
-        let mut slices = Vec::with_capacity(3);
-        for (storage, layout) in &guards {
-            match &**storage {
-                candle_core::Storage::Cpu(s) => slices.push(contiguous_f32(s, layout)?),
-                _ => return Err(candle_core::Error::Msg("linear: CPU only".into())),
-            }
-        }
-        let (xs, ws, gs) = (slices[0], slices[1], slices[2]);
+        with_cpu_f32(&[x, w, &grad], "linear backward", |v| {
+            self.grads(x, w, (v[0], v[1], v[2]), (rows, in_dim, out_dim))
+        })
+    }
+}
+
+impl MatmulWeightT {
+    /// `(dx, dW)` from the values of x, W and dY.
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        (xs, ws, gs): (&[f32], &[f32], &[f32]),
+        (rows, in_dim, out_dim): (usize, usize, usize),
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dev = x.device();
         // dW = dYᵀ x: out x in, only when W is trained (frozen towers under learnable prompts
         // need dx alone).
