@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use ssvp_eval::datasets::load_mask;
 use ssvp_eval::postprocess::{resize_mask, GtMask};
 use ssvp_image::augment::{self as ops, ColorJitter, JitterOp};
 use ssvp_image::{GrayImage8, RgbImage8};
 
 use crate::config::{AugmentConfig, MosaicWhen};
+use crate::evaluate::load_gt_mask;
 use crate::rng::{Rng, STREAM_AUGMENT};
 use crate::train::TrainSample;
 
@@ -224,12 +224,7 @@ pub fn load_image_and_mask(
     let Some(mask_path) = mask_path else {
         return Ok((image, GrayImage8::from_raw(w, h, vec![0; w * h])?));
     };
-    let mask = load_mask(mask_path)?;
-    let mut grid = GtMask::new(
-        mask.width as usize,
-        mask.height as usize,
-        mask.pixels.iter().map(|&p| p != 0).collect(),
-    )?;
+    let mut grid = load_gt_mask(mask_path)?;
     if grid.size() != (w, h) {
         grid = resize_mask(&grid, w, h)?;
     }
@@ -247,12 +242,15 @@ pub fn mask_to_training(mask: &GrayImage8, size: usize) -> anyhow::Result<Vec<f3
         mask.height,
         mask.data.iter().map(|&v| v != 0).collect(),
     )?;
-    let resized = resize_mask(&grid, size, size)?;
-    Ok(resized
-        .data
+    Ok(grid_values(&resize_mask(&grid, size, size)?))
+}
+
+/// A binary grid as training targets: 1 = defect, 0 = normal.
+pub fn grid_values(grid: &GtMask) -> Vec<f32> {
+    grid.data
         .iter()
         .map(|&m| if m { 1.0 } else { 0.0 })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

@@ -96,18 +96,20 @@ pub fn postprocess_map(
     }
 }
 
+/// A mask file as a binary grid at its own size (any non-zero pixel is a defect).
+pub fn load_gt_mask(path: &Path) -> anyhow::Result<GtMask> {
+    let m = load_mask(path)?;
+    Ok(GtMask::new(
+        m.width as usize,
+        m.height as usize,
+        m.pixels.iter().map(|&p| p != 0).collect(),
+    )?)
+}
+
 /// The GT mask of a sample on the `size x size` evaluation grid (all zero without a mask file).
 pub fn eval_mask(mask_path: Option<&Path>, size: usize) -> anyhow::Result<GtMask> {
     match mask_path {
-        Some(path) => {
-            let m = load_mask(path)?;
-            let grid = GtMask::new(
-                m.width as usize,
-                m.height as usize,
-                m.pixels.iter().map(|&p| p != 0).collect(),
-            )?;
-            Ok(resize_mask(&grid, size, size)?)
-        }
+        Some(path) => Ok(resize_mask(&load_gt_mask(path)?, size, size)?),
         None => Ok(GtMask::new(size, size, vec![false; size * size])?),
     }
 }

@@ -32,11 +32,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
-use ssvp_eval::datasets::{load_mask, Dataset};
+use ssvp_eval::datasets::Dataset;
 use ssvp_image::{GrayImage8, RgbImage8};
 
-use crate::augment::{load_image_and_mask, mask_to_training, AugmentPlan, Augmenter};
+use crate::augment::{grid_values, load_image_and_mask, mask_to_training, AugmentPlan, Augmenter};
 use crate::config::{OptimConfig, SsvpConfig};
+use crate::evaluate::eval_mask;
 use crate::features::{stack_features, BackboneIdentity, FeatureSource, ImageFeatures};
 use crate::head::{Mode, ParamGroup, SsvpHead};
 use crate::loss::Targets;
@@ -348,25 +349,22 @@ pub fn step_noise(
 
 /// The training mask of one sample, `size x size`, 1 = defect (all zero for a normal image).
 pub fn training_mask(sample: &TrainSample, size: usize) -> anyhow::Result<Vec<f32>> {
-    let Some(path) = &sample.mask_path else {
-        if sample.anomalous {
-            bail!(
-                "{}: anomalous training image without a mask (training needs pixel labels)",
-                sample.image_path.display()
-            );
-        }
-        return Ok(vec![0.0; size * size]);
-    };
-    let mask = load_mask(path)?;
-    let mask = GrayImage8::from_raw(
-        mask.width as usize,
-        mask.height as usize,
-        mask.pixels
-            .iter()
-            .map(|&p| if p != 0 { 255 } else { 0 })
-            .collect(),
-    )?;
-    mask_to_training(&mask, size)
+    require_mask(sample)?;
+    if size == 0 {
+        bail!("the training mask size must be positive");
+    }
+    Ok(grid_values(&eval_mask(sample.mask_path.as_deref(), size)?))
+}
+
+/// Refuses an anomalous training image without a mask: training needs its pixel labels.
+fn require_mask(sample: &TrainSample) -> anyhow::Result<()> {
+    if sample.anomalous && sample.mask_path.is_none() {
+        bail!(
+            "{}: anomalous training image without a mask (training needs pixel labels)",
+            sample.image_path.display()
+        );
+    }
+    Ok(())
 }
 
 /// `T_init [B, 2P, D]` for the class names of a batch: the prompts are encoded once per distinct
@@ -446,12 +444,7 @@ fn batch_inputs(
     let mut images = Vec::with_capacity(changed.len());
     for &j in &changed {
         let s = &samples[batch[j]];
-        if s.anomalous && s.mask_path.is_none() {
-            bail!(
-                "{}: anomalous training image without a mask (training needs pixel labels)",
-                s.image_path.display()
-            );
-        }
+        require_mask(s)?;
         let (image, mask) = tile(batch[j])?;
         let (image, mask) = plans[j]
             .apply(image, mask, &tile)
