@@ -10,10 +10,15 @@
 //! - RGB to gray uses Pillow's `convert("L")` formula (ITU-R 601-2 luma in 16-bit fixed point),
 //!   so RGB-saved masks match Pillow exactly;
 //! - EXIF orientation is ignored, as `Image.open` ignores it.
+//!
+//! [`load_rgb8`], [`decode_rgb8`], [`load_gray8`] and [`decode_gray8`] are the evaluation
+//! loaders and keep exactly this behaviour. Images supplied by users (the CLI's inputs) go through [`load_rgb8_checked`] / [`decode_rgb8_checked`] instead, which
+//! refuse decompression bombs before allocating, optionally apply the EXIF orientation (a phone
+//! photo is then seen upright, as viewers show it) and report what the file was.
 
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageError};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat};
 
 use crate::error::{Error, Result};
 
@@ -57,7 +62,7 @@ impl GrayImage8 {
     }
 }
 
-fn check_len(width: usize, height: usize, channels: usize, len: usize) -> Result<()> {
+pub(crate) fn check_len(width: usize, height: usize, channels: usize, len: usize) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(Error::Buffer(format!("empty image {width}x{height}")));
     }
@@ -220,6 +225,271 @@ fn to_gray8(img: DynamicImage, path: &Path) -> Result<GrayImage8> {
         height,
         data,
     })
+}
+
+/// Default pixel budget of the checked decoders: 100 Mpx (10000x10000). Larger than the frames
+/// of common inspection cameras, small enough that the worst decoded layout (RGBA `f32`, 1.6 GB)
+/// still fits in memory, while a few-kilobyte file claiming 60000x60000 is refused.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// Bytes per pixel of the widest sample layout a decoder can produce (RGBA `f32`), used to turn
+/// the pixel budget into an allocation limit for the decoder itself.
+const MAX_BYTES_PER_PIXEL: u64 = 16;
+
+/// What to do with an EXIF orientation tag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExifOrientation {
+    /// Rotate/flip the pixels so the image is upright, as photo viewers display it. The default
+    /// for user images: anomaly maps are drawn over what the user sees.
+    #[default]
+    Apply,
+    /// Keep the stored pixel order, as Pillow's `Image.open` and the evaluation loaders do.
+    Ignore,
+}
+
+/// Options of [`decode_rgb8_checked`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Refuse images whose header claims more pixels than this, before any pixel memory is
+    /// allocated (decompression bombs). Default [`DEFAULT_MAX_PIXELS`].
+    pub max_pixels: u64,
+    /// EXIF orientation handling. Default [`ExifOrientation::Apply`].
+    pub orientation: ExifOrientation,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            max_pixels: DEFAULT_MAX_PIXELS,
+            orientation: ExifOrientation::Apply,
+        }
+    }
+}
+
+/// What an input file was, for reports (a result should say what it was computed from).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceInfo {
+    /// `"png"`, `"jpeg"`, `"bmp"` or `"tiff"`, from the content, not the extension.
+    pub format: &'static str,
+    /// Stored size from the header, before any orientation is applied.
+    pub width: usize,
+    /// Stored height, see [`SourceInfo::width`].
+    pub height: usize,
+    /// Stored pixel layout, lower case: `"l8"`, `"la8"`, `"rgb8"`, `"rgba8"`, `"l16"`,
+    /// `"rgb16"`, `"rgba16"`, `"rgb32f"`, `"cmyk8"`, `"l1"`, ...; `"p1"`..`"p8"` for palette PNGs
+    /// (decoded expanded to RGB(A)). JPEGs with four components report `"cmyk8"` (Adobe YCCK
+    /// files included), since that is what was converted to RGB.
+    pub color: String,
+    /// The EXIF orientation tag, 1..=8, 1 when absent or unreadable.
+    pub exif_orientation: u8,
+    /// Whether the pixels were rotated/flipped for it (false when the tag is 1 or ignored).
+    pub orientation_applied: bool,
+}
+
+/// An image decoded by [`decode_rgb8_checked`], with a description of the source file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The pixels, upright if the orientation was applied.
+    pub image: RgbImage8,
+    /// What the file was.
+    pub info: SourceInfo,
+}
+
+/// Reads and decodes a user-supplied image to RGB8 with the safeguards of
+/// [`decode_rgb8_checked`].
+pub fn load_rgb8_checked(path: impl AsRef<Path>, opts: &DecodeOptions) -> Result<Decoded> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    decode_rgb8_checked(&bytes, path, opts)
+}
+
+/// Decodes a user-supplied PNG, JPEG, BMP or TIFF (format from the content) to RGB8; `name`
+/// only labels errors.
+///
+/// Unlike [`decode_rgb8`], it refuses images over `opts.max_pixels` from their header alone
+/// ([`Error::TooLarge`]), passes a matching allocation limit to the decoders that take one (PNG,
+/// TIFF), and applies the EXIF orientation unless told not to. Pixel conversion is the same as
+/// [`decode_rgb8`]'s: gray is replicated, alpha is dropped rather than composited (as Pillow's
+/// `convert("RGB")` and the evaluation loaders do, so a transparent background shows its stored
+/// colour), 16-bit samples become `round(v / 257)`, palettes are expanded, CMYK is converted by
+/// the JPEG/TIFF decoder (for JPEG, `R = C·K/255` on the stored, Adobe-inverted samples).
+///
+/// Malformed input is an error, never a panic. One exception to "truncated is an error": the
+/// JPEG decoder is lenient, and a JPEG cut short decodes with the missing part filled in (grey
+/// for a baseline file), like libjpeg-based viewers show it.
+pub fn decode_rgb8_checked(bytes: &[u8], name: &Path, opts: &DecodeOptions) -> Result<Decoded> {
+    let path = || name.to_path_buf();
+    if bytes.is_empty() {
+        return Err(Error::Decode {
+            path: path(),
+            message: "empty file (0 bytes)".into(),
+        });
+    }
+    let unsupported = || Error::Unsupported {
+        path: path(),
+        message: "not a PNG, JPEG, BMP or TIFF file".into(),
+    };
+    let format = image::guess_format(bytes).map_err(|_| unsupported())?;
+    let (format_name, png_header) = match format {
+        ImageFormat::Png => ("png", png_ihdr(bytes)),
+        ImageFormat::Jpeg => ("jpeg", None),
+        ImageFormat::Bmp => ("bmp", None),
+        ImageFormat::Tiff => ("tiff", None),
+        _ => return Err(unsupported()),
+    };
+    let too_large = |width: u32, height: u32| {
+        (width as u64 * height as u64 > opts.max_pixels).then(|| Error::TooLarge {
+            path: path(),
+            width: width as u64,
+            height: height as u64,
+            max_pixels: opts.max_pixels,
+        })
+    };
+    // The PNG decoder reads every chunk up to the first IDAT while it is being constructed, so
+    // the header is checked by hand first: a bomb is refused even if it is only an IHDR.
+    if let Some(ihdr) = &png_header {
+        if let Some(e) = too_large(ihdr.width, ihdr.height) {
+            return Err(e);
+        }
+    }
+
+    let mut limits = image::Limits::no_limits();
+    limits.max_alloc = Some(opts.max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL));
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    reader.limits(limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| checked_image_error(e, name))?;
+    let (width, height) = decoder.dimensions();
+    if let Some(e) = too_large(width, height) {
+        return Err(e);
+    }
+    if width == 0 || height == 0 {
+        return Err(Error::Decode {
+            path: path(),
+            message: format!("image has no pixels ({width}x{height})"),
+        });
+    }
+    let color = match (&png_header, format) {
+        (Some(ihdr), _) => ihdr.color(),
+        (None, ImageFormat::Jpeg) if jpeg_components(bytes) == Some(4) => "cmyk8".into(),
+        _ => color_name(decoder.original_color_type()),
+    };
+    // A damaged EXIF block should not make an otherwise readable image unusable: treat it as
+    // absent.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| checked_image_error(e, name))?;
+    let apply = opts.orientation == ExifOrientation::Apply
+        && orientation != image::metadata::Orientation::NoTransforms;
+    if apply {
+        img.apply_orientation(orientation);
+    }
+    let image = to_rgb8(img, name)?;
+    Ok(Decoded {
+        image,
+        info: SourceInfo {
+            format: format_name,
+            width: width as usize,
+            height: height as usize,
+            color,
+            exif_orientation: orientation.to_exif(),
+            orientation_applied: apply,
+        },
+    })
+}
+
+/// Like [`image_error`], but for data already in memory, where an I/O error from a decoder can
+/// only mean the data ended early: that is a damaged file ([`Error::Decode`]), not a failing
+/// disk, and the message says so.
+fn checked_image_error(e: ImageError, path: &Path) -> Error {
+    match e {
+        ImageError::IoError(source) => Error::Decode {
+            path: path.to_path_buf(),
+            message: if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                "truncated file (unexpected end of data)".into()
+            } else {
+                source.to_string()
+            },
+        },
+        other => image_error(other, path),
+    }
+}
+
+/// `image`'s colour type names, lower-cased: `Rgb16` -> `"rgb16"`, `Cmyk8` -> `"cmyk8"`.
+fn color_name(c: image::ExtendedColorType) -> String {
+    format!("{c:?}").to_lowercase()
+}
+
+/// The fields of a PNG's IHDR chunk that matter before decoding.
+struct PngHeader {
+    width: u32,
+    height: u32,
+    bit_depth: u8,
+    color_type: u8,
+}
+
+impl PngHeader {
+    fn color(&self) -> String {
+        let kind = match self.color_type {
+            0 => "l",
+            2 => "rgb",
+            3 => "p",
+            4 => "la",
+            6 => "rgba",
+            _ => "unknown",
+        };
+        format!("{kind}{}", self.bit_depth)
+    }
+}
+
+/// Parses the IHDR chunk, which the PNG spec requires to come first, right after the signature.
+fn png_ihdr(bytes: &[u8]) -> Option<PngHeader> {
+    let chunk = bytes.get(8..8 + 8 + 13)?;
+    if &chunk[4..8] != b"IHDR" {
+        return None;
+    }
+    let be32 = |i: usize| u32::from_be_bytes(chunk[i..i + 4].try_into().unwrap());
+    Some(PngHeader {
+        width: be32(8),
+        height: be32(12),
+        bit_depth: chunk[16],
+        color_type: chunk[17],
+    })
+}
+
+/// Number of components in a JPEG's frame header. `image` reports a CMYK JPEG as the RGB it
+/// converts it to, so the SOF marker is read directly to say what the file really was.
+fn jpeg_components(bytes: &[u8]) -> Option<u8> {
+    let mut i = 2; // after SOI
+    loop {
+        if *bytes.get(i)? != 0xFF {
+            return None;
+        }
+        // Markers may be preceded by any number of 0xFF fill bytes.
+        while *bytes.get(i + 1)? == 0xFF {
+            i += 1;
+        }
+        let marker = *bytes.get(i + 1)?;
+        if matches!(marker, 0x01 | 0xD0..=0xD7) {
+            i += 2;
+            continue;
+        }
+        let len = u16::from_be_bytes([*bytes.get(i + 2)?, *bytes.get(i + 3)?]) as usize;
+        match marker {
+            // SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC): length, precision, height,
+            // width, then the component count.
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => {
+                return bytes.get(i + 9).copied()
+            }
+            0xDA | 0xD9 => return None,
+            _ => i += 2 + len,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! Buffers are interleaved (`HWC`, row-major), `channels` values per pixel; each channel is
 //! filtered independently (Pillow does not premultiply alpha for the modes used here).
 
+use crate::decode::RgbImage8;
 use crate::error::{Error, Result};
 
 /// Interpolation filter of the 8-bit resampler.
@@ -253,6 +254,22 @@ pub fn resize_u8(
         }
     };
     Ok(out)
+}
+
+/// Resizes an RGB8 image with Pillow's bilinear filter, e.g. for report thumbnails and for
+/// bringing an input image to an anomaly map's size before overlaying; bilinear rather than
+/// bicubic because it does not overshoot (no ringing halos around sharp defects).
+pub fn resize_rgb8(img: &RgbImage8, width: usize, height: usize) -> Result<RgbImage8> {
+    let data = resize_u8(
+        &img.data,
+        img.width,
+        img.height,
+        3,
+        width,
+        height,
+        Filter::PillowBilinear,
+    )?;
+    RgbImage8::from_raw(width, height, data)
 }
 
 /// Resizes an interleaved `f32` image like
