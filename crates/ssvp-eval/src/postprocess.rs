@@ -3,7 +3,8 @@
 //! `gaussian_filter`, and the GT-mask protocol (PIL bilinear resize of the 0/255 mask, then
 //! `/255 > 0.5`).
 
-use ssvp_image::{resize_u8, Filter};
+use serde::{Deserialize, Serialize};
+use ssvp_image::{resize_f32_bilinear_antialias, resize_u8, Filter};
 
 /// A row-major `width x height` grid: an anomaly map (`f32`) or a binary GT mask (`bool`).
 #[derive(Clone, Debug, PartialEq)]
@@ -259,6 +260,70 @@ pub fn resize_mask(
         out_height,
         resized.into_iter().map(|v| v >= 128).collect(),
     )
+}
+
+/// Test-time post-processing of a token-grid map (the `[postprocess]` section of an SSVP
+/// config; docs/method.md §2 #10 explains the defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostprocessConfig {
+    /// Gaussian smoothing of the upsampled map, in pixels of the evaluation grid.
+    pub gaussian_sigma: f64,
+    /// Bilinear upsampling of the token-grid map to the evaluation grid with align_corners = true.
+    pub upsample_align_corners: bool,
+    /// Per-class min-max normalisation of image scores (Bayes-PFL test); off = raw scores.
+    pub per_class_minmax: bool,
+}
+
+impl Default for PostprocessConfig {
+    fn default() -> Self {
+        Self {
+            gaussian_sigma: 4.0,
+            upsample_align_corners: true,
+            per_class_minmax: false,
+        }
+    }
+}
+
+/// The map of one image on the `size x size` evaluation grid: torch bilinear upsampling of the
+/// `grid = (h, w)` token map, then scipy's Gaussian (skipped when `gaussian_sigma` is 0). Every
+/// consumer of a head's map (evaluation, detection, calibration, the server) goes through this.
+pub fn postprocess_map(
+    map: &[f32],
+    grid: (usize, usize),
+    size: usize,
+    pp: &PostprocessConfig,
+) -> Result<AnomalyMap, PostprocessError> {
+    let (h, w) = grid;
+    let raw = AnomalyMap::new(w, h, map.to_vec())?;
+    let up = resize_bilinear(&raw, size, size, pp.upsample_align_corners)?;
+    if pp.gaussian_sigma > 0.0 {
+        gaussian_filter(&up, pp.gaussian_sigma)
+    } else {
+        Ok(up)
+    }
+}
+
+/// Brings a post-processed map to another size, e.g. an image's own: the triangle filter,
+/// stretched when shrinking (antialiased, so a small peak is averaged rather than skipped), plain
+/// bilinear when enlarging. Same size: returned unchanged.
+pub fn resize_map(
+    map: &AnomalyMap,
+    out_width: usize,
+    out_height: usize,
+) -> Result<AnomalyMap, PostprocessError> {
+    if map.size() == (out_width, out_height) {
+        return Ok(map.clone());
+    }
+    if out_width == 0 || out_height == 0 {
+        return Err(PostprocessError::EmptySize {
+            width: out_width,
+            height: out_height,
+        });
+    }
+    let data =
+        resize_f32_bilinear_antialias(&map.data, map.width, map.height, 1, out_width, out_height)?;
+    Grid::new(out_width, out_height, data)
 }
 
 #[cfg(test)]

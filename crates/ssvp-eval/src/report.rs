@@ -387,7 +387,8 @@ fn percent(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{:.1}", v * 100.0))
 }
 
-fn csv_field(s: &str) -> String {
+/// One CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

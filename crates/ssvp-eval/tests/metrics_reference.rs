@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use ssvp_eval::metrics::maps::parse_npy;
+use ssvp_eval::maps::io::parse_npy;
 use ssvp_eval::metrics::{
     binary_metrics, cflow_thresholds, PixelAccumulator, PixelMetrics, Undefined,
 };

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use serde_json::Value;
-use ssvp_eval::metrics::maps::parse_npy;
+use ssvp_eval::maps::io::parse_npy;
 use ssvp_eval::postprocess::{
     gaussian_filter, gaussian_filter_truncated, resize_bilinear, resize_mask, AnomalyMap, Grid,
 };

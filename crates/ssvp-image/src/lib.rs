@@ -14,6 +14,7 @@ mod error;
 pub mod overlay;
 pub mod preprocess;
 pub mod resize;
+pub mod samples;
 
 pub use decode::{
     decode_gray8, decode_rgb8, decode_rgb8_checked, load_gray8, load_rgb8, load_rgb8_checked,

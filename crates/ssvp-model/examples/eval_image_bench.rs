@@ -13,8 +13,11 @@ use candle_core::{DType, Device, Tensor};
 use ssvp_backbones::clip::{ClipConfig, ClipModel};
 use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
 use ssvp_backbones::weights::seeded_var_builder;
-use ssvp_model::evaluate::{postprocess_map, DEFAULT_EVAL_SIZE};
+use ssvp_eval::postprocess::postprocess_map;
 use ssvp_model::{stack_features, Backbones, Mode, SsvpConfig, SsvpHead};
+
+/// The field's evaluation grid (`ssvp eval`'s default `--eval-size`).
+const DEFAULT_EVAL_SIZE: usize = 518;
 
 fn vm_hwm_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")

@@ -15,9 +15,9 @@ use ssvp_image::augment::{self as ops, ColorJitter, JitterOp};
 use ssvp_image::{GrayImage8, RgbImage8};
 
 use crate::config::{AugmentConfig, MosaicWhen};
-use crate::evaluate::load_gt_mask;
 use crate::rng::{Rng, STREAM_AUGMENT};
 use crate::train::TrainSample;
+use ssvp_eval::datasets::load_gt_mask;
 
 /// The choice of the baseline's `OneOf` step.
 #[derive(Debug, Clone, PartialEq)]

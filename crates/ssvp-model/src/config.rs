@@ -439,27 +439,8 @@ impl AugmentConfig {
     }
 }
 
-/// Test-time post-processing of the fused map.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PostprocessConfig {
-    /// Gaussian smoothing of the upsampled map, in image pixels.
-    pub gaussian_sigma: f64,
-    /// Bilinear upsampling of the token-grid map to the input size with align_corners = true.
-    pub upsample_align_corners: bool,
-    /// Per-class min-max normalisation of image scores (Bayes-PFL test); off = raw scores.
-    pub per_class_minmax: bool,
-}
-
-impl Default for PostprocessConfig {
-    fn default() -> Self {
-        Self {
-            gaussian_sigma: 4.0,
-            upsample_align_corners: true,
-            per_class_minmax: false,
-        }
-    }
-}
+/// Test-time post-processing (`[postprocess]`), shared with every consumer of maps.
+pub use ssvp_eval::postprocess::PostprocessConfig;
 
 /// How CLIP's trained positional grid is resampled to the input's patch grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -654,10 +635,43 @@ impl SsvpConfig {
             .map_err(|e| Error::Config(format!("cannot write SSVP config: {e}")))
     }
 
+    /// The config a command runs with: the file at `path` (missing keys: the paper's values) or
+    /// the default, with a backbones preset applied. `Some("tiny")` alone gives
+    /// [`SsvpConfig::tiny`]; with a file it replaces only the `[backbones]` section (the file's
+    /// head must then be sized for the tiny towers). `tiny` is the only preset: real weights are
+    /// named in the file's `[backbones]` section.
+    pub fn load(path: Option<&std::path::Path>, preset: Option<&str>) -> Result<Self> {
+        match preset {
+            None | Some(TINY) => {}
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "backbones preset `{other}`: the only preset is `tiny`; name real weights in \
+                     the config's [backbones] section (clip = ..., dino = ...)"
+                )))
+            }
+        }
+        let cfg = match (path, preset) {
+            (Some(p), _) => {
+                let mut cfg = Self::from_toml_file(p)?;
+                if preset.is_some() {
+                    cfg.backbones = BackbonesConfig::tiny();
+                }
+                cfg
+            }
+            (None, Some(_)) => Self::tiny(),
+            (None, None) => Self::default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     pub fn from_toml_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-        Self::from_toml_str(&text)
+        Self::from_toml_str(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
     }
 }

@@ -9,7 +9,6 @@
 pub mod augment;
 pub mod config;
 pub mod error;
-pub mod evaluate;
 pub mod features;
 pub mod head;
 pub mod hsvs;

@@ -42,6 +42,9 @@ pub struct TrainingData {
     pub categories: Vec<String>,
     pub samples: usize,
     pub anomalous: usize,
+    /// Whether unreadable samples were skipped (`--skip-bad`); a resumed run skips them too.
+    #[serde(default)]
+    pub skip_bad: bool,
 }
 
 /// Progress of a run; the commit point of a checkpoint.
@@ -140,13 +143,8 @@ impl RunDir {
 
     /// Writes `bytes` to `name` through a temporary file and a rename.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        let tmp = self.file(&format!("{name}.tmp"));
         let fin = self.file(name);
-        let mut f = fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, &fin).map_err(|e| io_err(&fin, e))
+        ssvp_util::fs::write_atomic(&fin, bytes).map_err(|e| io_err(&fin, e))
     }
 
     /// Runs `write(tmp_path)` then renames the temporary file to `name`.
@@ -155,10 +153,15 @@ impl RunDir {
         name: &str,
         write: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<()> {
-        let tmp = self.file(&format!("{name}.tmp"));
         let fin = self.file(name);
-        write(&tmp)?;
-        fs::rename(&tmp, &fin).map_err(|e| io_err(&fin, e))
+        let mut failed = None;
+        ssvp_util::fs::write_atomic_with(&fin, |tmp| {
+            write(tmp).map_err(|e| {
+                failed = Some(e);
+                std::io::Error::other("the writer failed")
+            })
+        })
+        .map_err(|e| failed.take().unwrap_or_else(|| io_err(&fin, e)))
     }
 
     pub fn write_config(&self, cfg: &SsvpConfig) -> Result<()> {
@@ -291,4 +294,69 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
     Error::Io(format!("{}: {e}", path.display()))
+}
+
+/// A trained head loaded from a run directory, with what it was trained on.
+pub struct TrainedRun {
+    pub run: RunDir,
+    pub config: SsvpConfig,
+    pub state: RunState,
+    pub head: crate::SsvpHead,
+    /// The backbones' identity as stored (`backbones.json`).
+    pub identity: crate::features::BackboneIdentity,
+}
+
+impl TrainedRun {
+    /// Opens `dir` (a run directory of `ssvp train`) and loads the head of its last checkpoint.
+    pub fn load(dir: impl AsRef<Path>, device: &candle_core::Device) -> anyhow::Result<Self> {
+        let run = RunDir::open(dir)?;
+        let config = run.read_config()?;
+        let state = run.read_state()?;
+        let identity = run.read_identity()?;
+        let head = crate::SsvpHead::new(&config, device)?;
+        head.load(run.file(&state.head_file))?;
+        Ok(Self {
+            run,
+            config,
+            state,
+            head,
+            identity,
+        })
+    }
+
+    /// Rebuilds the head with another post-processing (the only part of the config that may
+    /// change after training: it acts on the maps, not on the weights).
+    pub fn set_postprocess(
+        &mut self,
+        postprocess: crate::PostprocessConfig,
+        device: &candle_core::Device,
+    ) -> anyhow::Result<()> {
+        if postprocess == self.config.postprocess {
+            return Ok(());
+        }
+        self.config.postprocess = postprocess;
+        let head = crate::SsvpHead::new(&self.config, device)?;
+        head.load(self.run.file(&self.state.head_file))?;
+        self.head = head;
+        Ok(())
+    }
+
+    /// Refuses backbones whose identity differs from the one the head was trained on, naming
+    /// the fields that differ (the same weights under another path or hub id are accepted).
+    pub fn check_identity(
+        &self,
+        current: &crate::features::BackboneIdentity,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context;
+        self.identity.check_matches(current).with_context(|| {
+            format!(
+                "the checkpoint {} ({}) was trained on features of other backbones than the \
+                 requested ones ({} / {}); use the backbones it was trained with",
+                self.run.path().display(),
+                self.run.file(IDENTITY_FILE).display(),
+                current.clip,
+                current.dino
+            )
+        })
+    }
 }

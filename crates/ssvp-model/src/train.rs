@@ -37,7 +37,6 @@ use ssvp_image::{GrayImage8, RgbImage8};
 
 use crate::augment::{grid_values, load_image_and_mask, mask_to_training, AugmentPlan, Augmenter};
 use crate::config::{OptimConfig, SsvpConfig};
-use crate::evaluate::eval_mask;
 use crate::features::{stack_features, BackboneIdentity, FeatureSource, ImageFeatures};
 use crate::head::{Mode, ParamGroup, SsvpHead};
 use crate::loss::Targets;
@@ -45,6 +44,7 @@ use crate::optim::CosineSchedule;
 use crate::rng::{Rng, STREAM_NOISE, STREAM_PERMUTATION};
 use crate::run_dir::{checkpoint_names, RunDir, RunState, TrainingData, RUN_FORMAT_VERSION};
 use crate::vcpg::PromptTextEncoder;
+use ssvp_eval::datasets::eval_mask;
 
 /// Default side of the square training masks.
 pub const DEFAULT_MASK_SIZE: usize = 518;
@@ -87,6 +87,7 @@ pub fn training_data(dataset: &Dataset) -> TrainingData {
         categories: dataset.categories.iter().map(|c| c.name.clone()).collect(),
         samples: counts.total(),
         anomalous: counts.anomalous,
+        skip_bad: false,
     }
 }
 
@@ -650,7 +651,8 @@ pub fn train(
             }
             if state.mask_size != opts.mask_size {
                 bail!(
-                    "{}: the run trained with {0}x{0} masks, not {1}x{1}",
+                    "{}: the run trained with {1}x{1} masks, not {2}x{2}",
+                    run.path().display(),
                     state.mask_size,
                     opts.mask_size
                 );

@@ -71,7 +71,7 @@ fn check_one(s: &Sample, layout: Layout, level: CheckLevel) -> Vec<Problem> {
         return out;
     }
     let mask_dims = match level {
-        CheckLevel::Headers => header_dims(mask_path),
+        CheckLevel::Headers | CheckLevel::Decode => header_dims(mask_path),
         CheckLevel::Full => match load_mask(mask_path) {
             Ok(m) => {
                 if m.count_foreground() == 0 {
@@ -106,7 +106,7 @@ fn check_one(s: &Sample, layout: Layout, level: CheckLevel) -> Vec<Problem> {
 fn read_dims(path: &Path, level: CheckLevel) -> Result<(u32, u32), String> {
     match level {
         CheckLevel::Headers => header_dims(path),
-        CheckLevel::Full => image::ImageReader::open(path)
+        CheckLevel::Decode | CheckLevel::Full => image::ImageReader::open(path)
             .map_err(|e| e.to_string())?
             .with_guessed_format()
             .map_err(|e| e.to_string())?

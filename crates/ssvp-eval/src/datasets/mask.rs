@@ -11,6 +11,7 @@ use std::path::Path;
 use image::DynamicImage;
 
 use super::{DatasetError, Result};
+use crate::postprocess::{resize_mask, GtMask};
 
 /// A binary mask, row-major, one byte per pixel: 1 = anomalous, 0 = normal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,4 +79,30 @@ pub fn load_mask(path: impl AsRef<Path>) -> Result<Mask> {
             message: e.to_string(),
         })?;
     Ok(Mask::from_image(&img))
+}
+
+/// A mask file as a binary grid at its own size (any non-zero pixel is a defect).
+pub fn load_gt_mask(path: impl AsRef<Path>) -> Result<GtMask> {
+    let path = path.as_ref();
+    let m = load_mask(path)?;
+    let mask_error = |message: String| DatasetError::Mask {
+        path: path.to_path_buf(),
+        message,
+    };
+    GtMask::new(m.width as usize, m.height as usize, m.to_bools())
+        .map_err(|e| mask_error(e.to_string()))
+}
+
+/// The ground truth of a sample on the `size x size` evaluation grid by the field's protocol
+/// (PIL bilinear resize of the 0/255 mask, then `> 0.5`); all normal without a mask file. This
+/// is the one mask protocol of training targets and evaluation.
+pub fn eval_mask(mask_path: Option<&Path>, size: usize) -> Result<GtMask> {
+    let empty = |e: crate::postprocess::PostprocessError| DatasetError::Mask {
+        path: mask_path.map(Path::to_path_buf).unwrap_or_default(),
+        message: e.to_string(),
+    };
+    match mask_path {
+        Some(path) => resize_mask(&load_gt_mask(path)?, size, size).map_err(empty),
+        None => GtMask::new(size, size, vec![false; size * size]).map_err(empty),
+    }
 }

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use mask::{load_mask, Mask};
+pub use mask::{eval_mask, load_gt_mask, load_mask, Mask};
 pub use meta_json::{meta_json_string, write_meta_json};
 pub use names::prompt_name;
 
@@ -323,6 +323,9 @@ pub enum CheckLevel {
     /// Files exist, their headers parse, masks have the image's size.
     #[default]
     Headers,
+    /// Also decode every image fully, so that a truncated or corrupt image is a problem of the
+    /// load (and skipped under [`OnProblem::Skip`]) instead of an error in the middle of a run.
+    Decode,
     /// Also decode every image and mask fully (catches truncated files) and require anomalous
     /// masks to have at least one non-zero pixel.
     Full,

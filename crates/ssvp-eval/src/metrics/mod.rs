@@ -16,15 +16,12 @@
 mod binary;
 mod curve;
 pub mod keys;
-pub mod maps;
 mod pixel;
 pub mod predictions;
-mod regions;
 
 pub use binary::{binary_metrics, BinaryMetrics};
 pub use curve::AUPRO_FPR_LIMIT;
 pub use pixel::{cflow_thresholds, PixelAccumulator, PixelCounts, PixelMetrics, CFLOW_STEPS};
-pub use regions::label_regions;
 
 /// Why a metric has no value for some input. Reported next to the metric (e.g. as "skipped"),
 /// never turned into a number.

@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use super::curve::{cflow_area, TieCurve, TieGroup, AUPRO_FPR_LIMIT};
 use super::keys::{f32_key, key_f32};
-use super::regions::label_regions;
 use super::{MetricsError, Undefined};
+use crate::maps::regions::label_regions;
 
 /// Number of equally spaced thresholds of the cflow-style AUPRO (`max_step` in `cal_pro_score`).
 pub const CFLOW_STEPS: usize = 200;

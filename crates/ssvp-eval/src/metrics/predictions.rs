@@ -19,12 +19,37 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use super::maps::{read_map, read_mask, MapError};
 use super::{binary_metrics, MetricsError, PixelAccumulator};
+use crate::maps::io::{read_map, read_mask, MapError};
 use crate::postprocess::{
     gaussian_filter, resize_bilinear, resize_mask, AnomalyMap, GtMask, PostprocessError,
 };
-use crate::report::{CategoryResult, EvaluationReport};
+use crate::report::{csv_field, CategoryResult, EvaluationReport};
+
+/// The score of one evaluated image: what `ssvp eval` writes as a row of `scores.csv`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageScore {
+    pub category: String,
+    /// Image path relative to the dataset root (the `path` column).
+    pub path: String,
+    pub anomalous: bool,
+    pub score: f64,
+}
+
+/// `category,path,label,score` text of `scores`: the input [`parse_scores_csv`] reads.
+pub fn scores_csv(scores: &[ImageScore]) -> String {
+    let mut out = String::from("category,path,label,score\n");
+    for s in scores {
+        out.push_str(&format!(
+            "{},{},{},{:e}\n",
+            csv_field(&s.category),
+            csv_field(&s.path),
+            u8::from(s.anomalous),
+            s.score
+        ));
+    }
+    out
+}
 
 /// One row of the scores CSV.
 #[derive(Clone, Debug, PartialEq)]

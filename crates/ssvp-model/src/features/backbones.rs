@@ -342,16 +342,11 @@ impl Backbones {
         Ok((clip.data, dino.data))
     }
 
-    /// Preprocesses a batch of decoded images (each with a name for error messages) and runs
-    /// each tower once on it.
-    fn features_of_decoded(
-        &self,
-        images: &[(&RgbImage8, String)],
-    ) -> anyhow::Result<Vec<ImageFeatures>> {
+    /// Preprocesses a batch of decoded images (each with a name for error messages) for both
+    /// towers: `([B, 3, Hc, Wc], [B, 3, Hd, Wd])` on the backbones' device.
+    fn pixels_of_named(&self, images: &[(&RgbImage8, String)]) -> anyhow::Result<(Tensor, Tensor)> {
         let b = images.len();
-        if b == 0 {
-            return Ok(Vec::new());
-        }
+        anyhow::ensure!(b > 0, "no images to preprocess");
         let mut clip_data = Vec::with_capacity(b * 3 * self.clip_pre.width * self.clip_pre.height);
         let mut dino_data = Vec::with_capacity(b * 3 * self.dino_pre.width * self.dino_pre.height);
         for (img, name) in images {
@@ -369,6 +364,31 @@ impl Backbones {
             (b, 3, self.dino_pre.height, self.dino_pre.width),
             &self.device,
         )?;
+        Ok((clip, dino))
+    }
+
+    /// Preprocesses decoded images for both towers (resize, normalise), giving the inputs of
+    /// [`Backbones::features_from_pixels`]: `([B, 3, Hc, Wc], [B, 3, Hd, Wd])`. Split from the
+    /// forward pass so that callers can time (or overlap) the two stages.
+    pub fn preprocess_batch(&self, images: &[&RgbImage8]) -> anyhow::Result<(Tensor, Tensor)> {
+        let named: Vec<(&RgbImage8, String)> = images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| (*img, format!("image {i} of the batch")))
+            .collect();
+        self.pixels_of_named(&named)
+    }
+
+    /// Preprocesses a batch of decoded images (each with a name for error messages) and runs
+    /// each tower once on it.
+    fn features_of_decoded(
+        &self,
+        images: &[(&RgbImage8, String)],
+    ) -> anyhow::Result<Vec<ImageFeatures>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (clip, dino) = self.pixels_of_named(images)?;
         self.features_from_pixels(&clip, &dino)
     }
 

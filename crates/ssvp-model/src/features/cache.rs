@@ -61,7 +61,6 @@ pub struct FeatureCache<S: FeatureSource> {
     hits: AtomicU64,
     misses: AtomicU64,
     recovered: AtomicU64,
-    tmp_counter: AtomicU64,
     warn: WarningHandler,
 }
 
@@ -71,6 +70,19 @@ const META_CONTENT: &str = "ssvp.content";
 const META_GRID: &str = "ssvp.grid";
 
 impl<S: FeatureSource> FeatureCache<S> {
+    /// The cache directory when none is given: `$SSVP_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/ssvp/features`, else `~/.cache/ssvp/features`.
+    pub fn default_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("SSVP_CACHE_DIR") {
+            return PathBuf::from(dir);
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"));
+        base.join("ssvp").join("features")
+    }
+
     /// Opens (creating it if needed) the cache for `inner`'s identity under `dir`.
     pub fn new(inner: S, dir: PathBuf, storage: CacheStorage) -> anyhow::Result<Self> {
         let digest = inner.identity().digest();
@@ -80,9 +92,8 @@ impl<S: FeatureSource> FeatureCache<S> {
         let about = sub.join("identity.json");
         if !about.is_file() {
             let json = serde_json::to_string_pretty(inner.identity())?;
-            let tmp = sub.join(format!(".identity.{}.tmp", std::process::id()));
-            std::fs::write(&tmp, json)?;
-            std::fs::rename(&tmp, &about)?;
+            ssvp_util::fs::write_atomic(&about, json.as_bytes())
+                .with_context(|| format!("cannot write {}", about.display()))?;
         }
         Ok(Self {
             inner,
@@ -92,7 +103,6 @@ impl<S: FeatureSource> FeatureCache<S> {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
-            tmp_counter: AtomicU64::new(0),
             warn: Box::new(|msg| eprintln!("warning: {msg}")),
         })
     }
@@ -259,17 +269,13 @@ impl<S: FeatureSource> FeatureCache<S> {
         ]);
         let bytes =
             safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))?;
-        let tmp = self.dir.join(format!(
-            ".{content}.{}.{}.tmp",
-            std::process::id(),
-            self.tmp_counter.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
         let target = self.entry_path(content);
-        std::fs::rename(&tmp, &target).with_context(|| {
-            let _ = std::fs::remove_file(&tmp);
-            format!("cannot move the entry into place at {}", target.display())
-        })?;
+        // Atomic: concurrent writers of one entry (two processes warming one cache) each rename
+        // a complete file into place, and a killed writer leaves only a stray temporary file.
+        // Not synced to disk: an entry lost in a crash is recomputed, and an fsync per image
+        // would slow the warm-up for nothing.
+        ssvp_util::fs::write_atomic_with(&target, |tmp| std::fs::write(tmp, &bytes))
+            .with_context(|| format!("cannot write the cache entry {}", target.display()))?;
         Ok(())
     }
 

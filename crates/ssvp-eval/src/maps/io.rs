@@ -1,4 +1,5 @@
-//! Reading anomaly maps and GT masks from files.
+//! Anomaly maps and GT masks as files: reading anyone's maps for `ssvp metrics`, and writing
+//! ours (`ssvp eval --save-maps`, `ssvp detect`'s `maps/`).
 //!
 //! Maps: `.npy` (2-D float32 or float64, either byte order, C or Fortran order; leading
 //! singleton axes are squeezed), `.tif`/`.tiff` (single-channel float32, 8 or 16-bit), `.png`
@@ -9,6 +10,8 @@
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
+
+use ssvp_image::ColorScale;
 
 use crate::postprocess::{AnomalyMap, Grid, GtMask};
 
@@ -202,6 +205,98 @@ fn read_png_map(path: &Path) -> Result<AnomalyMap, MapError> {
         }
     };
     Grid::new(width, height, values).map_err(|e| MapError::Unsupported(e.to_string()))
+}
+
+/// A 2-D little-endian float32 `.npy` (format 1.0) of `map`, the layout `numpy.load` and
+/// [`parse_npy`] read.
+pub fn npy_bytes(map: &AnomalyMap) -> Vec<u8> {
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        map.height, map.width
+    );
+    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * map.data.len());
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in &map.data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    bytes
+}
+
+/// The file formats a map can be written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapFormat {
+    /// 16-bit grayscale PNG of the map scaled by a [`ColorScale`] (see [`png16_levels`]): small
+    /// and viewable, 1/65535 of the scale's range in resolution.
+    Png16,
+    /// float32 `.npy`: exact values.
+    Npy,
+    /// float32 single-channel TIFF: exact values, opened by image tools.
+    Tiff,
+}
+
+impl MapFormat {
+    /// The file extension, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            MapFormat::Png16 => "png",
+            MapFormat::Npy => "npy",
+            MapFormat::Tiff => "tiff",
+        }
+    }
+}
+
+impl std::str::FromStr for MapFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "png" | "png16" => Ok(MapFormat::Png16),
+            "npy" => Ok(MapFormat::Npy),
+            "tif" | "tiff" => Ok(MapFormat::Tiff),
+            other => Err(format!(
+                "unknown map format `{other}` (expected png, npy or tiff)"
+            )),
+        }
+    }
+}
+
+/// The 16-bit levels of a map: `round(clamp((v - lo) / (hi - lo), 0, 1) * 65535)`, so a reader
+/// recovers `v = lo + level / 65535 * (hi - lo)` inside the scale. With the default scale
+/// `[0, 1]` of probability maps this is `v * 65535`, which [`read_map`] reads back as `v`.
+pub fn png16_levels(map: &AnomalyMap, scale: ColorScale) -> Vec<u16> {
+    let span = scale.hi - scale.lo;
+    map.data
+        .iter()
+        .map(|&v| {
+            let t = if span > 0.0 && v.is_finite() {
+                ((v - scale.lo) / span).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            (t * 65535.0).round() as u16
+        })
+        .collect()
+}
+
+/// Encodes `map` in `format` (`scale` is used by [`MapFormat::Png16`] only).
+pub fn encode_map(
+    map: &AnomalyMap,
+    format: MapFormat,
+    scale: ColorScale,
+) -> Result<Vec<u8>, MapError> {
+    let encoded = match format {
+        MapFormat::Npy => return Ok(npy_bytes(map)),
+        MapFormat::Png16 => {
+            ssvp_image::encode_png_gray16(map.width, map.height, &png16_levels(map, scale))
+        }
+        MapFormat::Tiff => ssvp_image::encode_tiff_gray32f(map.width, map.height, &map.data),
+    };
+    encoded.map_err(|e| MapError::Unsupported(e.to_string()))
 }
 
 /// Reads a GT mask: anomalous where any colour channel is non-zero (alpha ignored).
