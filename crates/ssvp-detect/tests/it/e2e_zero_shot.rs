@@ -17,9 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
+use ssvp_detect::evaluate::{evaluate, EvalOptions};
+use ssvp_detect::{Detector, DetectorOptions};
 use ssvp_eval::datasets::{self, LoadOptions, Split};
 use ssvp_eval::synth::{generate, Kind, SynthConfig};
-use ssvp_model::evaluate::{evaluate, EvalOptions};
 use ssvp_model::features::{Backbones, CacheStorage, FeatureCache};
 use ssvp_model::run_dir::RunDir;
 use ssvp_model::train::{samples_from_dataset, train, training_data, Start, TrainOptions};
@@ -67,29 +68,28 @@ fn train_and_evaluate(augment: bool) -> (Report, Report) {
     cfg.augment.enabled = augment;
     let device = Device::Cpu;
     let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &device).unwrap());
-    let encoder = backbones.prompt_encoder().unwrap();
     let cache = FeatureCache::new(
         Arc::clone(&backbones),
         tmp.path().join("cache"),
         CacheStorage::F32,
     )
     .unwrap();
-    let eval_opts = EvalOptions {
-        eval_size: 64,
-        ..EvalOptions::default()
+    let eval_opts = EvalOptions::default();
+    let detector_opts = DetectorOptions {
+        map_size: 64,
+        batch_size: 8,
+        ..DetectorOptions::default()
     };
 
-    let untrained = SsvpHead::new(&cfg, &device).unwrap();
-    let before = evaluate(
-        &untrained,
-        &cache,
-        &encoder,
-        &eval_set,
-        &eval_opts,
-        &mut |_| {},
+    let untrained = Detector::new(
+        SsvpHead::new(&cfg, &device).unwrap(),
+        Arc::clone(&backbones),
+        detector_opts.clone(),
     )
-    .unwrap()
-    .report;
+    .unwrap();
+    let before = evaluate(&untrained, &cache, &eval_set, &eval_opts, &mut |_| {})
+        .unwrap()
+        .report;
 
     let head = SsvpHead::new(&cfg, &device).unwrap();
     let run = RunDir::create(tmp.path().join("run"), false).unwrap();
@@ -98,6 +98,7 @@ fn train_and_evaluate(augment: bool) -> (Report, Report) {
         mask_size: 64,
         ..TrainOptions::default()
     };
+    let encoder = backbones.prompt_encoder().unwrap();
     let summary = train(
         &run,
         &head,
@@ -112,7 +113,8 @@ fn train_and_evaluate(augment: bool) -> (Report, Report) {
     .unwrap();
     assert!(summary.state.complete);
     assert_eq!(summary.steps_run, 160);
-    let after = evaluate(&head, &cache, &encoder, &eval_set, &eval_opts, &mut |_| {})
+    let trained = Detector::new(head, Arc::clone(&backbones), detector_opts).unwrap();
+    let after = evaluate(&trained, &cache, &eval_set, &eval_opts, &mut |_| {})
         .unwrap()
         .report;
 

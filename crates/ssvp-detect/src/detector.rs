@@ -1,0 +1,720 @@
+//! [`Detector`]: the per-image pipeline of ssvp, in one place. `ssvp detect`, `ssvp calibrate`,
+//! `ssvp eval` and the server all call it, so a benchmark image gets the same score and map
+//! whichever front scored it.
+//!
+//! ```text
+//! decoded image ─(tiles)─► preprocess ─► CLIP + DINOv3 ─► SSVP head (class prompts) ─► token map,
+//! S_final ─► upsample to map_size, Gaussian (= ssvp eval) ─► resize to the tile/image ─(stitch)─►
+//! map at the image's resolution ─► calibration (score, p-value, decision) ─► regions
+//! ```
+//!
+//! Loaded once, it scores from any number of threads (`&self`): the towers and the head are
+//! read-only, and the text features of each class name are computed once and kept.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use ssvp_eval::maps::regions::regions_above;
+use ssvp_eval::postprocess::{postprocess_map, resize_map, AnomalyMap, PostprocessConfig};
+use ssvp_image::{ColorScale, RgbImage8};
+use ssvp_model::features::{stack_features, Backbones, FeatureSource, ImageFeatures};
+use ssvp_model::run_dir::TrainedRun;
+use ssvp_model::{Mode, SsvpConfig, SsvpHead};
+
+use crate::calibrate::Calibration;
+use crate::detection::{Detection, MapStats, Timings};
+use crate::error::{Error, ErrorKind, Result};
+use crate::input::InputImage;
+use crate::tiling::{crop, layout, Stitcher, Tile, Tiling};
+
+/// The side of the square grid maps are post-processed on before being resized to the image:
+/// the field's evaluation grid for 518 px inputs (and `ssvp eval`'s default `--eval-size`).
+pub const DEFAULT_MAP_SIZE: usize = 518;
+/// The class name of the prompts when none is given.
+pub const DEFAULT_CLASS_NAME: &str = "object";
+/// Images (or tiles) per backbone pass.
+pub const DEFAULT_BATCH_SIZE: usize = 4;
+
+/// How the detector runs and decides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectorOptions {
+    /// The class name in the prompts ("a photo of a damaged {class}"-style; SSVP's prompts are
+    /// class-aware).
+    pub class_name: String,
+    /// Side of the square grid the head's map is upsampled and smoothed on, as in evaluation.
+    pub map_size: usize,
+    /// Images (or tiles) per backbone pass.
+    pub batch_size: usize,
+    /// Score large images tile by tile (`None`: every image is resized whole).
+    pub tiling: Option<Tiling>,
+    /// A raw-score threshold for the decision; overrides the calibration's.
+    pub image_threshold: Option<f64>,
+    /// A map threshold for regions; overrides the calibration's.
+    pub pixel_threshold: Option<f32>,
+    /// Regions smaller than this many pixels are dropped (specks).
+    pub min_region_area: usize,
+    /// The value range of map PNGs and overlay colours; default: the calibration's display
+    /// range, else `[0, 1]` (the head's maps are probabilities).
+    pub map_scale: Option<ColorScale>,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        Self {
+            class_name: DEFAULT_CLASS_NAME.into(),
+            map_size: DEFAULT_MAP_SIZE,
+            batch_size: DEFAULT_BATCH_SIZE,
+            tiling: None,
+            image_threshold: None,
+            pixel_threshold: None,
+            min_region_area: 1,
+            map_scale: None,
+        }
+    }
+}
+
+impl DetectorOptions {
+    /// Checks every value, naming the one that is wrong.
+    pub fn validate(&self) -> Result<()> {
+        if self.class_name.trim().is_empty() {
+            return Err(Error::invalid("the class name must not be empty"));
+        }
+        if self.map_size == 0 || self.batch_size == 0 {
+            return Err(Error::invalid(
+                "the map size and the batch size must be positive",
+            ));
+        }
+        if let Some(t) = &self.tiling {
+            t.validate()?;
+        }
+        if self.image_threshold.is_some_and(|t| !t.is_finite())
+            || self.pixel_threshold.is_some_and(|t| !t.is_finite())
+        {
+            return Err(Error::invalid("thresholds must be finite numbers"));
+        }
+        if let Some(s) = &self.map_scale {
+            if !(s.lo.is_finite() && s.hi.is_finite() && s.hi > s.lo) {
+                return Err(Error::invalid(format!(
+                    "the map scale [{}, {}] must be finite with lo < hi",
+                    s.lo, s.hi
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything besides the weights that changes a score or a map: a calibration is only valid
+/// for the settings it was made with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetectorSettings {
+    /// The class name of the prompts.
+    pub class_name: String,
+    /// Side of the grid the map is post-processed on.
+    pub map_size: usize,
+    /// Upsampling and smoothing of the head's map (the run's `[postprocess]`).
+    pub postprocess: PostprocessConfig,
+    /// Tile size and overlap, if images are tiled.
+    pub tiling: Option<Tiling>,
+}
+
+/// What scores: the trained head and the backbones it was trained on, by content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// The run directory the head came from, as named (informative only).
+    pub checkpoint: String,
+    /// SHA-256 of the head's trainable tensors (by name, f32 little-endian) and its `[model]`
+    /// config: a retrained or reconfigured head has another.
+    pub head: String,
+    /// The backbones' identity digest (`BackboneIdentity::digest`: weights fingerprints, input
+    /// sizes, layers, preprocessing).
+    pub backbones: String,
+    /// The backbones as named, for messages.
+    pub backbone_names: String,
+}
+
+impl ModelIdentity {
+    /// Fails with [`ErrorKind::Mismatch`] when `other` is another head or other backbones.
+    pub fn check_matches(&self, other: &ModelIdentity, what: &str) -> Result<()> {
+        let mut diffs = Vec::new();
+        if self.head != other.head {
+            diffs.push(format!(
+                "the head differs ({} from {}, this detector's from {})",
+                what,
+                short_or_none(&other.checkpoint),
+                short_or_none(&self.checkpoint)
+            ));
+        }
+        if self.backbones != other.backbones {
+            diffs.push(format!(
+                "the backbones differ ({} for {what}, {} here)",
+                other.backbone_names, self.backbone_names
+            ));
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Mismatch,
+                format!("{what} was made for another model: {}", diffs.join("; ")),
+            ))
+        }
+    }
+}
+
+fn short_or_none(s: &str) -> &str {
+    if s.is_empty() {
+        "an unnamed checkpoint"
+    } else {
+        s
+    }
+}
+
+/// What the head gives for one image or tile before it is brought to the image's size.
+#[derive(Clone, Debug)]
+pub struct HeadScore {
+    /// `S_final`.
+    pub score: f64,
+    /// `S_global`.
+    pub score_global: f64,
+    /// `S_local`.
+    pub score_local: f64,
+    /// The fused map upsampled to `map_size x map_size` and smoothed, exactly as evaluated.
+    pub map: AnomalyMap,
+}
+
+/// Where a model comes from: a run directory of `ssvp train`, optionally with other backbones
+/// or post-processing, and a calibration.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// Run directory written by `ssvp train`.
+    pub checkpoint: PathBuf,
+    /// Take the `[backbones]` and `[postprocess]` sections from this config instead of the
+    /// run's (the head always comes from the run).
+    pub config: Option<PathBuf>,
+    /// `tiny`: the seeded tiny backbones instead of the run's.
+    pub backbones_preset: Option<String>,
+    /// A calibration file of `ssvp calibrate`.
+    pub calibration: Option<PathBuf>,
+    /// How the detector runs and decides.
+    pub options: DetectorOptions,
+    /// Where the tensors live.
+    pub device: Device,
+}
+
+/// A trained run with the backbones to run it on.
+pub struct LoadedRun {
+    /// The head, its config and the identity of its backbones.
+    pub run: TrainedRun,
+    /// The backbones, shared with whatever else reads features (a cache, an evaluation).
+    pub backbones: Arc<Backbones>,
+}
+
+/// Opens a run directory and loads the backbones it was trained with (or the ones `config` /
+/// `preset` name instead, which must have the same identity). `config` also replaces the
+/// run's post-processing.
+pub fn load_run(
+    checkpoint: &Path,
+    config: Option<&Path>,
+    preset: Option<&str>,
+    device: &Device,
+) -> Result<LoadedRun> {
+    if !checkpoint.exists() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "the checkpoint {} does not exist (give a run directory of `ssvp train`)",
+                checkpoint.display()
+            ),
+        ));
+    }
+    let mut run = TrainedRun::load(checkpoint, device).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("loading the checkpoint {}: {e:#}", checkpoint.display()),
+        )
+    })?;
+    let mut cfg = run.config.clone();
+    if config.is_some() || preset.is_some() {
+        let given = SsvpConfig::load(config, preset)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+        cfg.backbones = given.backbones;
+        if config.is_some() {
+            run.set_postprocess(given.postprocess, device)
+                .map_err(Error::model)?;
+        }
+    }
+    let backbones = Backbones::load(&cfg.backbones, &cfg.model, device)
+        .map_err(|e| Error::model(e.context("loading the backbones")))?;
+    run.check_identity(backbones.identity())
+        .map_err(|e| Error::new(ErrorKind::Mismatch, format!("{e:#}")))?;
+    Ok(LoadedRun {
+        run,
+        backbones: Arc::new(backbones),
+    })
+}
+
+/// The loaded model and how it decides. See the module docs.
+pub struct Detector {
+    head: SsvpHead,
+    backbones: Arc<Backbones>,
+    identity: ModelIdentity,
+    options: DetectorOptions,
+    calibration: Option<Calibration>,
+    /// `T_init` per class name: the prompt bank through the text tower, once per class.
+    text: Mutex<HashMap<String, Tensor>>,
+}
+
+impl Detector {
+    /// Loads the run, its backbones and the calibration of `spec`.
+    pub fn load(spec: &LoadSpec) -> Result<Self> {
+        spec.options.validate()?;
+        let loaded = load_run(
+            &spec.checkpoint,
+            spec.config.as_deref(),
+            spec.backbones_preset.as_deref(),
+            &spec.device,
+        )?;
+        let detector = Self::from_run(loaded, spec.options.clone())?;
+        match &spec.calibration {
+            Some(path) => detector.with_calibration(Calibration::read(path)?),
+            None => Ok(detector),
+        }
+    }
+
+    /// A detector over a loaded run.
+    pub fn from_run(loaded: LoadedRun, options: DetectorOptions) -> Result<Self> {
+        let name = loaded.run.run.path().display().to_string();
+        let mut detector = Self::new(loaded.run.head, loaded.backbones, options)?;
+        detector.identity.checkpoint = name;
+        Ok(detector)
+    }
+
+    /// A detector over a head and backbones built in memory (tests, benchmarks, training
+    /// loops that evaluate as they go).
+    pub fn new(
+        head: SsvpHead,
+        backbones: Arc<Backbones>,
+        options: DetectorOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let id = backbones.identity();
+        let m = head.model_config();
+        if m.clip_dim != id.clip_dim
+            || m.dino_dim != id.dino_dim
+            || m.num_scales() != id.clip_layers.len()
+        {
+            return Err(Error::new(
+                ErrorKind::Mismatch,
+                format!(
+                    "the head expects {} scales of CLIP {} / DINO {} features, the backbones give \
+                     {} scales of {} / {}",
+                    m.num_scales(),
+                    m.clip_dim,
+                    m.dino_dim,
+                    id.clip_layers.len(),
+                    id.clip_dim,
+                    id.dino_dim
+                ),
+            ));
+        }
+        let identity = ModelIdentity {
+            checkpoint: String::new(),
+            head: head_digest(&head)?,
+            backbones: id.digest(),
+            backbone_names: format!("{} / {}", id.clip, id.dino),
+        };
+        Ok(Self {
+            head,
+            backbones,
+            identity,
+            options,
+            calibration: None,
+            text: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Applies a calibration, refusing one made for another model or other settings.
+    pub fn with_calibration(mut self, calibration: Calibration) -> Result<Self> {
+        calibration.check_compatible(&self.identity, &self.settings())?;
+        self.calibration = Some(calibration);
+        Ok(self)
+    }
+
+    /// The model's identity (recorded in calibrations and reports).
+    pub fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    /// The settings that change scores and maps.
+    pub fn settings(&self) -> DetectorSettings {
+        DetectorSettings {
+            class_name: self.options.class_name.clone(),
+            map_size: self.options.map_size,
+            postprocess: self.head.config().postprocess.clone(),
+            tiling: self.options.tiling,
+        }
+    }
+
+    /// How the detector runs and decides.
+    pub fn options(&self) -> &DetectorOptions {
+        &self.options
+    }
+
+    /// The calibration in use, if any.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
+    }
+
+    /// The frozen backbones (shared: a feature cache can wrap the same towers).
+    pub fn backbones(&self) -> &Arc<Backbones> {
+        &self.backbones
+    }
+
+    /// The trained head.
+    pub fn head(&self) -> &SsvpHead {
+        &self.head
+    }
+
+    /// The value range of map PNGs and overlay colours (see [`DetectorOptions::map_scale`]).
+    pub fn map_scale(&self) -> ColorScale {
+        self.options
+            .map_scale
+            .or_else(|| self.calibration.as_ref().map(|c| c.display_scale()))
+            .unwrap_or(ColorScale { lo: 0.0, hi: 1.0 })
+    }
+
+    /// The raw-score threshold of decisions, if any.
+    pub fn image_threshold(&self) -> Option<f64> {
+        self.options
+            .image_threshold
+            .or_else(|| self.calibration.as_ref().map(|c| c.image.threshold))
+    }
+
+    /// The map threshold of regions, if any.
+    pub fn pixel_threshold(&self) -> Option<f32> {
+        self.options
+            .pixel_threshold
+            .or_else(|| self.calibration.as_ref().map(|c| c.pixel.threshold))
+    }
+
+    /// `T_init` of a class: computed on first use, then shared by every call.
+    fn text_features(&self, class_name: &str) -> Result<Tensor> {
+        let mut cache = self
+            .text
+            .lock()
+            .map_err(|_| Error::model(anyhow::anyhow!("the prompt cache lock was poisoned")))?;
+        if let Some(t) = cache.get(class_name) {
+            return Ok(t.clone());
+        }
+        let encoder = self.backbones.prompt_encoder().map_err(Error::model)?;
+        let t = self
+            .head
+            .encode_prompts(&encoder, class_name)
+            .map_err(|e| {
+                Error::model(
+                    anyhow::Error::from(e)
+                        .context(format!("encoding the prompts of `{class_name}`")),
+                )
+            })?
+            .detach();
+        cache.insert(class_name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    /// The head on backbone features of a batch, each map post-processed onto the
+    /// `map_size x map_size` grid. This is the step `ssvp eval` measures.
+    pub fn score_features(
+        &self,
+        features: &[ImageFeatures],
+        class_name: &str,
+    ) -> Result<Vec<HeadScore>> {
+        Ok(self.score_features_timed(features, class_name)?.0)
+    }
+
+    /// [`Detector::score_features`] with the head's time and the post-processing time.
+    fn score_features_timed(
+        &self,
+        features: &[ImageFeatures],
+        class_name: &str,
+    ) -> Result<(Vec<HeadScore>, f64, f64)> {
+        let started = Instant::now();
+        let t_init = self.text_features(class_name)?;
+        let batch = stack_features(features)?;
+        let out = self.head.forward(&batch, &t_init, &Mode::Eval, None)?;
+        let maps = out.fused_map.to_dtype(DType::F32)?.to_vec3::<f32>()?;
+        let as_f64 = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
+        let (scores, globals, locals) = (
+            as_f64(&out.score)?,
+            as_f64(&out.score_global)?,
+            as_f64(&out.score_local)?,
+        );
+        let head_ms = ms_since(started);
+        let started = Instant::now();
+        let pp = &self.head.config().postprocess;
+        let mut results = Vec::with_capacity(maps.len());
+        for (i, map) in maps.into_iter().enumerate() {
+            let flat: Vec<f32> = map.into_iter().flatten().collect();
+            results.push(HeadScore {
+                score: scores[i],
+                score_global: globals[i],
+                score_local: locals[i],
+                map: postprocess_map(&flat, batch.grid, self.options.map_size, pp)?,
+            });
+        }
+        Ok((results, head_ms, ms_since(started)))
+    }
+
+    /// Detects with the configured class name.
+    pub fn detect(&self, images: &[InputImage]) -> Result<Vec<Detection>> {
+        let class = self.options.class_name.clone();
+        self.detect_as(images, &class)
+    }
+
+    /// Detects with another class name (refused when calibrated: a calibration holds for the
+    /// class it was made with).
+    pub fn detect_as(&self, images: &[InputImage], class_name: &str) -> Result<Vec<Detection>> {
+        if class_name.trim().is_empty() {
+            return Err(Error::invalid("the class name must not be empty"));
+        }
+        if let Some(c) = &self.calibration {
+            if c.settings.class_name != class_name {
+                return Err(Error::new(
+                    ErrorKind::Mismatch,
+                    format!(
+                        "the calibration was made for class `{}`, not `{class_name}`",
+                        c.settings.class_name
+                    ),
+                ));
+            }
+        }
+        // Cut every image into the units the backbones see: the whole image, or its tiles.
+        let mut units: Vec<(usize, Option<Tile>)> = Vec::new();
+        for (i, input) in images.iter().enumerate() {
+            let (w, h) = (input.image.width, input.image.height);
+            match &self.options.tiling {
+                Some(t) if w > t.size || h > t.size => {
+                    units.extend(layout(w, h, t).into_iter().map(|tile| (i, Some(tile))));
+                }
+                _ => units.push((i, None)),
+            }
+        }
+        let mut per_image: Vec<Assembly> = images
+            .iter()
+            .map(|input| Assembly::new(input, self.options.tiling.as_ref()))
+            .collect();
+        for chunk in units.chunks(self.options.batch_size) {
+            let crops: Vec<Option<RgbImage8>> = chunk
+                .iter()
+                .map(|(i, tile)| tile.map(|t| crop(&images[*i].image, &t)))
+                .collect();
+            let pixels: Vec<&RgbImage8> = chunk
+                .iter()
+                .zip(&crops)
+                .map(|((i, _), c)| c.as_ref().unwrap_or(&images[*i].image))
+                .collect();
+            let started = Instant::now();
+            let (clip, dino) = self
+                .backbones
+                .preprocess_batch(&pixels)
+                .map_err(Error::model)?;
+            let preprocess_ms = ms_since(started);
+            let started = Instant::now();
+            let features = self
+                .backbones
+                .features_from_pixels(&clip, &dino)
+                .map_err(Error::model)?;
+            let backbones_ms = ms_since(started);
+            let (scores, head_ms, post_ms) = self.score_features_timed(&features, class_name)?;
+            let n = chunk.len() as f64;
+            let share = Timings {
+                preprocess_ms: preprocess_ms / n,
+                backbones_ms: backbones_ms / n,
+                head_ms: head_ms / n,
+                postprocess_ms: post_ms / n,
+                ..Timings::default()
+            };
+            for (((i, tile), unit_pixels), score) in chunk.iter().zip(&pixels).zip(scores) {
+                per_image[*i].add(tile.as_ref(), unit_pixels, score, &share)?;
+            }
+        }
+        let gamma = self.head.model_config().gamma;
+        per_image
+            .into_iter()
+            .zip(images)
+            .map(|(assembly, input)| self.finish(assembly, input, class_name, gamma))
+            .collect()
+    }
+
+    /// Turns the assembled map and scores of one image into its [`Detection`].
+    fn finish(
+        &self,
+        assembly: Assembly,
+        input: &InputImage,
+        class_name: &str,
+        gamma: f64,
+    ) -> Result<Detection> {
+        let mut timings = assembly.timings;
+        timings.decode_ms = input.decode_ms;
+        let started = Instant::now();
+        let (map, score_global, score_local, tiles) = assembly.into_map()?;
+        timings.postprocess_ms += ms_since(started);
+        let score = if tiles == 1 {
+            score_global.1
+        } else {
+            (1.0 - gamma) * score_global.0 + gamma * score_local
+        };
+        let score_global = score_global.0;
+        let threshold = self.image_threshold();
+        let calibration = self.calibration.as_ref();
+        let started = Instant::now();
+        let pixel_threshold = self.pixel_threshold();
+        let regions = pixel_threshold
+            .map(|t| regions_above(&map, t, self.options.min_region_area).regions)
+            .unwrap_or_default();
+        timings.regions_ms = ms_since(started);
+        Ok(Detection {
+            width: map.width,
+            height: map.height,
+            class_name: class_name.to_string(),
+            score,
+            score_global,
+            score_local,
+            calibrated_score: calibration
+                .zip(threshold)
+                .map(|(c, t)| c.calibrated_score(score, t)),
+            p_value: calibration.map(|c| c.p_value(score)),
+            anomalous: threshold.map(|t| score > t),
+            threshold,
+            pixel_threshold,
+            regions,
+            map_stats: MapStats::of(&map.data),
+            tiles,
+            timings,
+            map,
+        })
+    }
+}
+
+/// The partial result of one image while its units come back from the backbones.
+struct Assembly {
+    width: usize,
+    height: usize,
+    /// Set for a tiled image.
+    stitcher: Option<Stitcher>,
+    /// The map of an image scored whole.
+    whole: Option<AnomalyMap>,
+    /// `(max over units of S_global, S_final of the single unit)`.
+    global: (f64, f64),
+    /// Max over units of `S_local`.
+    local: f64,
+    tiles: usize,
+    timings: Timings,
+}
+
+impl Assembly {
+    fn new(input: &InputImage, tiling: Option<&Tiling>) -> Self {
+        let (width, height) = (input.image.width, input.image.height);
+        let stitcher = tiling
+            .filter(|t| width > t.size || height > t.size)
+            .map(|t| Stitcher::new(width, height, t.overlap));
+        Self {
+            width,
+            height,
+            stitcher,
+            whole: None,
+            global: (f64::NEG_INFINITY, f64::NAN),
+            local: f64::NEG_INFINITY,
+            tiles: 0,
+            timings: Timings::default(),
+        }
+    }
+
+    /// Adds one unit's head result, resized to the unit's own pixels.
+    fn add(
+        &mut self,
+        tile: Option<&Tile>,
+        pixels: &RgbImage8,
+        score: HeadScore,
+        share: &Timings,
+    ) -> Result<()> {
+        let started = Instant::now();
+        let map = resize_map(&score.map, pixels.width, pixels.height)?;
+        match (tile, &mut self.stitcher) {
+            (Some(tile), Some(st)) => st.add(tile, &map)?,
+            _ => self.whole = Some(map),
+        }
+        self.global = (self.global.0.max(score.score_global), score.score);
+        self.local = self.local.max(score.score_local);
+        self.tiles += 1;
+        self.timings.add(share);
+        self.timings.postprocess_ms += ms_since(started);
+        Ok(())
+    }
+
+    /// The map at the image's size, `(max S_global, S_final)`, max `S_local`, tile count.
+    fn into_map(self) -> Result<(AnomalyMap, (f64, f64), f64, usize)> {
+        let map = match (self.stitcher, self.whole) {
+            (Some(st), _) => st.finish()?,
+            (None, Some(map)) => map,
+            (None, None) => {
+                return Err(Error::model(anyhow::anyhow!(
+                    "no map was computed for a {}x{} image",
+                    self.width,
+                    self.height
+                )))
+            }
+        };
+        Ok((map, self.global, self.local, self.tiles))
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// SHA-256 over the head's trainable tensors (sorted by name) and its `[model]` config.
+fn head_digest(head: &SsvpHead) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let model = serde_json::to_string(head.model_config()).map_err(Error::model)?;
+    hasher.update(model.as_bytes());
+    for (name, var) in head.named_vars() {
+        hasher.update(name.as_bytes());
+        let values = var
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for v in values {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Features of image files through any source (a cache, live backbones): what evaluation scores.
+pub fn features_of_files(
+    source: &dyn FeatureSource,
+    paths: &[PathBuf],
+) -> Result<Vec<ImageFeatures>> {
+    source.features_batch(paths).map_err(|e| {
+        let text = format!("{e:#}");
+        // A file that fails to decode is the input's fault, not the model's.
+        if e.chain()
+            .any(|c| c.downcast_ref::<ssvp_image::Error>().is_some())
+        {
+            Error::new(ErrorKind::InvalidInput, text)
+        } else {
+            Error::model(e)
+        }
+    })
+}

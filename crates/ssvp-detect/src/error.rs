@@ -1,0 +1,131 @@
+//! The one error type of the detector, with a kind that says whose fault it is: a front maps
+//! [`ErrorKind`] to an exit code (CLI) or an HTTP status (server) without reading messages.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong, from the caller's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The input is malformed: an undecodable or truncated image, an invalid option value
+    /// (HTTP 400/422).
+    InvalidInput,
+    /// A format this build cannot read (HTTP 415).
+    Unsupported,
+    /// Over a configured limit, such as the pixel budget of an image header (HTTP 413/422).
+    TooLarge,
+    /// A named file or directory does not exist (HTTP 404).
+    NotFound,
+    /// Inputs that belong to another model: a calibration or checkpoint made with other
+    /// backbones, head or settings (HTTP 409).
+    Mismatch,
+    /// Too few inputs for what was asked, e.g. normal images for a false-alarm rate.
+    NotEnoughData,
+    /// The model failed: a broken checkpoint or a bug (HTTP 500).
+    Model,
+    /// Reading or writing a file failed (HTTP 500).
+    Io,
+}
+
+impl ErrorKind {
+    /// Whether the caller can fix it by changing the request (a 4xx rather than a 5xx).
+    pub fn is_client_error(self) -> bool {
+        !matches!(self, ErrorKind::Model | ErrorKind::Io)
+    }
+}
+
+/// An error of the detector: a kind and a complete, human-readable message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// [`ErrorKind::InvalidInput`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// A failure of the model or of the code around it, with its whole cause chain.
+    pub fn model(err: impl Into<anyhow::Error>) -> Self {
+        Self::new(ErrorKind::Model, format!("{:#}", err.into()))
+    }
+
+    /// An I/O failure on `path`.
+    pub fn io(path: &Path, err: std::io::Error) -> Self {
+        let kind = if err.kind() == std::io::ErrorKind::NotFound {
+            ErrorKind::NotFound
+        } else {
+            ErrorKind::Io
+        };
+        Self::new(kind, format!("{}: {err}", path.display()))
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message with `context` in front (`context: message`), same kind.
+    pub fn context(self, context: impl std::fmt::Display) -> Self {
+        Self {
+            kind: self.kind,
+            message: format!("{context}: {}", self.message),
+        }
+    }
+}
+
+impl From<ssvp_image::Error> for Error {
+    fn from(err: ssvp_image::Error) -> Self {
+        use ssvp_image::Error as E;
+        let kind = match &err {
+            E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            E::Io { .. } => ErrorKind::Io,
+            E::Unsupported { .. } => ErrorKind::Unsupported,
+            E::TooLarge { .. } => ErrorKind::TooLarge,
+            _ => ErrorKind::InvalidInput,
+        };
+        Self::new(kind, err.to_string())
+    }
+}
+
+impl From<ssvp_model::Error> for Error {
+    fn from(err: ssvp_model::Error) -> Self {
+        use ssvp_model::Error as E;
+        let kind = match &err {
+            E::Config(_) | E::Checkpoint(_) => ErrorKind::InvalidInput,
+            E::Io(_) => ErrorKind::Io,
+            _ => ErrorKind::Model,
+        };
+        Self::new(kind, err.to_string())
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(err: candle_core::Error) -> Self {
+        Self::model(err)
+    }
+}
+
+impl From<ssvp_eval::postprocess::PostprocessError> for Error {
+    fn from(err: ssvp_eval::postprocess::PostprocessError) -> Self {
+        Self::model(err)
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,9 @@
+//! Integration tests of ssvp-detect, in one binary (the crates link candle once, and the tiny
+//! head most tests share is trained once).
+
+mod calibration;
+mod common;
+mod detect_eval;
+mod e2e_zero_shot;
+mod inputs;
+mod tiling;
