@@ -34,6 +34,12 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Evaluate a trained head zero-shot on a dataset: per-category image and pixel metrics.
     Eval(cmd::eval::EvalArgs),
+    /// Inspect images: scores, decisions, anomaly maps, defect regions, overlays and a report.
+    Detect(cmd::detect::DetectArgs),
+    /// Fit thresholds and calibrated scores from good parts only (for `ssvp detect`).
+    Calibrate(cmd::calibrate::CalibrateArgs),
+    /// Merge the outputs of several `ssvp detect` runs (e.g. shards) into one report.
+    Report(cmd::report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,16 +47,21 @@ fn main() -> ExitCode {
     // (ssvp_backbones::runtime::keep_freed_memory explains the measurement).
     ssvp_backbones::runtime::keep_freed_memory();
     let cli = Cli::parse();
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Embed(args) => cmd::embed::run(args),
-        Command::Metrics(args) => cmd::metrics::run(args),
-        Command::Synth(args) => cmd::synth::run(args),
-        Command::Dataset(args) => cmd::dataset::run(args),
-        Command::Train(args) => cmd::train::run(args),
-        Command::Eval(args) => cmd::eval::run(args),
+        Command::Embed(args) => done(cmd::embed::run(args)),
+        Command::Metrics(args) => done(cmd::metrics::run(args)),
+        Command::Synth(args) => done(cmd::synth::run(args)),
+        Command::Dataset(args) => done(cmd::dataset::run(args)),
+        Command::Train(args) => done(cmd::train::run(args)),
+        Command::Eval(args) => done(cmd::eval::run(args)),
+        // detect reports anomalies and unreadable images through its exit code.
+        Command::Detect(args) => cmd::detect::run(args),
+        Command::Calibrate(args) => done(cmd::calibrate::run(args)),
+        Command::Report(args) => done(cmd::report::run(args)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use ssvp_eval::metrics::maps::read_mask;
+use ssvp_eval::maps::io::read_mask;
 
 fn ssvp(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ssvp"))

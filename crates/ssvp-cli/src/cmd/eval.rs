@@ -1,17 +1,15 @@
 //! `ssvp eval`: zero-shot evaluation of a trained head on a target dataset (library:
-//! `ssvp_model::evaluate`; results are `ssvp_eval::report` types, the JSON of `ssvp metrics`).
+//! `ssvp_detect::evaluate`, the `Detector` that `ssvp detect` runs; results are `ssvp_eval::report` types, the JSON of `ssvp metrics`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssvp_model::evaluate::{evaluate, scores_csv, EvalOptions, TrainedRun, DEFAULT_EVAL_SIZE};
-use ssvp_model::features::{Backbones, FeatureSource};
+use ssvp_detect::detector::{load_run, DEFAULT_MAP_SIZE};
+use ssvp_detect::evaluate::{evaluate, EvalOptions};
+use ssvp_detect::{Detector, DetectorOptions};
+use ssvp_eval::metrics::predictions::scores_csv;
 
-use super::model_common::{
-    check_dataset_args, feature_source, load_config, load_test_split, CacheArgs,
-};
+use super::model_common::{check_dataset_args, feature_source, load_test_split, CacheArgs};
 use super::report_files::{write_text_files, ReportFiles};
 
 const EVAL_HELP: &str = "\
@@ -51,7 +49,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub save_maps: Option<PathBuf>,
     /// Side of the square evaluation grid.
-    #[arg(long, default_value_t = DEFAULT_EVAL_SIZE)]
+    #[arg(long, default_value_t = DEFAULT_MAP_SIZE)]
     pub eval_size: usize,
     /// Images per head forward.
     #[arg(long, default_value_t = 8)]
@@ -63,7 +61,7 @@ pub struct EvalArgs {
     /// checkpoint's (the head always comes from the checkpoint).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Drop unreadable samples instead of failing.
+    /// Drop unreadable samples (missing, truncated or corrupt files) instead of failing.
     #[arg(long)]
     pub skip_bad: bool,
     #[command(flatten)]
@@ -77,38 +75,30 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "--eval-size and --batch-size must be positive"
     );
     let device = candle_core::Device::Cpu;
-    let mut trained = TrainedRun::load(&args.checkpoint, &device)
-        .with_context(|| format!("loading the checkpoint {}", args.checkpoint.display()))?;
-    if !trained.state.complete {
+    let loaded = load_run(
+        &args.checkpoint,
+        args.config.as_deref(),
+        args.backbones.as_deref(),
+        &device,
+    )?;
+    let state = &loaded.run.state;
+    if !state.complete {
         eprintln!(
             "warning: {} is an unfinished run (step {} of {})",
             args.checkpoint.display(),
-            trained.state.step,
-            trained.state.total_steps
+            state.step,
+            state.total_steps
         );
     }
-    let mut cfg = trained.config.clone();
-    if args.config.is_some() || args.backbones.is_some() {
-        let given = load_config(args.config.as_deref(), args.backbones.as_deref())?;
-        cfg.backbones = given.backbones;
-        if args.config.is_some() {
-            cfg.postprocess = given.postprocess;
-        }
-    }
-    let backbones = Arc::new(
-        Backbones::load(&cfg.backbones, &cfg.model, &device)
-            .context("loading the requested backbones")?,
-    );
-    trained.check_identity(backbones.identity())?;
-    if cfg.postprocess != trained.config.postprocess {
-        trained.config.postprocess = cfg.postprocess.clone();
-        let head = ssvp_model::SsvpHead::new(&trained.config, &device)?;
-        head.load(trained.run.file(&trained.state.head_file))?;
-        trained.head = head;
-    }
-    let encoder = backbones.prompt_encoder()?;
-    let source = feature_source(&backbones, &args.cache)?;
-
+    let source = feature_source(&loaded.backbones, &args.cache)?;
+    let detector = Detector::from_run(
+        loaded,
+        DetectorOptions {
+            map_size: args.eval_size,
+            batch_size: args.batch_size,
+            ..DetectorOptions::default()
+        },
+    )?;
     let dataset = load_test_split(
         &args.root,
         layout,
@@ -117,9 +107,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         "evaluation",
     )?;
     let opts = EvalOptions {
-        eval_size: args.eval_size,
-        batch_size: args.batch_size,
         save_maps: args.save_maps.clone(),
+        skip_bad: args.skip_bad,
     };
     let bar =
         ProgressBar::with_draw_target(Some(dataset.len() as u64), ProgressDrawTarget::stderr());
@@ -127,18 +116,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("eval {bar:30} {pos}/{len} images [{elapsed}<{eta}] {msg}")
             .expect("valid template"),
     );
-    let evaluation = evaluate(
-        &trained.head,
-        &source,
-        &encoder,
-        &dataset,
-        &opts,
-        &mut |p| {
-            bar.set_position(p.done as u64);
-            bar.set_message(p.category.to_string());
-        },
-    )?;
+    let evaluation = evaluate(&detector, source.as_source(), &dataset, &opts, &mut |p| {
+        bar.set_position(p.done as u64);
+        bar.set_message(p.category.to_string());
+    })?;
     bar.finish_and_clear();
+    for (path, reason) in &evaluation.skipped {
+        eprintln!("skipped: {}: {reason}", path.display());
+    }
     let report = &evaluation.report;
     print!("{}", report.to_table());
     let csv_scores = scores_csv(&evaluation.scores);

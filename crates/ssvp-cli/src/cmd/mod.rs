@@ -1,8 +1,12 @@
+pub mod calibrate;
 pub mod dataset;
+pub mod detect;
+pub mod detector_args;
 pub mod embed;
 pub mod eval;
 pub mod metrics;
 pub mod model_common;
+pub mod report;
 pub mod report_files;
 pub mod synth;
 pub mod train;

@@ -1,18 +1,12 @@
-//! What `ssvp train` and `ssvp eval` share: config loading, the `--backbones` preset, the
-//! dataset layout argument and the feature cache options.
+//! What `ssvp train` and `ssvp eval` share: the dataset layout argument, the test-split
+//! loading and the feature cache options.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use candle_core::Device;
-use ssvp_eval::datasets::{self, Dataset, Layout, LoadOptions, OnProblem, Split};
-use ssvp_image::RgbImage8;
-use ssvp_model::config::{BackbonesConfig, TINY};
-use ssvp_model::features::{
-    BackboneIdentity, Backbones, CacheStorage, FeatureCache, FeatureSource, ImageFeatures,
-};
-use ssvp_model::SsvpConfig;
+use ssvp_eval::datasets::{self, CheckLevel, Dataset, Layout, LoadOptions, OnProblem, Split};
+use ssvp_model::features::{Backbones, CacheStorage, FeatureCache, FeatureSource};
 
 /// Feature cache options.
 #[derive(clap::Args, Clone)]
@@ -38,17 +32,6 @@ fn parse_storage(s: &str) -> Result<CacheStorage, String> {
             "unknown cache dtype `{other}` (expected f32 or f16)"
         )),
     }
-}
-
-fn default_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("SSVP_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("ssvp").join("features")
 }
 
 /// Checks `--dataset` and `--root` before anything is written: the layout (`None` = detect).
@@ -82,7 +65,13 @@ pub fn load_test_split(
             } else {
                 OnProblem::Fail
             },
-            ..LoadOptions::default()
+            // Under --skip-bad every image is decoded once up front, so that a truncated file
+            // is skipped here rather than failing the run when its features are computed.
+            check: if skip_bad {
+                CheckLevel::Decode
+            } else {
+                CheckLevel::Headers
+            },
         },
     )
     .with_context(|| format!("reading the {purpose} data in {}", root.display()))?;
@@ -100,34 +89,6 @@ pub fn parse_layout(name: &str) -> anyhow::Result<Option<Layout>> {
     Ok(Some(name.parse::<Layout>().map_err(anyhow::Error::msg)?))
 }
 
-/// The config file (missing keys: paper defaults), or the default, with the `--backbones`
-/// preset applied: `tiny` alone gives [`SsvpConfig::tiny`]; with a config file it replaces only
-/// the `[backbones]` section.
-pub fn load_config(path: Option<&Path>, backbones: Option<&str>) -> anyhow::Result<SsvpConfig> {
-    let preset = match backbones {
-        None => None,
-        Some(TINY) => Some(TINY),
-        Some(other) => anyhow::bail!(
-            "--backbones `{other}`: the only preset is `tiny`; name real weights in the config's \
-             [backbones] section (clip = ..., dino = ...)"
-        ),
-    };
-    let cfg = match (path, preset) {
-        (Some(p), _) => {
-            let mut cfg = SsvpConfig::from_toml_file(p)
-                .with_context(|| format!("reading the config {}", p.display()))?;
-            if preset.is_some() {
-                cfg.backbones = BackbonesConfig::tiny();
-            }
-            cfg
-        }
-        (None, Some(_)) => SsvpConfig::tiny(),
-        (None, None) => SsvpConfig::default(),
-    };
-    cfg.validate()?;
-    Ok(cfg)
-}
-
 /// The backbones, cached on disk unless `--no-cache`.
 pub enum Source {
     Live(Arc<Backbones>),
@@ -135,6 +96,14 @@ pub enum Source {
 }
 
 impl Source {
+    /// The source to read features from.
+    pub fn as_source(&self) -> &dyn FeatureSource {
+        match self {
+            Source::Live(b) => b,
+            Source::Cached(c) => c,
+        }
+    }
+
     /// Cache counters, for a closing line.
     pub fn stats(&self) -> Option<String> {
         match self {
@@ -157,45 +126,15 @@ impl Source {
     }
 }
 
-impl FeatureSource for Source {
-    fn identity(&self) -> &BackboneIdentity {
-        match self {
-            Source::Live(b) => b.identity(),
-            Source::Cached(c) => c.identity(),
-        }
-    }
-    fn device(&self) -> &Device {
-        match self {
-            Source::Live(b) => b.device(),
-            Source::Cached(c) => c.device(),
-        }
-    }
-    fn features(&self, image_path: &Path) -> anyhow::Result<ImageFeatures> {
-        match self {
-            Source::Live(b) => b.features(image_path),
-            Source::Cached(c) => c.features(image_path),
-        }
-    }
-    fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
-        match self {
-            Source::Live(b) => b.features_batch(image_paths),
-            Source::Cached(c) => c.features_batch(image_paths),
-        }
-    }
-    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
-        match self {
-            Source::Live(b) => b.features_of_images(images),
-            Source::Cached(c) => c.features_of_images(images),
-        }
-    }
-}
-
 /// Wraps the backbones in the feature cache the arguments ask for.
 pub fn feature_source(backbones: &Arc<Backbones>, args: &CacheArgs) -> anyhow::Result<Source> {
     if args.no_cache {
         return Ok(Source::Live(Arc::clone(backbones)));
     }
-    let dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let dir = args
+        .cache_dir
+        .clone()
+        .unwrap_or_else(FeatureCache::<Arc<Backbones>>::default_dir);
     Ok(Source::Cached(FeatureCache::new(
         Arc::clone(backbones),
         dir,

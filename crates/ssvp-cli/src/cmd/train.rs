@@ -7,15 +7,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ssvp_model::features::Backbones;
-use ssvp_model::run_dir::RunDir;
+use ssvp_model::run_dir::{RunDir, RunState};
 use ssvp_model::train::{
     samples_from_dataset, train, training_data, Start, TrainEvent, TrainOptions, DEFAULT_MASK_SIZE,
 };
 use ssvp_model::{SsvpConfig, SsvpHead};
 
-use super::model_common::{
-    check_dataset_args, feature_source, load_config, load_test_split, CacheArgs,
-};
+use super::model_common::{check_dataset_args, feature_source, load_test_split, CacheArgs};
 
 const TRAIN_HELP: &str = "\
 Trains on the labelled TEST split of the auxiliary dataset (all categories, masks; normal images
@@ -43,9 +41,9 @@ pub struct TrainArgs {
     /// Dataset layout name (mvtec, visa, ...) or `auto`.
     #[arg(long, default_value = "auto")]
     pub dataset: String,
-    /// Dataset root.
-    #[arg(long)]
-    pub root: PathBuf,
+    /// Dataset root (with --resume: the run's, unless given).
+    #[arg(long, required_unless_present = "resume")]
+    pub root: Option<PathBuf>,
     /// Run directory (refused when not empty, unless --resume or --force).
     #[arg(long)]
     pub out: PathBuf,
@@ -74,9 +72,10 @@ pub struct TrainArgs {
     /// Start over in a non-empty --out (removes the previous run's files).
     #[arg(long)]
     pub force: bool,
-    /// Side of the square masks the segmentation loss uses.
-    #[arg(long, default_value_t = DEFAULT_MASK_SIZE)]
-    pub mask_size: usize,
+    /// Side of the square masks the segmentation loss uses [default: 518; with --resume the
+    /// run's].
+    #[arg(long)]
+    pub mask_size: Option<usize>,
     /// Also checkpoint every N steps (always at the end of each epoch).
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
@@ -90,15 +89,64 @@ pub struct TrainArgs {
     pub cache: CacheArgs,
 }
 
+/// The data options of a resumed run: taken from the run, and refused when given otherwise.
+struct DataChoice {
+    root: PathBuf,
+    dataset: String,
+    categories: Vec<String>,
+    mask_size: usize,
+    skip_bad: bool,
+}
+
+fn resumed_data(args: &TrainArgs, state: &RunState) -> anyhow::Result<DataChoice> {
+    let data = &state.data;
+    let differs = |flag: &str, given: String, stored: String| {
+        anyhow::anyhow!(
+            "--resume: {flag} {given} differs from the run's {stored} (resume takes the run's \
+             options; start a new run to change them)"
+        )
+    };
+    if let Some(m) = args.mask_size {
+        if m != state.mask_size {
+            return Err(differs(
+                "--mask-size",
+                m.to_string(),
+                state.mask_size.to_string(),
+            ));
+        }
+    }
+    if !args.categories.is_empty() && args.categories != data.categories {
+        return Err(differs(
+            "--categories",
+            args.categories.join(","),
+            data.categories.join(","),
+        ));
+    }
+    if args.dataset != "auto" && !args.dataset.eq_ignore_ascii_case(&data.layout) {
+        return Err(differs(
+            "--dataset",
+            args.dataset.clone(),
+            data.layout.clone(),
+        ));
+    }
+    Ok(DataChoice {
+        root: args.root.clone().unwrap_or_else(|| data.root.clone()),
+        dataset: data.layout.clone(),
+        categories: data.categories.clone(),
+        mask_size: state.mask_size,
+        skip_bad: args.skip_bad || data.skip_bad,
+    })
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let layout = check_dataset_args(&args.dataset, &args.root)?;
-    let (run, cfg) = if args.resume {
+    let (run, cfg, choice) = if args.resume {
         let run = RunDir::open(&args.out).with_context(|| {
             format!("--resume: {} holds no run to continue", args.out.display())
         })?;
         let cfg = run.read_config()?;
+        let state = run.read_state()?;
         if let Some(path) = &args.config {
-            let given = load_config(Some(path), args.backbones.as_deref())?;
+            let given = SsvpConfig::load(Some(path), args.backbones.as_deref())?;
             anyhow::ensure!(
                 given == cfg,
                 "--resume continues with the run's own config.toml; {} differs from it",
@@ -120,9 +168,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             !args.augment || cfg.augment.enabled,
             "--resume: --augment differs from the run's config (augment.enabled = false)"
         );
-        (run, cfg)
+        let choice = resumed_data(&args, &state)?;
+        (run, cfg, choice)
     } else {
-        let mut cfg: SsvpConfig = load_config(args.config.as_deref(), args.backbones.as_deref())?;
+        let mut cfg: SsvpConfig =
+            SsvpConfig::load(args.config.as_deref(), args.backbones.as_deref())?;
         if let Some(e) = args.epochs {
             cfg.optim.epochs = e;
         }
@@ -139,14 +189,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             cfg.optim.epochs > 0 && cfg.optim.batch_size > 0,
             "epochs and batch size must be positive"
         );
-        (RunDir::create(&args.out, args.force)?, cfg)
+        let choice = DataChoice {
+            root: args
+                .root
+                .clone()
+                .expect("clap requires --root without --resume"),
+            dataset: args.dataset.clone(),
+            categories: args.categories.clone(),
+            mask_size: args.mask_size.unwrap_or(DEFAULT_MASK_SIZE),
+            skip_bad: args.skip_bad,
+        };
+        // Checked before the run directory is created, so a typo leaves nothing behind.
+        check_dataset_args(&choice.dataset, &choice.root)?;
+        (RunDir::create(&args.out, args.force)?, cfg, choice)
     };
+    let layout = check_dataset_args(&choice.dataset, &choice.root)?;
 
     let dataset = load_test_split(
-        &args.root,
+        &choice.root,
         layout,
-        &args.categories,
-        args.skip_bad,
+        &choice.categories,
+        choice.skip_bad,
         "training",
     )?;
     let samples = samples_from_dataset(&dataset);
@@ -172,7 +235,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         }
     );
     let opts = TrainOptions {
-        mask_size: args.mask_size,
+        mask_size: choice.mask_size,
         checkpoint_every: args.checkpoint_every,
         stop_after: args.max_steps,
         warm_cache: true,
@@ -216,13 +279,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     } else {
         Start::Fresh
     };
+    let mut data = training_data(&dataset);
+    data.skip_bad = choice.skip_bad;
     let summary = train(
         &run,
         &head,
-        &source,
+        source.as_source(),
         &encoder,
         &samples,
-        training_data(&dataset),
+        data,
         &opts,
         start,
         &mut on_event,

@@ -1,0 +1,169 @@
+//! `ssvp detect`: score a folder of images with a trained head (library: `ssvp_detect::job`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ssvp_detect::inputs::{collect, glob_set, require_some, Shard};
+use ssvp_detect::job::{run_detect, DetectJob};
+use ssvp_detect::output::files::FileOptions;
+use ssvp_detect::Detector;
+use ssvp_eval::maps::io::MapFormat;
+use ssvp_image::ColorScale;
+
+use super::detector_args::{expand_inputs, ModelArgs};
+
+const DETECT_HELP: &str = "\
+Inputs: image files (PNG, JPEG, BMP, TIFF; 8/16-bit, grey, RGB(A), palette), directories (walked
+recursively in sorted order, keeping png/jpg/jpeg/bmp/tif/tiff files, or those matching --glob
+relative to the directory), and `-` for a list of paths on stdin. EXIF orientation is applied and
+alpha is dropped (not composited), as in evaluation.
+
+Per image: backbones -> SSVP head with --class-name -> map upsampled and smoothed exactly as
+`ssvp eval` does (--map-size grid) -> resized to the image's own size -> calibrated score,
+decision and regions (connected areas of the map above the pixel threshold).
+
+Outputs in --out: detections.jsonl (one line per image, flushed as it finishes; failed images
+are lines with status \"error\"), detections.csv, report.html, run.json, maps/ (16-bit PNG:
+level = round(clamp((v - lo) / (hi - lo), 0, 1) * 65535) with [lo, hi] the map scale recorded
+in every record; or --map-format npy/tiff for exact float32), overlays/ and thumbs/ (JPEG),
+mirroring the input paths.
+
+Exit codes: 0 all images scored; 1 some image judged anomalous (only with --fail-on-anomaly);
+2 the command failed; 3 some images could not be scored (see their records). 3 wins over 1.
+
+Sharding: --shard K/N (0-based, as a Kubernetes indexed Job's JOB_COMPLETION_INDEX) scores the
+K-th of N contiguous slices of the sorted inputs; `ssvp report --out DIR SHARD_DIRS...` merges
+the shards' outputs into one JSONL/CSV/HTML report.";
+
+#[derive(clap::Args)]
+#[command(after_help = DETECT_HELP)]
+pub struct DetectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Calibration file of `ssvp calibrate` (threshold, calibrated scores, pixel threshold).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images, directories, or `-` (paths on stdin).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Keep the files of directories that match these patterns (relative to the directory,
+    /// e.g. `**/*.png`, `cam1/*`); repeatable.
+    #[arg(long)]
+    pub glob: Vec<String>,
+    /// Continue an interrupted run: skip the images already in detections.jsonl.
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Start over in an output directory that holds detections (they are deleted).
+    #[arg(long)]
+    pub force: bool,
+    /// Score only the K-th of N slices of the sorted inputs (0-based: 0/4 .. 3/4).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    /// Raw-score threshold of the decision (overrides the calibration's).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Map threshold of the regions (overrides the calibration's).
+    #[arg(long)]
+    pub pixel_threshold: Option<f32>,
+    /// Drop regions smaller than this many pixels.
+    #[arg(long, default_value_t = 1)]
+    pub min_region_area: usize,
+    /// Map file format: png (16-bit, scaled), npy or tiff (float32).
+    #[arg(long, default_value = "png")]
+    pub map_format: MapFormat,
+    /// Value range LO,HI of map PNGs and overlay colours (default: the calibration's display
+    /// range, else 0,1).
+    #[arg(long, value_name = "LO,HI", value_delimiter = ',', num_args = 2)]
+    pub map_scale: Option<Vec<f32>>,
+    /// Do not write maps.
+    #[arg(long)]
+    pub no_maps: bool,
+    /// Do not write overlays and thumbnails.
+    #[arg(long)]
+    pub no_overlays: bool,
+    /// Exit with code 1 when any image is judged anomalous.
+    #[arg(long)]
+    pub fail_on_anomaly: bool,
+    /// Title of the HTML report.
+    #[arg(long, default_value = "ssvp inspection report")]
+    pub title: String,
+}
+
+pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
+    let mut options = args.model.options();
+    options.image_threshold = args.threshold;
+    options.pixel_threshold = args.pixel_threshold;
+    options.min_region_area = args.min_region_area;
+    options.map_scale = args
+        .map_scale
+        .as_ref()
+        .map(|v| ColorScale::new(v[0], v[1]))
+        .transpose()
+        .context("--map-scale")?;
+    let globs = glob_set(&args.glob)?;
+    let paths = expand_inputs(&args.inputs)?;
+    let mut inputs = collect(&paths, globs.as_ref())?;
+    require_some(&inputs, &paths)?;
+    if let Some(shard) = &args.shard {
+        inputs = shard.select(&inputs);
+    }
+    let detector = Detector::load(&args.model.spec(options, args.calibration.clone()))?;
+    let job = DetectJob {
+        out_dir: args.out.clone(),
+        files: FileOptions {
+            map_format: (!args.no_maps).then_some(args.map_format),
+            overlays: !args.no_overlays,
+            ..FileOptions::default()
+        },
+        decode: args.model.decode(),
+        resume: args.resume,
+        force: args.force,
+        title: args.title.clone(),
+        shard: args.shard,
+    };
+    let bar =
+        ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "detect {bar:30} {pos}/{len} images {per_sec} [{elapsed}<{eta}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let summary = run_detect(&detector, &inputs, &job, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(format!("{} flagged, {} failed", p.flagged, p.failed));
+    })?;
+    bar.finish_and_clear();
+    let rate = summary.scored_now as f64 / summary.seconds.max(1e-9);
+    eprintln!(
+        "{} images in {} ({} scored now at {rate:.2} images/s{}): {} flagged anomalous, {} \
+         failed; {}",
+        summary.records,
+        args.out.display(),
+        summary.scored_now,
+        if summary.resumed > 0 {
+            format!(", {} done earlier", summary.resumed)
+        } else {
+            String::new()
+        },
+        summary.anomalous,
+        summary.failed,
+        match detector.image_threshold() {
+            Some(t) => format!("threshold {t:.6}"),
+            None => "no threshold (calibrate with `ssvp calibrate`, or pass --threshold)".into(),
+        }
+    );
+    Ok(if summary.failed > 0 {
+        ExitCode::from(3)
+    } else if args.fail_on_anomaly && summary.anomalous > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
