@@ -322,3 +322,70 @@ fn augmented_training_records_its_setting_and_rejects_bad_probabilities() {
         "augment.rotate_p must be a probability",
     );
 }
+
+/// `--resume` needs nothing but the run: root, categories, mask size and cache come from it
+/// (the cache directory is not part of the run; without it the features are recomputed).
+#[test]
+fn resume_takes_every_option_from_the_run() {
+    let st = setup();
+    let run = st.root.join("run");
+    ok(&ssvp(&train_args(
+        &st,
+        &run,
+        &["--epochs", "1", "--max-steps", "2"],
+    )));
+    ok(&ssvp(&[
+        "train",
+        "--resume",
+        "--out",
+        s(&run),
+        "--cache-dir",
+        s(&st.cache),
+    ]));
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["complete"], true);
+    assert_eq!(state["mask_size"], 48);
+    // A flag that contradicts the run is refused, naming both values.
+    fails_with(
+        &ssvp(&["train", "--resume", "--out", s(&run), "--mask-size", "64"]),
+        "--mask-size 64 differs from the run's 48",
+    );
+}
+
+/// A truncated PNG (its header is fine) is skipped under --skip-bad by train and eval, and
+/// stops both without it.
+#[test]
+fn skip_bad_skips_an_image_that_fails_to_decode() {
+    let st = setup();
+    let victim = st.data.join("woven/test/good/000.png");
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    let run = st.root.join("run");
+    let out = ssvp(&train_args(&st, &run, &["--epochs", "1"]));
+    assert_eq!(out.status.code(), Some(2));
+    let run = st.root.join("run2");
+    let out = ssvp(&train_args(&st, &run, &["--epochs", "1", "--skip-bad"]));
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("000.png"), "the skipped image is named: {err}");
+    assert!(err.contains("training on 15 images"), "{err}");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            s(&run),
+            "--root",
+            s(&st.data),
+            "--categories",
+            "woven",
+            "--eval-size",
+            "48",
+            "--no-cache",
+        ];
+        args.extend_from_slice(extra);
+        ssvp(&args)
+    };
+    assert_eq!(eval(&[]).status.code(), Some(2));
+    ok(&eval(&["--skip-bad"]));
+}

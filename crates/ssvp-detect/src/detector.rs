@@ -718,3 +718,38 @@ pub fn features_of_files(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server shares one detector between request threads.
+    #[test]
+    fn a_detector_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Detector>();
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let bad = |o: DetectorOptions| o.validate().unwrap_err().to_string();
+        assert!(bad(DetectorOptions {
+            class_name: " ".into(),
+            ..DetectorOptions::default()
+        })
+        .contains("class name"));
+        assert!(bad(DetectorOptions {
+            tiling: Some(Tiling {
+                size: 64,
+                overlap: 64
+            }),
+            ..DetectorOptions::default()
+        })
+        .contains("overlap"));
+        assert!(bad(DetectorOptions {
+            map_scale: Some(ColorScale { lo: 1.0, hi: 0.0 }),
+            ..DetectorOptions::default()
+        })
+        .contains("map scale"));
+    }
+}
