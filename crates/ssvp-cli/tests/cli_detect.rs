@@ -2,50 +2,16 @@
 //! small synthetic set: the files, the exit codes, bad inputs, stdin lists and globs, shards and
 //! their merged report, a calibration of another model refused, and detect == eval.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
+use common::{ok, s, ssvp, ssvp_stdin, stderr};
 use serde_json::Value;
-
-fn ssvp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ssvp"))
-        .args(args)
-        .output()
-        .expect("run ssvp")
-}
-
-fn ssvp_stdin(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssvp"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run ssvp");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
 
 fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: &Output) {
-    assert!(out.status.success(), "ssvp failed: {}", stderr(out));
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn records(dir: &Path) -> Vec<Value> {

@@ -3,35 +3,12 @@
 //! `ssvp metrics`, and the same numbers when `ssvp metrics` re-evaluates the saved maps), and
 //! exit code 2 with a clear message for bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{fails_with, ok, s, ssvp};
 use serde_json::Value;
-
-fn ssvp(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ssvp"))
-        .args(args)
-        .output()
-        .expect("run ssvp")
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "ssvp failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn fails_with(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit code 2: {err}");
-    assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 struct Setup {
     _tmp: tempfile::TempDir,

@@ -11,10 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
-use ssvp_backbones::clip::{ClipConfig, ClipModel};
-use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
-use ssvp_backbones::weights::seeded_var_builder;
+use candle_core::Device;
 use ssvp_detect::input::{decode_image, DecodeOptions};
 use ssvp_detect::{Detection, Detector, DetectorOptions, Tiling};
 use ssvp_model::{Backbones, SsvpConfig, SsvpHead};
@@ -56,24 +53,7 @@ fn photo_png(width: u32, height: u32, seed: u32) -> Vec<u8> {
 fn paper_detector(tiling: Option<Tiling>) -> anyhow::Result<Detector> {
     let dev = Device::Cpu;
     let cfg = SsvpConfig::default();
-    let clip = ClipModel::new(
-        &ClipConfig::preset("ViT-L-14-336")?,
-        seeded_var_builder(1, DType::F32, &dev),
-        "seeded ViT-L/14@336",
-    )?;
-    let dino = Dinov3Model::new(
-        &Dinov3Config::vitl16(),
-        seeded_var_builder(2, DType::F32, &dev),
-    )?;
-    let backbones = Backbones::from_models(
-        clip,
-        dino,
-        &cfg.backbones,
-        &cfg.model,
-        "seeded:1".into(),
-        "seeded:2".into(),
-        &dev,
-    )?;
+    let backbones = Backbones::seeded_vitl(&cfg.backbones, &cfg.model, &dev)?;
     let head = SsvpHead::new(&cfg, &dev)?;
     Ok(Detector::new(
         head,

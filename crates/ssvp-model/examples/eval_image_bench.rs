@@ -9,10 +9,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use ssvp_backbones::clip::{ClipConfig, ClipModel};
-use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
-use ssvp_backbones::weights::seeded_var_builder;
+use candle_core::{Device, Tensor};
 use ssvp_eval::postprocess::postprocess_map;
 use ssvp_model::{stack_features, Backbones, Mode, SsvpConfig, SsvpHead};
 
@@ -55,24 +52,7 @@ fn main() -> anyhow::Result<()> {
         .max(1);
     let dev = Device::Cpu;
     let cfg = SsvpConfig::default();
-    let clip = ClipModel::new(
-        &ClipConfig::preset("ViT-L-14-336")?,
-        seeded_var_builder(1, DType::F32, &dev),
-        "seeded ViT-L/14@336",
-    )?;
-    let dino = Dinov3Model::new(
-        &Dinov3Config::vitl16(),
-        seeded_var_builder(2, DType::F32, &dev),
-    )?;
-    let backbones = Backbones::from_models(
-        clip,
-        dino,
-        &cfg.backbones,
-        &cfg.model,
-        "seeded:1".into(),
-        "seeded:2".into(),
-        &dev,
-    )?;
+    let backbones = Backbones::seeded_vitl(&cfg.backbones, &cfg.model, &dev)?;
     let head = SsvpHead::new(&cfg, &dev)?;
     let m = &cfg.model;
     // T_init of the image's category, as `evaluate` computes once per category (not timed).

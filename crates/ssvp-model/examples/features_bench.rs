@@ -9,10 +9,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device};
-use ssvp_backbones::clip::{ClipConfig, ClipModel};
-use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
-use ssvp_backbones::weights::seeded_var_builder;
+use candle_core::Device;
 use ssvp_model::{Backbones, FeatureSource, PromptTextEncoder, SsvpConfig};
 
 /// Peak resident memory of this process (Linux), in MiB.
@@ -59,24 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
         "vitl" => {
             let cfg = SsvpConfig::default();
-            let clip = ClipModel::new(
-                &ClipConfig::preset("ViT-L-14-336")?,
-                seeded_var_builder(1, DType::F32, &dev),
-                "seeded ViT-L/14@336",
-            )?;
-            let dino = Dinov3Model::new(
-                &Dinov3Config::vitl16(),
-                seeded_var_builder(2, DType::F32, &dev),
-            )?;
-            Backbones::from_models(
-                clip,
-                dino,
-                &cfg.backbones,
-                &cfg.model,
-                "seeded:1".into(),
-                "seeded:2".into(),
-                &dev,
-            )?
+            Backbones::seeded_vitl(&cfg.backbones, &cfg.model, &dev)?
         }
         other => anyhow::bail!("unknown bench `{other}` (tiny | vitl)"),
     };

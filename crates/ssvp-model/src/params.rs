@@ -19,17 +19,14 @@ pub enum Init {
     Uniform { lo: f64, hi: f64 },
 }
 
-/// SplitMix64 followed by Box-Muller: tiny, portable and good enough for weight init.
+/// SplitMix64 ([`ssvp_util::rng`]) followed by Box-Muller: tiny, portable and good enough for
+/// weight init.
 #[derive(Debug)]
-struct Rng(u64);
+struct Rng(ssvp_util::rng::SplitMix64);
 
 impl Rng {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in the open interval (0, 1).
@@ -57,7 +54,7 @@ impl ParamBuilder {
         Self {
             varmap,
             prefix: String::new(),
-            rng: Rc::new(RefCell::new(Rng(seed))),
+            rng: Rc::new(RefCell::new(Rng(ssvp_util::rng::SplitMix64::new(seed)))),
             device: device.clone(),
         }
     }

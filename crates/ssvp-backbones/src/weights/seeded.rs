@@ -24,16 +24,13 @@ struct SeededWeights {
     seed: u64,
 }
 
-/// SplitMix64: tiny, fast, and fully specified, so values are identical on every platform.
-struct SplitMix64(u64);
+/// SplitMix64 ([`ssvp_util::rng`]: fully specified, so values are identical on every platform)
+/// with the mappings of the seeded weights.
+struct SplitMix64(ssvp_util::rng::SplitMix64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in (0, 1].
@@ -48,15 +45,11 @@ impl SplitMix64 {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 impl SeededWeights {
     fn values(&self, shape: &Shape, name: &str) -> Vec<f32> {
-        let mut rng = SplitMix64(self.seed ^ fnv1a(name.as_bytes()));
+        let mut rng = SplitMix64(ssvp_util::rng::SplitMix64::new(
+            self.seed ^ ssvp_util::rng::fnv1a(name.as_bytes()),
+        ));
         let dims = shape.dims();
         let leaf = name.rsplit('.').next().unwrap_or(name);
         let (mean, std) = if dims.len() <= 1 {

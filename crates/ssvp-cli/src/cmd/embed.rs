@@ -360,23 +360,8 @@ fn write_atomically(
             ))
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| anyhow::anyhow!("--out {} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = safetensors::serialize_to_file(data, Some(metadata), &tmp)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    let result = ssvp_util::fs::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(data, Some(metadata), tmp).map_err(anyhow::Error::from)
+    });
     result.with_context(|| format!("writing {}", path.display()))
 }

@@ -13,31 +13,18 @@
 //! (against 0.637 and 0.400 without), image AUROC 0.379 -> 0.53 (against 0.594); the last digit
 //! moves with float summation order over the 160 augmented steps.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::Device;
 use ssvp_detect::evaluate::{evaluate, EvalOptions};
 use ssvp_detect::{Detector, DetectorOptions};
-use ssvp_eval::datasets::{self, LoadOptions, Split};
-use ssvp_eval::synth::{generate, Kind, SynthConfig};
+use ssvp_eval::synth::Kind;
 use ssvp_model::features::{Backbones, CacheStorage, FeatureCache};
 use ssvp_model::run_dir::RunDir;
 use ssvp_model::train::{samples_from_dataset, train, training_data, Start, TrainOptions};
 use ssvp_model::{SsvpConfig, SsvpHead};
 
-fn load(root: &Path, categories: &[&str]) -> datasets::Dataset {
-    datasets::load(
-        root,
-        &LoadOptions {
-            split: Some(Split::Test),
-            categories: categories.iter().map(|c| c.to_string()).collect(),
-            ..LoadOptions::default()
-        },
-    )
-    .expect("synthetic benchmark loads")
-    .dataset
-}
+use crate::common::{synth, test_split};
 
 type Report = ssvp_eval::report::EvaluationReport;
 
@@ -46,19 +33,9 @@ type Report = ssvp_eval::report::EvaluationReport;
 fn train_and_evaluate(augment: bool) -> (Report, Report) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(
-        &data,
-        &SynthConfig {
-            kinds: Kind::ALL.to_vec(),
-            per_category: 16,
-            size: 96,
-            seed: 5,
-        },
-        false,
-    )
-    .unwrap();
-    let train_set = load(&data, &["woven", "grain", "disc", "board"]);
-    let eval_set = load(&data, &["speckle", "screw"]);
+    synth(&data, &Kind::ALL, 16, 96, 5);
+    let train_set = test_split(&data, &["woven", "grain", "disc", "board"]);
+    let eval_set = test_split(&data, &["speckle", "screw"]);
 
     let mut cfg = SsvpConfig::tiny();
     cfg.optim.lr_rest = 1e-3;

@@ -5,20 +5,17 @@
 //! platform. `sin`/`cos` of the platform libm may differ in the last bit between systems; ours
 //! are a fixed polynomial.
 
-/// SplitMix64 (Steele, Lea, Flood 2014): tiny, full-period, good enough for pictures.
+/// SplitMix64 ([`ssvp_util::rng`]) with this benchmark's mappings to floats and integers.
 #[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
+pub struct SplitMix64(ssvp_util::rng::SplitMix64);
 
 impl SplitMix64 {
     pub fn new(seed: u64) -> Self {
-        Self { state: seed }
+        Self(ssvp_util::rng::SplitMix64::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.state)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1) with 53 random bits.
@@ -42,18 +39,11 @@ impl SplitMix64 {
     }
 }
 
-/// The SplitMix64 finaliser: a strong 64-bit mixing function.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use ssvp_util::rng::mix64;
 
 /// FNV-1a of a name, to derive per-kind seeds that do not depend on list order.
 pub fn hash_name(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
-    })
+    ssvp_util::rng::fnv1a(name.as_bytes())
 }
 
 pub const PI: f64 = std::f64::consts::PI;

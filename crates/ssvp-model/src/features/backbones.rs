@@ -180,6 +180,35 @@ impl Backbones {
         )
     }
 
+    /// The paper's towers, CLIP ViT-L/14@336 and DINOv3 ViT-L/16, with seeded random weights
+    /// (seeds 1 and 2) at the sizes of `cfg`: what the benchmarks time at the real sizes when no
+    /// checkpoint is at hand. The features carry no meaning.
+    pub fn seeded_vitl(
+        cfg: &BackbonesConfig,
+        model_cfg: &ModelConfig,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let clip = ClipModel::new(
+            &ClipConfig::preset("ViT-L-14-336")?,
+            seeded_var_builder(1, DType::F32, device),
+            "seeded ViT-L/14@336",
+        )?;
+        let dino = Dinov3Model::new(
+            &Dinov3Config::vitl16(),
+            seeded_var_builder(2, DType::F32, device),
+        )
+        .map_err(|e| anyhow::anyhow!("building the seeded DINOv3 ViT-L/16: {e}"))?;
+        Self::from_models(
+            clip,
+            dino,
+            cfg,
+            model_cfg,
+            "seeded:1".into(),
+            "seeded:2".into(),
+            device,
+        )
+    }
+
     /// Assembles already-built towers (weights from anywhere, e.g. a seeded `VarBuilder` for a
     /// benchmark) with the same checks as [`Backbones::load`]. `clip_weights` / `dino_weights`
     /// are the content fingerprints recorded in the identity.

@@ -1,0 +1,54 @@
+//! Running the `ssvp` binary from the CLI tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `ssvp` with `args`.
+pub fn ssvp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ssvp"))
+        .args(args)
+        .output()
+        .expect("run ssvp")
+}
+
+/// Runs `ssvp` with `args` and `stdin` as its standard input.
+pub fn ssvp_stdin(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssvp"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ssvp");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// What the command wrote to stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts success, showing stderr otherwise.
+pub fn ok(out: &Output) {
+    assert!(out.status.success(), "ssvp failed: {}", stderr(out));
+}
+
+/// Asserts exit code 2 and a message containing `needle`.
+pub fn fails_with(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "expected exit code 2: {err}");
+    assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
+}
+
+/// A path as an argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
