@@ -11,6 +11,7 @@
 //! Loaded once, it scores from any number of threads (`&self`): the towers and the head are
 //! read-only, and the text features of each class name are computed once and kept.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -479,6 +480,63 @@ impl Detector {
     /// Detects with another class name (refused when calibrated: a calibration holds for the
     /// class it was made with).
     pub fn detect_as(&self, images: &[InputImage], class_name: &str) -> Result<Vec<Detection>> {
+        let prepared = self.prepare(Cow::Borrowed(images));
+        self.detect_prepared(&prepared, class_name)
+    }
+
+    /// Cuts images into the units the backbones see (the whole image, or its tiles) and
+    /// preprocesses the whole images: the part of [`Detector::detect`] that a batch run does on
+    /// its decoding thread, so that it overlaps the backbones' work on the previous batch.
+    /// Tiles are cut and preprocessed when they are scored, so that a huge image never holds
+    /// the inputs of all its tiles at once; so is a chunk whose preprocessing fails here, so
+    /// that its error is reported by [`Detector::detect_prepared`].
+    pub fn prepare<'a>(&self, images: Cow<'a, [InputImage]>) -> PreparedBatch<'a> {
+        let mut units: Vec<(usize, Option<Tile>)> = Vec::new();
+        for (i, input) in images.iter().enumerate() {
+            let (w, h) = (input.image.width, input.image.height);
+            match &self.options.tiling {
+                Some(t) if w > t.size || h > t.size => {
+                    units.extend(layout(w, h, t).into_iter().map(|tile| (i, Some(tile))));
+                }
+                _ => units.push((i, None)),
+            }
+        }
+        let mut pixels = Vec::new();
+        for chunk in units.chunks(self.options.batch_size) {
+            pixels.push(if chunk.iter().all(|(_, tile)| tile.is_none()) {
+                let refs: Vec<&RgbImage8> = chunk.iter().map(|(i, _)| &images[*i].image).collect();
+                self.preprocess(&refs).ok()
+            } else {
+                None
+            });
+        }
+        PreparedBatch {
+            images,
+            units,
+            pixels,
+        }
+    }
+
+    /// Both towers' inputs of a chunk, and the time it took.
+    fn preprocess(&self, images: &[&RgbImage8]) -> Result<Preprocessed> {
+        let started = Instant::now();
+        let (clip, dino) = self
+            .backbones
+            .preprocess_batch(images)
+            .map_err(Error::model)?;
+        Ok(Preprocessed {
+            clip,
+            dino,
+            ms: ms_since(started),
+        })
+    }
+
+    /// Scores a batch made by [`Detector::prepare`].
+    pub fn detect_prepared(
+        &self,
+        batch: &PreparedBatch<'_>,
+        class_name: &str,
+    ) -> Result<Vec<Detection>> {
         if class_name.trim().is_empty() {
             return Err(Error::invalid("the class name must not be empty"));
         }
@@ -493,22 +551,16 @@ impl Detector {
                 ));
             }
         }
-        // Cut every image into the units the backbones see: the whole image, or its tiles.
-        let mut units: Vec<(usize, Option<Tile>)> = Vec::new();
-        for (i, input) in images.iter().enumerate() {
-            let (w, h) = (input.image.width, input.image.height);
-            match &self.options.tiling {
-                Some(t) if w > t.size || h > t.size => {
-                    units.extend(layout(w, h, t).into_iter().map(|tile| (i, Some(tile))));
-                }
-                _ => units.push((i, None)),
-            }
-        }
+        let images = &batch.images;
         let mut per_image: Vec<Assembly> = images
             .iter()
             .map(|input| Assembly::new(input, self.options.tiling.as_ref()))
             .collect();
-        for chunk in units.chunks(self.options.batch_size) {
+        for (chunk, ready) in batch
+            .units
+            .chunks(self.options.batch_size)
+            .zip(&batch.pixels)
+        {
             let crops: Vec<Option<RgbImage8>> = chunk
                 .iter()
                 .map(|(i, tile)| tile.map(|t| crop(&images[*i].image, &t)))
@@ -518,22 +570,24 @@ impl Detector {
                 .zip(&crops)
                 .map(|((i, _), c)| c.as_ref().unwrap_or(&images[*i].image))
                 .collect();
-            let started = Instant::now();
-            let (clip, dino) = self
-                .backbones
-                .preprocess_batch(&pixels)
-                .map_err(Error::model)?;
-            let preprocess_ms = ms_since(started);
+            let lazy;
+            let pre = match ready {
+                Some(p) => p,
+                None => {
+                    lazy = self.preprocess(&pixels)?;
+                    &lazy
+                }
+            };
             let started = Instant::now();
             let features = self
                 .backbones
-                .features_from_pixels(&clip, &dino)
+                .features_from_pixels(&pre.clip, &pre.dino)
                 .map_err(Error::model)?;
             let backbones_ms = ms_since(started);
             let (scores, head_ms, post_ms) = self.score_features_timed(&features, class_name)?;
             let n = chunk.len() as f64;
             let share = Timings {
-                preprocess_ms: preprocess_ms / n,
+                preprocess_ms: pre.ms / n,
                 backbones_ms: backbones_ms / n,
                 head_ms: head_ms / n,
                 postprocess_ms: post_ms / n,
@@ -546,7 +600,7 @@ impl Detector {
         let gamma = self.head.model_config().gamma;
         per_image
             .into_iter()
-            .zip(images)
+            .zip(images.iter())
             .map(|(assembly, input)| self.finish(assembly, input, class_name, gamma))
             .collect()
     }
@@ -599,6 +653,34 @@ impl Detector {
             map,
         })
     }
+}
+
+/// Images ready for the backbones: see [`Detector::prepare`].
+pub struct PreparedBatch<'a> {
+    images: Cow<'a, [InputImage]>,
+    /// `(image index, tile)` in scoring order; `None` = the whole image.
+    units: Vec<(usize, Option<Tile>)>,
+    /// Per chunk of `batch_size` units: the towers' inputs when already preprocessed.
+    pixels: Vec<Option<Preprocessed>>,
+}
+
+impl PreparedBatch<'_> {
+    /// The images of the batch, in order.
+    pub fn images(&self) -> &[InputImage] {
+        &self.images
+    }
+
+    /// The images, owned.
+    pub fn into_images(self) -> Vec<InputImage> {
+        self.images.into_owned()
+    }
+}
+
+/// Both towers' inputs of one chunk.
+struct Preprocessed {
+    clip: Tensor,
+    dino: Tensor,
+    ms: f64,
 }
 
 /// The partial result of one image while its units come back from the backbones.

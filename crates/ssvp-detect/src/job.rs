@@ -1,11 +1,13 @@
 //! Batch runs over files: `ssvp detect` ([`run_detect`]), `ssvp calibrate`
 //! ([`calibrate_files`]) and `ssvp report` ([`merge_runs`]).
 //!
-//! Decoding overlaps inference: a second thread reads and decodes the next images (up to two
-//! batches ahead, so memory stays bounded) while the backbones run on the current batch. A file
+//! Decoding and preprocessing overlap inference: a second thread reads, decodes and preprocesses
+//! the next batches (up to two ahead, so memory stays bounded) while the backbones run on the
+//! current one. A file
 //! that cannot be read or decoded becomes an error record and the run goes on; if the model
 //! fails on a batch, its images are retried one by one so that one odd image costs only itself.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::calibrate::{Calibration, NormalScore};
 use crate::detection::Detection;
-use crate::detector::Detector;
+use crate::detector::{Detector, PreparedBatch};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{read_image, DecodeOptions, InputImage};
 use crate::inputs::{InputFile, Shard};
@@ -43,8 +45,17 @@ type Outcome = Result<(InputImage, Detection)>;
 /// The consumer of [`scan`]'s outcomes; its error stops the scan.
 type OnItem<'a> = dyn FnMut(&InputFile, Outcome) -> Result<()> + 'a;
 
-/// Decodes `inputs` on a second thread, scores them in batches of the detector's batch size and
-/// hands every outcome, in input order within each batch, to `on_item`.
+/// What the decoding thread hands to the scoring loop, in input order.
+enum Decoded {
+    /// An input that could not be read.
+    Failed(usize, Error),
+    /// A batch of decoded images (their input indices), cut and preprocessed for the backbones.
+    Batch(Vec<usize>, PreparedBatch<'static>),
+}
+
+/// Decodes and preprocesses `inputs` on a second thread (up to two batches ahead, so memory
+/// stays bounded), scores them in batches of the detector's batch size, and hands every
+/// outcome to `on_item`.
 fn scan(
     detector: &Detector,
     inputs: &[&InputFile],
@@ -53,55 +64,82 @@ fn scan(
 ) -> Result<()> {
     let batch_size = detector.options().batch_size;
     std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<(usize, Result<InputImage>)>(2 * batch_size);
+        let (tx, rx) = sync_channel::<Decoded>(2);
         scope.spawn(move || {
+            let mut pending: Vec<(usize, InputImage)> = Vec::with_capacity(batch_size);
+            let send_batch = |pending: &mut Vec<(usize, InputImage)>| {
+                let (idx, images): (Vec<usize>, Vec<InputImage>) =
+                    std::mem::take(pending).into_iter().unzip();
+                let prepared = detector.prepare(Cow::Owned(images));
+                tx.send(Decoded::Batch(idx, prepared)).is_ok()
+            };
             for (i, input) in inputs.iter().enumerate() {
-                let decoded = read_image(&input.path, decode);
-                if tx.send((i, decoded)).is_err() {
-                    break; // the consumer stopped (an I/O error on its side)
-                }
-            }
-        });
-        let mut batch: Vec<(usize, InputImage)> = Vec::with_capacity(batch_size);
-        for (i, decoded) in rx {
-            match decoded {
-                Ok(img) => {
-                    batch.push((i, img));
-                    if batch.len() == batch_size {
-                        score_batch(detector, inputs, std::mem::take(&mut batch), on_item)?;
+                match read_image(&input.path, decode) {
+                    Ok(img) => {
+                        pending.push((i, img));
+                        if pending.len() == batch_size && !send_batch(&mut pending) {
+                            return; // the scoring loop stopped (an I/O error on its side)
+                        }
+                    }
+                    Err(e) => {
+                        if tx.send(Decoded::Failed(i, e)).is_err() {
+                            return;
+                        }
                     }
                 }
-                Err(e) => on_item(inputs[i], Err(e))?,
+            }
+            if !pending.is_empty() {
+                send_batch(&mut pending);
+            }
+        });
+        for message in rx {
+            match message {
+                Decoded::Failed(i, e) => on_item(inputs[i], Err(e))?,
+                Decoded::Batch(idx, prepared) => {
+                    score_batch(detector, inputs, &idx, prepared, on_item)?
+                }
             }
         }
-        score_batch(detector, inputs, batch, on_item)
+        Ok(())
     })
 }
 
-/// Scores one batch of decoded images and reports each outcome.
+/// Scores one prepared batch and reports each outcome.
 fn score_batch(
     detector: &Detector,
     inputs: &[&InputFile],
-    items: Vec<(usize, InputImage)>,
+    idx: &[usize],
+    prepared: PreparedBatch<'static>,
     on_item: &mut OnItem<'_>,
 ) -> Result<()> {
-    if items.is_empty() {
-        return Ok(());
-    }
-    let images: Vec<InputImage> = items.iter().map(|(_, img)| img.clone()).collect();
-    match detector.detect(&images) {
+    let class = detector.options().class_name.clone();
+    match detector.detect_prepared(&prepared, &class) {
         Ok(detections) => {
-            for ((i, img), det) in items.into_iter().zip(detections) {
-                on_item(inputs[i], Ok((img, det)))?;
+            let images = prepared.into_images();
+            for ((i, img), det) in idx.iter().zip(images).zip(detections) {
+                on_item(inputs[*i], Ok((img, det)))?;
             }
+            Ok(())
         }
-        Err(_) if items.len() > 1 => {
-            for (i, img) in items {
-                let one = detector.detect(std::slice::from_ref(&img));
-                on_item(inputs[i], one.map(|mut d| (img, d.remove(0))))?;
-            }
-        }
-        Err(e) => on_item(inputs[items[0].0], Err(e))?,
+        Err(e) => retry_one_by_one(detector, inputs, idx, prepared.into_images(), e, on_item),
+    }
+}
+
+/// After a batch failed: each image alone, so that one odd image costs only itself.
+fn retry_one_by_one(
+    detector: &Detector,
+    inputs: &[&InputFile],
+    idx: &[usize],
+    images: Vec<InputImage>,
+    err: Error,
+    on_item: &mut OnItem<'_>,
+) -> Result<()> {
+    if images.len() == 1 {
+        return on_item(inputs[idx[0]], Err(err));
+    }
+    for (i, img) in idx.iter().zip(images) {
+        let one = detector.detect(std::slice::from_ref(&img));
+        on_item(inputs[*i], one.map(|mut d| (img, d.remove(0))))?;
     }
     Ok(())
 }
