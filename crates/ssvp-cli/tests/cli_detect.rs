@@ -151,6 +151,18 @@ fn calibrate_detect_report_and_exit_codes() {
     assert!(stderr(&out).contains("0 scored now"), "{}", stderr(&out));
     assert_eq!(records(&out_dir).len(), 21);
 
+    // An output folder inside the input tree is not scored by the next run.
+    let inner = test_dir.join("ssvp-out");
+    let mut args = vec!["detect"];
+    args.extend(model(&st, "woven"));
+    args.extend(["--out", s(&inner), "--resume", s(&test_dir)]);
+    ok(&ssvp(&args));
+    let out = ssvp(&args);
+    ok(&out);
+    assert!(stderr(&out).contains("20 images"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("0 scored now"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&inner).unwrap();
+
     // --fail-on-anomaly: exit 1 when something is flagged (threshold 0 flags everything).
     let mut args = vec!["detect"];
     args.extend(model(&st, "woven"));

@@ -156,6 +156,18 @@ fn walk(
     Ok(())
 }
 
+/// The inputs that do not lie inside `out_dir`: an output folder placed inside the input tree
+/// must not have its overlays and maps scored by the next run.
+pub fn outside(inputs: Vec<InputFile>, out_dir: &Path) -> Vec<InputFile> {
+    let Ok(out) = std::path::absolute(out_dir) else {
+        return inputs;
+    };
+    inputs
+        .into_iter()
+        .filter(|f| std::path::absolute(&f.path).map_or(true, |p| !p.starts_with(&out)))
+        .collect()
+}
+
 /// Paths listed one per line (the `-` input): blank lines and surrounding whitespace ignored.
 pub fn parse_list(text: &str) -> Vec<PathBuf> {
     text.lines()
@@ -285,6 +297,12 @@ mod tests {
         let named = collect(&[root.join("notes.txt"), root.join("notes.txt")], None).unwrap();
         assert_eq!(named.len(), 1);
         assert!(glob_set(&["[".to_string()]).is_err());
+        // An output folder inside the input tree is left out.
+        let kept = outside(
+            collect(&[root.to_path_buf()], None).unwrap(),
+            &root.join("b"),
+        );
+        assert_eq!(rel(kept), vec!["a.png", "c/d/e.tif"]);
         assert_eq!(
             parse_list(" a.png\n\n b/c.png \n"),
             vec![PathBuf::from("a.png"), PathBuf::from("b/c.png")]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssvp_detect::inputs::{collect, glob_set, require_some, Shard};
+use ssvp_detect::inputs::{collect, glob_set, outside, require_some, Shard};
 use ssvp_detect::job::{run_detect, DetectJob};
 use ssvp_detect::output::files::FileOptions;
 use ssvp_detect::Detector;
@@ -107,7 +107,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
         .context("--map-scale")?;
     let globs = glob_set(&args.glob)?;
     let paths = expand_inputs(&args.inputs)?;
-    let mut inputs = collect(&paths, globs.as_ref())?;
+    let mut inputs = outside(collect(&paths, globs.as_ref())?, &args.out);
     require_some(&inputs, &paths)?;
     if let Some(shard) = &args.shard {
         inputs = shard.select(&inputs);
