@@ -28,3 +28,12 @@ pub fn keep_freed_memory() -> bool {
         false
     }
 }
+
+/// The process's peak resident memory so far in MiB (`VmHWM` of `/proc/self/status`), for
+/// benchmarks' memory columns; `None` where the kernel does not report it.
+pub fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -616,14 +616,15 @@ impl Detector {
         let mut timings = assembly.timings;
         timings.decode_ms = input.decode_ms;
         let started = Instant::now();
-        let (map, score_global, score_local, tiles) = assembly.into_map()?;
+        let scored = assembly.into_map()?;
         timings.postprocess_ms += ms_since(started);
-        let score = if tiles == 1 {
-            score_global.1
-        } else {
-            (1.0 - gamma) * score_global.0 + gamma * score_local
+        let (map, tiles) = (scored.map, scored.tiles);
+        let (score_global, score_local) = (scored.max_global, scored.max_local);
+        // One unit: the head's own S_final; tiles: the rule of the tiling module.
+        let score = match scored.single_score {
+            Some(s) if tiles == 1 => s,
+            _ => (1.0 - gamma) * score_global + gamma * score_local,
         };
-        let score_global = score_global.0;
         let threshold = self.image_threshold();
         let calibration = self.calibration.as_ref();
         let started = Instant::now();
@@ -691,12 +692,23 @@ struct Assembly {
     stitcher: Option<Stitcher>,
     /// The map of an image scored whole.
     whole: Option<AnomalyMap>,
-    /// `(max over units of S_global, S_final of the single unit)`.
-    global: (f64, f64),
+    /// Max over units of `S_global`.
+    max_global: f64,
     /// Max over units of `S_local`.
-    local: f64,
+    max_local: f64,
+    /// `S_final` of the last unit (the image's own score when it was scored whole).
+    single_score: Option<f64>,
     tiles: usize,
     timings: Timings,
+}
+
+/// An image's assembled result.
+struct Scored {
+    map: AnomalyMap,
+    max_global: f64,
+    max_local: f64,
+    single_score: Option<f64>,
+    tiles: usize,
 }
 
 impl Assembly {
@@ -710,8 +722,9 @@ impl Assembly {
             height,
             stitcher,
             whole: None,
-            global: (f64::NEG_INFINITY, f64::NAN),
-            local: f64::NEG_INFINITY,
+            max_global: f64::NEG_INFINITY,
+            max_local: f64::NEG_INFINITY,
+            single_score: None,
             tiles: 0,
             timings: Timings::default(),
         }
@@ -731,16 +744,17 @@ impl Assembly {
             (Some(tile), Some(st)) => st.add(tile, &map)?,
             _ => self.whole = Some(map),
         }
-        self.global = (self.global.0.max(score.score_global), score.score);
-        self.local = self.local.max(score.score_local);
+        self.max_global = self.max_global.max(score.score_global);
+        self.max_local = self.max_local.max(score.score_local);
+        self.single_score = Some(score.score);
         self.tiles += 1;
         self.timings.add(share);
         self.timings.postprocess_ms += ms_since(started);
         Ok(())
     }
 
-    /// The map at the image's size, `(max S_global, S_final)`, max `S_local`, tile count.
-    fn into_map(self) -> Result<(AnomalyMap, (f64, f64), f64, usize)> {
+    /// The map at the image's size with the scores of its units.
+    fn into_map(self) -> Result<Scored> {
         let map = match (self.stitcher, self.whole) {
             (Some(st), _) => st.finish()?,
             (None, Some(map)) => map,
@@ -752,7 +766,13 @@ impl Assembly {
                 )))
             }
         };
-        Ok((map, self.global, self.local, self.tiles))
+        Ok(Scored {
+            map,
+            max_global: self.max_global,
+            max_local: self.max_local,
+            single_score: self.single_score,
+            tiles: self.tiles,
+        })
     }
 }
 

@@ -17,15 +17,7 @@ use ssvp_model::{stack_features, Backbones, Mode, SsvpConfig, SsvpHead};
 const DEFAULT_EVAL_SIZE: usize = 518;
 
 fn vm_hwm_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    ssvp_backbones::runtime::peak_resident_mib().unwrap_or(f64::NAN)
 }
 
 fn load_avg() -> String {
