@@ -117,6 +117,13 @@ pub fn min_images(alpha: f64) -> usize {
     ((1.0 / alpha) - 1e-9).ceil() as usize - 1
 }
 
+/// How many of `n` normal images are held out for the false-alarm check and how many are left
+/// for the fit: `(fit, held)`, with `held = round(n · holdout_fraction)`.
+pub fn split_sizes(n: usize, holdout_fraction: f64) -> (usize, usize) {
+    let held = ((n as f64 * holdout_fraction).round() as usize).min(n);
+    (n - held, held)
+}
+
 /// `ceil((n + 1)(1 - alpha))`, robust to the rounding of `1 - alpha`.
 fn conformal_rank(n: usize, alpha: f64) -> usize {
     ((n as f64 + 1.0) * (1.0 - alpha) - 1e-9).ceil().max(1.0) as usize
@@ -171,7 +178,7 @@ impl Calibration {
                 "a normal image has a non-finite score or map ({bad:?})"
             )));
         }
-        let held = (normal.len() as f64 * holdout_fraction).round() as usize;
+        let (_, held) = split_sizes(normal.len(), holdout_fraction);
         let order = permutation(normal.len(), seed);
         let (held_idx, fit_idx) = order.split_at(held);
         let n = fit_idx.len();
@@ -402,6 +409,10 @@ mod tests {
         assert_eq!(conformal_rank(99, 0.01), 99);
         assert_eq!(conformal_rank(19, 0.05), 19);
         assert_eq!(conformal_rank(100, 0.1), 91);
+        // The CLI's up-front check and the fit split the same way, halves included.
+        assert_eq!(split_sizes(124, 0.2), (99, 25));
+        assert_eq!(split_sizes(5, 0.5), (2, 3));
+        assert_eq!(split_sizes(10, 0.0), (10, 0));
     }
 
     #[test]

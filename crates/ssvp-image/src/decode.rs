@@ -78,16 +78,22 @@ pub(crate) fn check_len(width: usize, height: usize, channels: usize, len: usize
     Ok(())
 }
 
-/// Reads and decodes an image file (format from its content, not its extension) to RGB8.
+/// How the evaluation reads images: as stored (EXIF ignored, like Pillow's `Image.open`, since
+/// GT masks are in stored order) and without a pixel budget (a benchmark is trusted data).
+const AS_STORED: DecodeOptions = DecodeOptions {
+    max_pixels: u64::MAX,
+    orientation: ExifOrientation::Ignore,
+};
+
+/// Reads and decodes an image file (format from its content, not its extension) to RGB8, as
+/// stored. The one decoder of [`decode_rgb8_checked`], with no pixel budget and EXIF ignored.
 pub fn load_rgb8(path: impl AsRef<Path>) -> Result<RgbImage8> {
-    let path = path.as_ref();
-    to_rgb8(read(path)?, path)
+    Ok(load_rgb8_checked(path, &AS_STORED)?.image)
 }
 
-/// Decodes an in-memory encoded image to RGB8.
+/// Decodes an in-memory encoded image to RGB8, as stored (see [`load_rgb8`]).
 pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage8> {
-    let path = Path::new("<memory>");
-    to_rgb8(decode(bytes, path)?, path)
+    Ok(decode_rgb8_checked(bytes, Path::new("<memory>"), &AS_STORED)?.image)
 }
 
 /// Reads an image file as one 8-bit channel: gray as is, colour through Pillow's luma formula,

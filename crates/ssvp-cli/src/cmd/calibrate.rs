@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssvp_detect::calibrate::{min_images, DEFAULT_TARGET_FPR};
+use ssvp_detect::calibrate::{min_images, split_sizes, DEFAULT_TARGET_FPR};
 use ssvp_detect::inputs::{collect, glob_set, require_some};
 use ssvp_detect::job::{calibrate_files, CalibrateJob};
 use ssvp_detect::Detector;
@@ -64,7 +64,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let inputs = collect(&paths, globs.as_ref())?;
     require_some(&inputs, &paths)?;
     let needed = min_images(args.target_fpr);
-    let usable = ((inputs.len() as f64) * (1.0 - args.holdout)).round() as usize;
+    let (usable, _) = split_sizes(inputs.len(), args.holdout);
     if usable < needed {
         // Said before any image is scored, since scoring can take a while.
         anyhow::bail!(

@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ssvp_detect::detector::{load_run, DEFAULT_MAP_SIZE};
 use ssvp_detect::evaluate::{evaluate, EvalOptions};
 use ssvp_detect::{Detector, DetectorOptions};
+use ssvp_eval::datasets::CheckLevel;
 use ssvp_eval::metrics::predictions::scores_csv;
 
 use super::model_common::{check_dataset_args, feature_source, load_test_split, CacheArgs};
@@ -104,6 +105,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         layout,
         &args.categories,
         args.skip_bad,
+        // A file that fails to decode later is skipped by the evaluation itself (its batch is
+        // retried image by image), so no image is decoded twice.
+        CheckLevel::Headers,
         "evaluation",
     )?;
     let opts = EvalOptions {

@@ -47,11 +47,14 @@ pub fn check_dataset_args(dataset: &str, root: &Path) -> anyhow::Result<Option<L
 
 /// The labelled test split of a dataset (what the zero-shot protocol trains and evaluates on),
 /// with skipped samples listed on stderr; `purpose` names the data in the error context.
+/// `check` is how thoroughly files are checked before the run (`Decode` catches truncated images
+/// up front, for a run that has no other way to skip them).
 pub fn load_test_split(
     root: &Path,
     layout: Option<Layout>,
     categories: &[String],
     skip_bad: bool,
+    check: CheckLevel,
     purpose: &str,
 ) -> anyhow::Result<Dataset> {
     let loaded = datasets::load(
@@ -65,13 +68,7 @@ pub fn load_test_split(
             } else {
                 OnProblem::Fail
             },
-            // Under --skip-bad every image is decoded once up front, so that a truncated file
-            // is skipped here rather than failing the run when its features are computed.
-            check: if skip_bad {
-                CheckLevel::Decode
-            } else {
-                CheckLevel::Headers
-            },
+            check,
         },
     )
     .with_context(|| format!("reading the {purpose} data in {}", root.display()))?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ssvp_eval::datasets::CheckLevel;
 use ssvp_model::features::Backbones;
 use ssvp_model::run_dir::{RunDir, RunState};
 use ssvp_model::train::{
@@ -210,6 +211,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         layout,
         &choice.categories,
         choice.skip_bad,
+        // Under --skip-bad every image is decoded once up front: training has no other way to
+        // skip a truncated file, whose features it computes only in the first epoch.
+        if choice.skip_bad {
+            CheckLevel::Decode
+        } else {
+            CheckLevel::Headers
+        },
         "training",
     )?;
     let samples = samples_from_dataset(&dataset);
