@@ -377,6 +377,7 @@ mod tests {
         ModelIdentity {
             checkpoint: "run".into(),
             head: "h".into(),
+            bank: String::new(),
             backbones: "b".into(),
             backbone_names: "tiny / tiny".into(),
         }
@@ -388,6 +389,7 @@ mod tests {
             map_size: 64,
             postprocess: Default::default(),
             tiling: None,
+            memory: None,
         }
     }
 

@@ -18,14 +18,25 @@ pub struct Detection {
     pub height: usize,
     /// The class name the prompts used.
     pub class_name: String,
-    /// The raw image score: the head's `S_final = (1 - γ)·S_global + γ·S_local` (or its tiled
-    /// form, see docs/detect.md), in [0, 1]. Comparable only between images scored with the
-    /// same model and settings.
+    /// What scored: `head` (the trained SSVP head), `references` (distances to a bank of good
+    /// images), `mutual` (the images of a set scoring each other) or `fused` (the head with
+    /// references or mutual scores).
+    pub mode: String,
+    /// The raw image score. With the head: `S_final = (1 - γ)·S_global + γ·S_local` (or its
+    /// tiled form, see docs/detect.md), in [0, 1]; with references: the mean of the top 1 % of
+    /// the patch distances; mutual: the largest patch score (RsCIN-rescored if asked); fused:
+    /// the mean of the head's score and the normalised distance score (docs/training-free.md).
+    /// Comparable only between images scored with the same model and settings.
     pub score: f64,
-    /// The global (CLIP/DINO CLS) part of the score.
-    pub score_global: f64,
-    /// The local part of the score (the maximum of the token-grid map).
-    pub score_local: f64,
+    /// The head's `S_final` (`None` without a head).
+    pub score_head: Option<f64>,
+    /// The global (CLIP/DINO CLS) part of the head's score.
+    pub score_global: Option<f64>,
+    /// The local part of the head's score (the maximum of the token-grid map).
+    pub score_local: Option<f64>,
+    /// The training-free image score, raw: references' top-1 % mean distance or the mutual
+    /// score (`None` with the head alone).
+    pub score_distance: Option<f64>,
     /// The score mapped to [0, 1] by the calibration: monotone in `score`, 0.5 at the
     /// threshold, so `calibrated_score > 0.5` is exactly `anomalous`. `None` uncalibrated.
     pub calibrated_score: Option<f64>,
@@ -104,6 +115,9 @@ pub struct Timings {
     pub backbones_ms: f64,
     /// The SSVP head.
     pub head_ms: f64,
+    /// The training-free scorer: the bank search or the mutual scoring of the set.
+    #[serde(default)]
+    pub memory_ms: f64,
     /// Upsampling, smoothing, resizing to the image and stitching tiles.
     pub postprocess_ms: f64,
     /// Thresholding the map into regions.
@@ -117,6 +131,7 @@ impl Timings {
             + self.preprocess_ms
             + self.backbones_ms
             + self.head_ms
+            + self.memory_ms
             + self.postprocess_ms
             + self.regions_ms
     }
@@ -126,6 +141,7 @@ impl Timings {
         self.preprocess_ms += other.preprocess_ms;
         self.backbones_ms += other.backbones_ms;
         self.head_ms += other.head_ms;
+        self.memory_ms += other.memory_ms;
         self.postprocess_ms += other.postprocess_ms;
         self.regions_ms += other.regions_ms;
     }

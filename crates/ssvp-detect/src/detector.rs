@@ -3,9 +3,10 @@
 //! whichever front scored it.
 //!
 //! ```text
-//! decoded image ─(tiles)─► preprocess ─► CLIP + DINOv3 ─► SSVP head (class prompts) ─► token map,
-//! S_final ─► upsample to map_size, Gaussian (= ssvp eval) ─► resize to the tile/image ─(stitch)─►
-//! map at the image's resolution ─► calibration (score, p-value, decision) ─► regions
+//! decoded image ─(tiles)─► preprocess ─► CLIP + DINOv3 ─► SSVP head (class prompts) and/or
+//! references / mutual scoring (crate::memory) ─► token map, score ─► upsample to map_size,
+//! Gaussian (= ssvp eval) ─► (fuse) ─► resize to the tile/image ─(stitch)─► map at the image's
+//! resolution ─► calibration (score, p-value, decision) ─► regions
 //! ```
 //!
 //! Loaded once, it scores from any number of threads (`&self`): the towers and the head are
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 use ssvp_eval::maps::regions::regions_above;
 use ssvp_eval::postprocess::{postprocess_map, resize_map, AnomalyMap, PostprocessConfig};
 use ssvp_image::{ColorScale, RgbImage8};
+use ssvp_memory::score::top_fraction_mean;
 use ssvp_model::features::{stack_features, Backbones, FeatureSource, ImageFeatures};
 use ssvp_model::run_dir::TrainedRun;
 use ssvp_model::{Mode, SsvpConfig, SsvpHead};
@@ -31,6 +33,7 @@ use crate::calibrate::Calibration;
 use crate::detection::{Detection, MapStats, Timings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::InputImage;
+use crate::memory::{normalise_distance, set_scale, tapped, Memory, MemorySpec, MutualConfig, Tap};
 use crate::tiling::{crop, layout, Stitcher, Tile, Tiling};
 
 /// The side of the square grid maps are post-processed on before being resized to the image:
@@ -122,6 +125,24 @@ pub struct DetectorSettings {
     pub postprocess: PostprocessConfig,
     /// Tile size and overlap, if images are tiled.
     pub tiling: Option<Tiling>,
+    /// The training-free scorer's settings (`None`: the head alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemorySettings>,
+}
+
+/// What changes the training-free scores besides the bank's contents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum MemorySettings {
+    /// Distances to a bank.
+    References {
+        /// The bank's taps.
+        taps: Vec<String>,
+        /// The averaged share of top patch distances.
+        top_fraction: f64,
+    },
+    /// Mutual scoring.
+    Mutual(MutualConfig),
 }
 
 /// What scores: the trained head and the backbones it was trained on, by content.
@@ -130,8 +151,11 @@ pub struct ModelIdentity {
     /// The run directory the head came from, as named (informative only).
     pub checkpoint: String,
     /// SHA-256 of the head's trainable tensors (by name, f32 little-endian) and its `[model]`
-    /// config: a retrained or reconfigured head has another.
+    /// config: a retrained or reconfigured head has another. Empty without a head.
     pub head: String,
+    /// SHA-256 of the reference bank (its vectors and metadata); empty without one.
+    #[serde(default)]
+    pub bank: String,
     /// The backbones' identity digest (`BackboneIdentity::digest`: weights fingerprints, input
     /// sizes, layers, preprocessing).
     pub backbones: String,
@@ -149,6 +173,11 @@ impl ModelIdentity {
                 what,
                 short_or_none(&other.checkpoint),
                 short_or_none(&self.checkpoint)
+            ));
+        }
+        if self.bank != other.bank {
+            diffs.push(format!(
+                "the reference bank differs ({what} was made with another)"
             ));
         }
         if self.backbones != other.backbones {
@@ -176,16 +205,28 @@ fn short_or_none(s: &str) -> &str {
     }
 }
 
-/// What the head gives for one image or tile before it is brought to the image's size.
-#[derive(Clone, Debug)]
-pub struct HeadScore {
+/// The head's scores of one image or tile.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HeadParts {
     /// `S_final`.
     pub score: f64,
     /// `S_global`.
-    pub score_global: f64,
+    pub global: f64,
     /// `S_local`.
-    pub score_local: f64,
-    /// The fused map upsampled to `map_size x map_size` and smoothed, exactly as evaluated.
+    pub local: f64,
+}
+
+/// What the scorers give for one image or tile before it is brought to the image's size.
+#[derive(Clone, Debug)]
+pub struct UnitScore {
+    /// The score of the detector's mode (see [`Detection::score`]).
+    pub score: f64,
+    /// The head's scores, when there is a head.
+    pub head: Option<HeadParts>,
+    /// The training-free image score, when there is a bank or mutual scoring.
+    pub distance: Option<f64>,
+    /// The map upsampled to `map_size x map_size` and smoothed, exactly as evaluated (fused:
+    /// the mean of the normalised maps).
     pub map: AnomalyMap,
 }
 
@@ -193,11 +234,14 @@ pub struct HeadScore {
 /// or post-processing, and a calibration.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
-    /// Run directory written by `ssvp train`.
-    pub checkpoint: PathBuf,
+    /// Run directory written by `ssvp train` (`None`: no head; then `memory` must be given).
+    pub checkpoint: Option<PathBuf>,
     /// Take the `[backbones]` and `[postprocess]` sections from this config instead of the
-    /// run's (the head always comes from the run).
+    /// run's (the head always comes from the run). Without a checkpoint: the backbones and
+    /// post-processing (default: the paper's).
     pub config: Option<PathBuf>,
+    /// A training-free scorer: a bank, references to build one from, or mutual scoring.
+    pub memory: Option<MemorySpec>,
     /// `tiny`: the seeded tiny backbones instead of the run's.
     pub backbones_preset: Option<String>,
     /// A calibration file of `ssvp calibrate`.
@@ -260,9 +304,30 @@ pub fn load_run(
     })
 }
 
+/// The backbones (and map post-processing) of a config file or preset, for scoring without a
+/// trained head: the paper's CLIP ViT-L/14@336 and DINOv3 ViT-L/16 when neither is given.
+pub fn load_backbones(
+    config: Option<&Path>,
+    preset: Option<&str>,
+    device: &Device,
+) -> Result<(Arc<Backbones>, PostprocessConfig)> {
+    let cfg = SsvpConfig::load(config, preset)
+        .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+    let backbones = Backbones::load(&cfg.backbones, &cfg.model, device)
+        .map_err(|e| Error::model(e.context("loading the backbones")))?;
+    Ok((Arc::new(backbones), cfg.postprocess))
+}
+
+/// Per image its training-free score and patch-score grid, and the normal scale fused scores
+/// divide by.
+type MemoryOutputs = (Vec<(f64, Vec<f32>)>, Option<f32>);
+
 /// The loaded model and how it decides. See the module docs.
 pub struct Detector {
-    head: SsvpHead,
+    head: Option<SsvpHead>,
+    memory: Option<Memory>,
+    /// Upsampling and smoothing of every map (the run's or the config's `[postprocess]`).
+    postprocess: PostprocessConfig,
     backbones: Arc<Backbones>,
     identity: ModelIdentity,
     options: DetectorOptions,
@@ -271,21 +336,56 @@ pub struct Detector {
     text: Mutex<HashMap<String, Tensor>>,
 }
 
+/// The bank files of a reference folder that could not be read, as a load reports them.
+pub type Skipped = Vec<(PathBuf, Error)>;
+
 impl Detector {
-    /// Loads the run, its backbones and the calibration of `spec`.
+    /// Loads the run, its backbones, the memory and the calibration of `spec`.
     pub fn load(spec: &LoadSpec) -> Result<Self> {
+        Ok(Self::load_reporting(spec)?.0)
+    }
+
+    /// [`Detector::load`], also returning the reference files that were skipped as unreadable.
+    pub fn load_reporting(spec: &LoadSpec) -> Result<(Self, Skipped)> {
         spec.options.validate()?;
-        let loaded = load_run(
-            &spec.checkpoint,
-            spec.config.as_deref(),
-            spec.backbones_preset.as_deref(),
-            &spec.device,
-        )?;
-        let detector = Self::from_run(loaded, spec.options.clone())?;
-        match &spec.calibration {
-            Some(path) => detector.with_calibration(Calibration::read(path)?),
-            None => Ok(detector),
-        }
+        let detector = match &spec.checkpoint {
+            Some(checkpoint) => {
+                let loaded = load_run(
+                    checkpoint,
+                    spec.config.as_deref(),
+                    spec.backbones_preset.as_deref(),
+                    &spec.device,
+                )?;
+                Self::from_run(loaded, spec.options.clone())?
+            }
+            None => {
+                if spec.memory.is_none() {
+                    return Err(Error::invalid(
+                        "nothing to score with: give a trained run (--checkpoint), good reference \
+                         images (--normal) or a bank (--bank), or score the inputs mutually \
+                         (--mutual)",
+                    ));
+                }
+                let (backbones, postprocess) = load_backbones(
+                    spec.config.as_deref(),
+                    spec.backbones_preset.as_deref(),
+                    &spec.device,
+                )?;
+                Self::without_head(backbones, postprocess, spec.options.clone())?
+            }
+        };
+        let (detector, skipped) = match &spec.memory {
+            Some(memory) => {
+                let (memory, skipped) = memory.load(&detector.backbones, &spec.device)?;
+                (detector.with_memory(memory)?, skipped)
+            }
+            None => (detector, Vec::new()),
+        };
+        let detector = match &spec.calibration {
+            Some(path) => detector.with_calibration(Calibration::read(path)?)?,
+            None => detector,
+        };
+        Ok((detector, skipped))
     }
 
     /// A detector over a loaded run.
@@ -303,7 +403,6 @@ impl Detector {
         backbones: Arc<Backbones>,
         options: DetectorOptions,
     ) -> Result<Self> {
-        options.validate()?;
         let id = backbones.identity();
         let m = head.model_config();
         if m.clip_dim != id.clip_dim
@@ -324,20 +423,69 @@ impl Detector {
                 ),
             ));
         }
+        let postprocess = head.config().postprocess.clone();
+        let mut detector = Self::without_head(backbones, postprocess, options)?;
+        detector.identity.head = head_digest(&head)?;
+        detector.head = Some(head);
+        Ok(detector)
+    }
+
+    /// A detector with no trained head: give it a memory ([`Detector::with_memory`]) before
+    /// detecting. `postprocess` smooths its maps as evaluation does.
+    pub fn without_head(
+        backbones: Arc<Backbones>,
+        postprocess: PostprocessConfig,
+        options: DetectorOptions,
+    ) -> Result<Self> {
+        options.validate()?;
+        let id = backbones.identity();
         let identity = ModelIdentity {
             checkpoint: String::new(),
-            head: head_digest(&head)?,
+            head: String::new(),
+            bank: String::new(),
             backbones: id.digest(),
             backbone_names: format!("{} / {}", id.clip, id.dino),
         };
         Ok(Self {
-            head,
+            head: None,
+            memory: None,
+            postprocess,
             backbones,
             identity,
             options,
             calibration: None,
             text: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Adds a training-free scorer (with a head: the fused mode). A bank must come from these
+    /// backbones; mutual scoring compares whole images and refuses tiling; fusing references
+    /// needs a bank of two or more images (their leave-one-out distances set the scale).
+    pub fn with_memory(mut self, memory: Memory) -> Result<Self> {
+        if let Memory::References { bank, taps, .. } = &memory {
+            let id = self.backbones.identity();
+            let names: Vec<String> = taps.iter().map(|t| t.name(id)).collect();
+            bank.check_compatible(&id.digest(), &format!("{} / {}", id.clip, id.dino), &names)?;
+            if self.head.is_some() && bank.meta().normal_scale.is_none() {
+                return Err(Error::new(
+                    ErrorKind::NotEnoughData,
+                    "fusing the head with references needs at least 2 reference images (their \
+                     leave-one-out distances set the scale the two are averaged on)",
+                ));
+            }
+            self.identity.bank = bank_digest(bank)?;
+        }
+        if let Memory::Mutual(config) = &memory {
+            config.validate()?;
+            if self.options.tiling.is_some() {
+                return Err(Error::invalid(
+                    "mutual scoring compares whole images with each other; it cannot be tiled \
+                     (drop --tile)",
+                ));
+            }
+        }
+        self.memory = Some(memory);
+        Ok(self)
     }
 
     /// Applies a calibration, refusing one made for another model or other settings.
@@ -352,13 +500,33 @@ impl Detector {
         &self.identity
     }
 
+    /// `head`, `references`, `mutual` or `fused`.
+    pub fn mode(&self) -> &'static str {
+        match (&self.head, &self.memory) {
+            (Some(_), Some(_)) => "fused",
+            (None, Some(Memory::References { .. })) => "references",
+            (None, Some(Memory::Mutual(_))) => "mutual",
+            _ => "head",
+        }
+    }
+
     /// The settings that change scores and maps.
     pub fn settings(&self) -> DetectorSettings {
+        let id = self.backbones.identity();
         DetectorSettings {
             class_name: self.options.class_name.clone(),
             map_size: self.options.map_size,
-            postprocess: self.head.config().postprocess.clone(),
+            postprocess: self.postprocess.clone(),
             tiling: self.options.tiling,
+            memory: self.memory.as_ref().map(|m| match m {
+                Memory::References {
+                    taps, top_fraction, ..
+                } => MemorySettings::References {
+                    taps: taps.iter().map(|t| t.name(id)).collect(),
+                    top_fraction: *top_fraction,
+                },
+                Memory::Mutual(config) => MemorySettings::Mutual(config.clone()),
+            }),
         }
     }
 
@@ -377,9 +545,28 @@ impl Detector {
         &self.backbones
     }
 
-    /// The trained head.
-    pub fn head(&self) -> &SsvpHead {
-        &self.head
+    /// The trained head, if any.
+    pub fn head(&self) -> Option<&SsvpHead> {
+        self.head.as_ref()
+    }
+
+    /// The training-free scorer, if any.
+    pub fn memory(&self) -> Option<&Memory> {
+        self.memory.as_ref()
+    }
+
+    /// Upsampling and smoothing of the maps.
+    pub fn postprocess(&self) -> &PostprocessConfig {
+        &self.postprocess
+    }
+
+    /// Images per call of the scorers in a batch run: the backbones' batch size, or for mutual
+    /// scoring the size of a set (every image of a call scores the others).
+    pub fn set_size(&self) -> Option<usize> {
+        match &self.memory {
+            Some(Memory::Mutual(c)) => Some(c.set_size),
+            _ => None,
+        }
     }
 
     /// The value range of map PNGs and overlay colours (see [`DetectorOptions::map_scale`]).
@@ -387,7 +574,13 @@ impl Detector {
         self.options
             .map_scale
             .or_else(|| self.calibration.as_ref().map(|c| c.display_scale()))
-            .unwrap_or(ColorScale { lo: 0.0, hi: 1.0 })
+            .unwrap_or(match self.mode() {
+                // Cosine distances of good patches stay well under 0.5.
+                "references" => ColorScale { lo: 0.0, hi: 0.5 },
+                // Euclidean distances of unit vectors lie in [0, 2]; good patches near 0.5.
+                "mutual" => ColorScale { lo: 0.0, hi: 1.0 },
+                _ => ColorScale { lo: 0.0, hi: 1.0 },
+            })
     }
 
     /// The raw-score threshold of decisions, if any.
@@ -405,7 +598,7 @@ impl Detector {
     }
 
     /// `T_init` of a class: computed on first use, then shared by every call.
-    fn text_features(&self, class_name: &str) -> Result<Tensor> {
+    fn text_features(&self, head: &SsvpHead, class_name: &str) -> Result<Tensor> {
         let mut cache = self
             .text
             .lock()
@@ -414,8 +607,7 @@ impl Detector {
             return Ok(t.clone());
         }
         let encoder = self.backbones.prompt_encoder().map_err(Error::model)?;
-        let t = self
-            .head
+        let t = head
             .encode_prompts(&encoder, class_name)
             .map_err(|e| {
                 Error::model(
@@ -428,26 +620,38 @@ impl Detector {
         Ok(t)
     }
 
-    /// The head on backbone features of a batch, each map post-processed onto the
-    /// `map_size x map_size` grid. This is the step `ssvp eval` measures.
+    /// The scorers on backbone features of a batch, each map post-processed onto the
+    /// `map_size x map_size` grid. This is the step `ssvp eval` measures. With mutual scoring
+    /// the batch is the set: every image scores the others.
     pub fn score_features(
         &self,
         features: &[ImageFeatures],
         class_name: &str,
-    ) -> Result<Vec<HeadScore>> {
-        Ok(self.score_features_timed(features, class_name)?.0)
+    ) -> Result<Vec<UnitScore>> {
+        self.score_features_with(features, class_name, self.memory.as_ref())
     }
 
-    /// [`Detector::score_features`] with the head's time and the post-processing time.
-    fn score_features_timed(
+    /// [`Detector::score_features`] with another memory than the detector's own (evaluation
+    /// draws a bank per category).
+    pub fn score_features_with(
         &self,
         features: &[ImageFeatures],
         class_name: &str,
-    ) -> Result<(Vec<HeadScore>, f64, f64)> {
-        let started = Instant::now();
-        let t_init = self.text_features(class_name)?;
+        memory: Option<&Memory>,
+    ) -> Result<Vec<UnitScore>> {
+        Ok(self.score_features_timed(features, class_name, memory)?.0)
+    }
+
+    /// The head's raw outputs: per image its parts and its token-grid map.
+    fn head_outputs(
+        &self,
+        head: &SsvpHead,
+        features: &[ImageFeatures],
+        class_name: &str,
+    ) -> Result<Vec<(HeadParts, Vec<f32>)>> {
+        let t_init = self.text_features(head, class_name)?;
         let batch = stack_features(features)?;
-        let out = self.head.forward(&batch, &t_init, &Mode::Eval, None)?;
+        let out = head.forward(&batch, &t_init, &Mode::Eval, None)?;
         let maps = out.fused_map.to_dtype(DType::F32)?.to_vec3::<f32>()?;
         let as_f64 = |t: &Tensor| t.to_dtype(DType::F64)?.to_vec1::<f64>();
         let (scores, globals, locals) = (
@@ -455,20 +659,134 @@ impl Detector {
             as_f64(&out.score_global)?,
             as_f64(&out.score_local)?,
         );
+        Ok(maps
+            .into_iter()
+            .enumerate()
+            .map(|(i, map)| {
+                let parts = HeadParts {
+                    score: scores[i],
+                    global: globals[i],
+                    local: locals[i],
+                };
+                (parts, map.into_iter().flatten().collect())
+            })
+            .collect())
+    }
+
+    /// The training-free scorer's raw outputs: per image its score and patch-score grid, and
+    /// the normal scale fused scores divide by.
+    fn memory_outputs(&self, memory: &Memory, features: &[ImageFeatures]) -> Result<MemoryOutputs> {
+        match memory {
+            Memory::References {
+                bank,
+                taps,
+                top_fraction,
+            } => {
+                let mut out = Vec::with_capacity(features.len());
+                for f in features {
+                    let grid = bank.distances(&tapped(f, taps))?;
+                    out.push((f64::from(top_fraction_mean(&grid, *top_fraction)), grid));
+                }
+                Ok((out, bank.meta().normal_scale))
+            }
+            Memory::Mutual(config) => {
+                let scales = self.backbones.identity().clip_layers.len();
+                let taps: Vec<Tap> = config.taps.resolve(scales)?;
+                let layers: Vec<Vec<Tensor>> = taps
+                    .iter()
+                    .map(|t| features.iter().map(|f| t.of(f).clone()).collect())
+                    .collect();
+                let grid = features.first().map(|f| f.grid).unwrap_or((0, 0));
+                let patches = ssvp_memory::mutual::mutual_scores(&layers, grid, &config.options)?;
+                let mut scores: Vec<f64> = patches
+                    .iter()
+                    .map(|p| f64::from(p.iter().copied().fold(f32::NEG_INFINITY, f32::max)))
+                    .collect();
+                if let Some(windows) = &config.rscin {
+                    let globals = rscin_globals(features, taps[0])?;
+                    scores = ssvp_memory::mutual::rscin(&scores, &globals, windows)?;
+                }
+                let scale = set_scale(&patches);
+                Ok((scores.into_iter().zip(patches).collect(), Some(scale)))
+            }
+        }
+    }
+
+    /// [`Detector::score_features_with`] with the scorers' times (head, memory) and the
+    /// post-processing time.
+    fn score_features_timed(
+        &self,
+        features: &[ImageFeatures],
+        class_name: &str,
+        memory: Option<&Memory>,
+    ) -> Result<(Vec<UnitScore>, f64, f64, f64)> {
+        if features.is_empty() {
+            return Ok((Vec::new(), 0.0, 0.0, 0.0));
+        }
+        let started = Instant::now();
+        let head = match &self.head {
+            Some(h) => Some(self.head_outputs(h, features, class_name)?),
+            None => None,
+        };
         let head_ms = ms_since(started);
         let started = Instant::now();
-        let pp = &self.head.config().postprocess;
-        let mut results = Vec::with_capacity(maps.len());
-        for (i, map) in maps.into_iter().enumerate() {
-            let flat: Vec<f32> = map.into_iter().flatten().collect();
-            results.push(HeadScore {
-                score: scores[i],
-                score_global: globals[i],
-                score_local: locals[i],
-                map: postprocess_map(&flat, batch.grid, self.options.map_size, pp)?,
-            });
+        let distances = match memory {
+            Some(m) => Some(self.memory_outputs(m, features)?),
+            None => None,
+        };
+        let memory_ms = ms_since(started);
+        if head.is_none() && distances.is_none() {
+            return Err(Error::invalid(
+                "this detector has neither a head nor references nor mutual scoring",
+            ));
         }
-        Ok((results, head_ms, ms_since(started)))
+        let started = Instant::now();
+        let grid = features[0].grid;
+        let (size, pp) = (self.options.map_size, &self.postprocess);
+        let mut results = Vec::with_capacity(features.len());
+        for i in 0..features.len() {
+            let head_part = head.as_ref().map(|h| &h[i]);
+            let dist_part = distances.as_ref().map(|(d, scale)| (&d[i], *scale));
+            let unit = match (head_part, dist_part) {
+                (Some((parts, map)), None) => UnitScore {
+                    score: parts.score,
+                    head: Some(*parts),
+                    distance: None,
+                    map: postprocess_map(map, grid, size, pp)?,
+                },
+                (None, Some(((score, map), _))) => UnitScore {
+                    score: *score,
+                    head: None,
+                    distance: Some(*score),
+                    map: postprocess_map(map, grid, size, pp)?,
+                },
+                (Some((parts, hmap)), Some(((score, dmap), scale))) => {
+                    let scale = scale.filter(|s| *s > 0.0).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::NotEnoughData,
+                            "no normal distance scale to fuse with (a bank of one image?)",
+                        )
+                    })?;
+                    let mut map = postprocess_map(hmap, grid, size, pp)?;
+                    let dmap = postprocess_map(dmap, grid, size, pp)?;
+                    for (m, d) in map.data.iter_mut().zip(&dmap.data) {
+                        *m = 0.5 * (*m + normalise_distance(*d, scale));
+                    }
+                    let fused_distance = f64::from(normalise_distance(*score as f32, scale));
+                    UnitScore {
+                        score: 0.5 * (parts.score + fused_distance),
+                        head: Some(*parts),
+                        distance: Some(*score),
+                        map,
+                    }
+                }
+                (None, None) => {
+                    return Err(Error::invalid("no scorer gave a result for this image"))
+                }
+            };
+            results.push(unit);
+        }
+        Ok((results, head_ms, memory_ms, ms_since(started)))
     }
 
     /// Detects with the configured class name.
@@ -556,6 +874,9 @@ impl Detector {
             .iter()
             .map(|input| Assembly::new(input, self.options.tiling.as_ref()))
             .collect();
+        // Mutual scoring needs the features of the whole set before any image can be scored.
+        let whole_set = matches!(self.memory, Some(Memory::Mutual(_)));
+        let mut held: Vec<(usize, ImageFeatures, Timings)> = Vec::new();
         for (chunk, ready) in batch
             .units
             .chunks(self.options.batch_size)
@@ -584,20 +905,46 @@ impl Detector {
                 .features_from_pixels(&pre.clip, &pre.dino)
                 .map_err(Error::model)?;
             let backbones_ms = ms_since(started);
-            let (scores, head_ms, post_ms) = self.score_features_timed(&features, class_name)?;
             let n = chunk.len() as f64;
             let share = Timings {
                 preprocess_ms: pre.ms / n,
                 backbones_ms: backbones_ms / n,
-                head_ms: head_ms / n,
-                postprocess_ms: post_ms / n,
                 ..Timings::default()
+            };
+            if whole_set {
+                held.extend(chunk.iter().zip(features).map(|((i, _), f)| (*i, f, share)));
+                continue;
+            }
+            let (scores, head_ms, memory_ms, post_ms) =
+                self.score_features_timed(&features, class_name, self.memory.as_ref())?;
+            let share = Timings {
+                head_ms: head_ms / n,
+                memory_ms: memory_ms / n,
+                postprocess_ms: post_ms / n,
+                ..share
             };
             for (((i, tile), unit_pixels), score) in chunk.iter().zip(&pixels).zip(scores) {
                 per_image[*i].add(tile.as_ref(), unit_pixels, score, &share)?;
             }
         }
-        let gamma = self.head.model_config().gamma;
+        if whole_set {
+            let (idx, rest): (Vec<usize>, Vec<(ImageFeatures, Timings)>) =
+                held.into_iter().map(|(i, f, t)| (i, (f, t))).unzip();
+            let (features, shares): (Vec<ImageFeatures>, Vec<Timings>) = rest.into_iter().unzip();
+            let (scores, head_ms, memory_ms, post_ms) =
+                self.score_features_timed(&features, class_name, self.memory.as_ref())?;
+            let n = features.len().max(1) as f64;
+            for ((i, score), share) in idx.into_iter().zip(scores).zip(shares) {
+                let share = Timings {
+                    head_ms: head_ms / n,
+                    memory_ms: memory_ms / n,
+                    postprocess_ms: post_ms / n,
+                    ..share
+                };
+                per_image[i].add(None, &images[i].image, score, &share)?;
+            }
+        }
+        let gamma = self.head.as_ref().map(|h| h.model_config().gamma);
         per_image
             .into_iter()
             .zip(images.iter())
@@ -611,7 +958,7 @@ impl Detector {
         assembly: Assembly,
         input: &InputImage,
         class_name: &str,
-        gamma: f64,
+        gamma: Option<f64>,
     ) -> Result<Detection> {
         let mut timings = assembly.timings;
         timings.decode_ms = input.decode_ms;
@@ -619,11 +966,19 @@ impl Detector {
         let scored = assembly.into_map()?;
         timings.postprocess_ms += ms_since(started);
         let (map, tiles) = (scored.map, scored.tiles);
-        let (score_global, score_local) = (scored.max_global, scored.max_local);
-        // One unit: the head's own S_final; tiles: the rule of the tiling module.
-        let score = match scored.single_score {
-            Some(s) if tiles == 1 => s,
-            _ => (1.0 - gamma) * score_global + gamma * score_local,
+        let head = scored.head;
+        let score_head = match (head, gamma) {
+            (Some(h), _) if tiles == 1 => Some(h.score),
+            // Tiles of the head alone: S_final of the maxima (the tiling module's rule).
+            (Some(h), Some(g)) => Some((1.0 - g) * h.global + g * h.local),
+            _ => None,
+        };
+        // One unit: its own score. Tiles: the head's tiled S_final alone, otherwise the
+        // highest tile score.
+        let score = match (tiles, self.memory.is_some(), score_head) {
+            (1, _, _) => scored.max_score,
+            (_, false, Some(s)) => s,
+            _ => scored.max_score,
         };
         let threshold = self.image_threshold();
         let calibration = self.calibration.as_ref();
@@ -637,9 +992,12 @@ impl Detector {
             width: map.width,
             height: map.height,
             class_name: class_name.to_string(),
+            mode: self.mode().to_string(),
             score,
-            score_global,
-            score_local,
+            score_head,
+            score_global: head.map(|h| h.global),
+            score_local: head.map(|h| h.local),
+            score_distance: scored.max_distance,
             calibrated_score: calibration
                 .zip(threshold)
                 .map(|(c, t)| c.calibrated_score(score, t)),
@@ -692,12 +1050,12 @@ struct Assembly {
     stitcher: Option<Stitcher>,
     /// The map of an image scored whole.
     whole: Option<AnomalyMap>,
-    /// Max over units of `S_global`.
-    max_global: f64,
-    /// Max over units of `S_local`.
-    max_local: f64,
-    /// `S_final` of the last unit (the image's own score when it was scored whole).
-    single_score: Option<f64>,
+    /// Max over units of each head part (`S_final`, `S_global`, `S_local`).
+    head: Option<HeadParts>,
+    /// Max over units of the training-free score.
+    max_distance: Option<f64>,
+    /// Max over units of the unit score (the image's own score when it was scored whole).
+    max_score: f64,
     tiles: usize,
     timings: Timings,
 }
@@ -705,9 +1063,9 @@ struct Assembly {
 /// An image's assembled result.
 struct Scored {
     map: AnomalyMap,
-    max_global: f64,
-    max_local: f64,
-    single_score: Option<f64>,
+    head: Option<HeadParts>,
+    max_distance: Option<f64>,
+    max_score: f64,
     tiles: usize,
 }
 
@@ -722,9 +1080,9 @@ impl Assembly {
             height,
             stitcher,
             whole: None,
-            max_global: f64::NEG_INFINITY,
-            max_local: f64::NEG_INFINITY,
-            single_score: None,
+            head: None,
+            max_distance: None,
+            max_score: f64::NEG_INFINITY,
             tiles: 0,
             timings: Timings::default(),
         }
@@ -735,7 +1093,7 @@ impl Assembly {
         &mut self,
         tile: Option<&Tile>,
         pixels: &RgbImage8,
-        score: HeadScore,
+        score: UnitScore,
         share: &Timings,
     ) -> Result<()> {
         let started = Instant::now();
@@ -744,9 +1102,20 @@ impl Assembly {
             (Some(tile), Some(st)) => st.add(tile, &map)?,
             _ => self.whole = Some(map),
         }
-        self.max_global = self.max_global.max(score.score_global);
-        self.max_local = self.max_local.max(score.score_local);
-        self.single_score = Some(score.score);
+        if let Some(h) = score.head {
+            self.head = Some(match self.head {
+                Some(m) => HeadParts {
+                    score: m.score.max(h.score),
+                    global: m.global.max(h.global),
+                    local: m.local.max(h.local),
+                },
+                None => h,
+            });
+        }
+        if let Some(d) = score.distance {
+            self.max_distance = Some(self.max_distance.map_or(d, |m| m.max(d)));
+        }
+        self.max_score = self.max_score.max(score.score);
         self.tiles += 1;
         self.timings.add(share);
         self.timings.postprocess_ms += ms_since(started);
@@ -768,9 +1137,9 @@ impl Assembly {
         };
         Ok(Scored {
             map,
-            max_global: self.max_global,
-            max_local: self.max_local,
-            single_score: self.single_score,
+            head: self.head,
+            max_distance: self.max_distance,
+            max_score: self.max_score,
             tiles: self.tiles,
         })
     }
@@ -801,6 +1170,43 @@ fn head_digest(head: &SsvpHead) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// SHA-256 over a bank's metadata (JSON) and its vectors (f32 little-endian, tap by tap).
+fn bank_digest(bank: &ssvp_memory::PatchBank) -> Result<String> {
+    let mut hasher = Sha256::new();
+    hasher.update(
+        serde_json::to_string(bank.meta())
+            .map_err(Error::model)?
+            .as_bytes(),
+    );
+    for keys in bank.keys() {
+        for v in keys.flatten_all()?.to_vec1::<f32>()? {
+            hasher.update(v.to_le_bytes());
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// RsCIN's global features: MuSc takes DINO's normed CLS as is and CLIP's image embedding
+/// L2-normalised; the tower of the first tap decides.
+fn rscin_globals(features: &[ImageFeatures], first: Tap) -> Result<Tensor> {
+    let rows: Vec<Tensor> = features
+        .iter()
+        .map(|f| match first.tower {
+            crate::memory::Tower::Dino => f.dino_global.clone(),
+            crate::memory::Tower::Clip => f.clip_global.clone(),
+        })
+        .collect();
+    let g = Tensor::stack(&rows, 0)?;
+    Ok(match first.tower {
+        crate::memory::Tower::Dino => g,
+        crate::memory::Tower::Clip => ssvp_memory::knn::l2_normalize_rows(&g)?,
+    })
 }
 
 /// Features of image files through any source (a cache, live backbones): what evaluation scores.

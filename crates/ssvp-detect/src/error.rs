@@ -115,6 +115,21 @@ impl From<ssvp_model::Error> for Error {
     }
 }
 
+impl From<ssvp_memory::Error> for Error {
+    fn from(err: ssvp_memory::Error) -> Self {
+        use ssvp_memory::ErrorKind as K;
+        let kind = match err.kind() {
+            K::InvalidInput => ErrorKind::InvalidInput,
+            K::Mismatch => ErrorKind::Mismatch,
+            K::NotEnoughData => ErrorKind::NotEnoughData,
+            K::NotFound => ErrorKind::NotFound,
+            K::Io => ErrorKind::Io,
+            K::Compute => ErrorKind::Model,
+        };
+        Self::new(kind, err.to_string())
+    }
+}
+
 impl From<candle_core::Error> for Error {
     fn from(err: candle_core::Error) -> Self {
         Self::model(err)

@@ -8,19 +8,29 @@
 //! `map_size` grid by the field's protocol ([`ssvp_eval::datasets::eval_mask`]).
 //! `postprocess.per_class_minmax` rescales the written scores per category; it is monotone, so
 //! it never changes a per-category metric.
+//!
+//! Without a head the detector's training-free scorer is evaluated: mutual scoring runs over
+//! each category's test split in sets ([`crate::memory::set_sizes`]), and references are drawn
+//! per category from its good training images ([`ReferenceDraw`], the few-shot protocol of
+//! AnomalyDINO and of the WinCLIP/AnomalyCLIP few-shot tables).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ssvp_eval::datasets::{eval_mask, Category, Dataset};
+use serde::{Deserialize, Serialize};
+use ssvp_eval::datasets::{eval_mask, Category, Dataset, Sample};
 use ssvp_eval::maps::io::npy_bytes;
 use ssvp_eval::metrics::predictions::ImageScore;
 use ssvp_eval::metrics::{binary_metrics, PixelAccumulator};
 use ssvp_eval::report::{CategoryResult, EvaluationReport};
-use ssvp_model::features::FeatureSource;
+use ssvp_model::features::{FeatureSource, ImageFeatures};
+use ssvp_util::rng::{fnv1a, mix64, SplitMix64};
 
 use crate::detector::{features_of_files, Detector};
 use crate::error::{Error, ErrorKind, Result};
+use crate::memory::{
+    bank_of_features, bank_of_images, references_memory, set_sizes, BankOptions, Memory,
+};
 
 /// Options of [`evaluate`] that are not the detector's.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +41,91 @@ pub struct EvalOptions {
     /// Skip images whose features cannot be computed (a file that fails to decode) instead of
     /// failing; they are listed in [`Evaluation::skipped`].
     pub skip_bad: bool,
+    /// Score each category against references drawn from its good training images (instead of
+    /// the detector's own memory).
+    pub references: Option<ReferenceDraw>,
+}
+
+/// One draw of the few-shot protocol: `shots` good training images per category.
+#[derive(Debug, Clone)]
+pub struct ReferenceDraw {
+    /// The dataset's train split (its good images are the candidates).
+    pub train: Dataset,
+    /// References per category.
+    pub shots: usize,
+    /// Which draw (0, 1, ...): each draw is another seeded permutation.
+    pub draw: u64,
+    /// Seed of the permutations.
+    pub seed: u64,
+    /// How each category's bank is built.
+    pub bank: BankOptions,
+}
+
+/// The references of one draw: the first `shots` of a seeded permutation of the category's
+/// good training images (sorted by path first, so the draw does not depend on listing order).
+/// The permutation depends on the category, the draw and the seed only, so the references of
+/// `K` shots are the first `K` of those of any larger `K`: more shots only add images.
+pub fn draw_references<'a>(
+    train: &'a Dataset,
+    category: &str,
+    shots: usize,
+    draw: u64,
+    seed: u64,
+) -> Result<Vec<&'a Sample>> {
+    let Some(cat) = train.category(category) else {
+        return Err(Error::new(
+            ErrorKind::NotEnoughData,
+            format!("the train split has no category `{category}` to draw references from"),
+        ));
+    };
+    let mut good: Vec<&Sample> = cat
+        .samples
+        .iter()
+        .filter(|s| !s.label.is_anomalous())
+        .collect();
+    good.sort_by(|a, b| a.rel_path.cmp(&b.rel_path));
+    if shots == 0 || shots > good.len() {
+        return Err(Error::new(
+            ErrorKind::NotEnoughData,
+            format!(
+                "{shots} references asked for `{category}`, which has {} good training images",
+                good.len()
+            ),
+        ));
+    }
+    let mut rng = SplitMix64::new(seed ^ fnv1a(category.as_bytes()) ^ mix64(draw));
+    for i in (1..good.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        good.swap(i, j);
+    }
+    good.truncate(shots);
+    Ok(good)
+}
+
+/// The bank of one category's references under `draw`.
+fn category_memory(
+    detector: &Detector,
+    source: &dyn FeatureSource,
+    draw: &ReferenceDraw,
+    category: &str,
+) -> Result<Memory> {
+    let refs = draw_references(&draw.train, category, draw.shots, draw.draw, draw.seed)?;
+    let names: Vec<String> = refs.iter().map(|s| s.rel_path.clone()).collect();
+    let bank = if draw.bank.rotations > 1 {
+        let images = refs
+            .iter()
+            .map(|s| ssvp_image::load_rgb8(&s.image_path).map_err(Error::from))
+            .collect::<Result<Vec<_>>>()?;
+        bank_of_images(source, &images, names, &draw.bank)?
+    } else {
+        let paths: Vec<PathBuf> = refs.iter().map(|s| s.image_path.clone()).collect();
+        let mut features = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(detector.options().batch_size) {
+            features.extend(features_of_files(source, chunk)?);
+        }
+        bank_of_features(source.identity(), &features, names, &draw.bank)?
+    };
+    references_memory(bank, source.identity())
 }
 
 /// Everything [`evaluate`] produces.
@@ -89,6 +184,97 @@ pub fn evaluate(
     })
 }
 
+/// How an evaluation scored, recorded beside its metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalProtocol {
+    /// `head`, `references`, `mutual` or `fused`.
+    pub mode: String,
+    /// References per category (references mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shots: Option<usize>,
+    /// Seeded draws of the references per `shots`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draws: Option<usize>,
+    /// Seed of the draws.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The detector's scoring settings (taps, mutual options, post-processing).
+    pub settings: crate::detector::DetectorSettings,
+}
+
+/// The mean metrics of several draws of one `shots`: mean and sample standard deviation (0 for
+/// a single draw) of each metric of the reports' `mean` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrawSummary {
+    /// References per category.
+    pub shots: usize,
+    /// Draws summarised.
+    pub draws: usize,
+    /// Metric name -> mean over the draws.
+    pub mean: BTreeMap<String, f64>,
+    /// Metric name -> standard deviation over the draws.
+    pub std: BTreeMap<String, f64>,
+}
+
+/// Summarises the reports of the draws of one `shots`.
+pub fn summarize_draws(shots: usize, reports: &[EvaluationReport]) -> DrawSummary {
+    let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in reports {
+        for name in r.mean.metrics.names() {
+            if let Some(v) = r.mean.metrics.get(name) {
+                values.entry(name.to_string()).or_default().push(v);
+            }
+        }
+    }
+    let mut mean = BTreeMap::new();
+    let mut std = BTreeMap::new();
+    for (name, v) in values {
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        let var = if v.len() > 1 {
+            v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        mean.insert(name.clone(), m);
+        std.insert(name, var.sqrt());
+    }
+    DrawSummary {
+        shots,
+        draws: reports.len(),
+        mean,
+        std,
+    }
+}
+
+/// Features of `samples`; under `skip_bad` a failing batch is retried image by image, so one
+/// bad file costs only itself (`None`, listed in `skipped`).
+fn features_or_skip(
+    source: &dyn FeatureSource,
+    samples: &[Sample],
+    skip_bad: bool,
+    skipped: &mut Vec<(PathBuf, String)>,
+) -> Result<Vec<Option<ImageFeatures>>> {
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.image_path.clone()).collect();
+    match features_of_files(source, &paths) {
+        Ok(f) => Ok(f.into_iter().map(Some).collect()),
+        Err(e) if skip_bad && e.kind() == ErrorKind::InvalidInput => paths
+            .iter()
+            .map(
+                |p| match features_of_files(source, std::slice::from_ref(p)) {
+                    Ok(mut f) => Ok(f.pop()),
+                    Err(e) if e.kind() == ErrorKind::InvalidInput => {
+                        skipped.push((p.clone(), e.to_string()));
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                },
+            )
+            .collect(),
+        Err(e) => Err(e),
+    }
+}
+
 struct Progress {
     done: usize,
     total: usize,
@@ -106,27 +292,28 @@ fn evaluate_category(
     let map_size = detector.options().map_size;
     let mut acc = PixelAccumulator::new();
     let mut scores = Vec::with_capacity(cat.samples.len());
-    for chunk in cat.samples.chunks(detector.options().batch_size) {
-        let paths: Vec<PathBuf> = chunk.iter().map(|s| s.image_path.clone()).collect();
-        // Under skip_bad a failing batch is retried image by image, so one bad file costs only
-        // itself.
-        let features = match features_of_files(source, &paths) {
-            Ok(f) => f.into_iter().map(Some).collect::<Vec<_>>(),
-            Err(e) if opts.skip_bad && e.kind() == ErrorKind::InvalidInput => paths
-                .iter()
-                .map(
-                    |p| match features_of_files(source, std::slice::from_ref(p)) {
-                        Ok(mut f) => Ok(f.pop()),
-                        Err(e) if e.kind() == ErrorKind::InvalidInput => {
-                            skipped.push((p.clone(), e.to_string()));
-                            Ok(None)
-                        }
-                        Err(e) => Err(e),
-                    },
-                )
-                .collect::<Result<Vec<_>>>()?,
-            Err(e) => return Err(e),
-        };
+    let drawn = match &opts.references {
+        Some(draw) => Some(category_memory(detector, source, draw, &cat.name)?),
+        None => None,
+    };
+    let memory = drawn.as_ref().or(detector.memory());
+    let batch_size = detector.options().batch_size;
+    // Images per scoring call: a mutual set scores as a whole, anything else per batch.
+    let sizes = match memory {
+        Some(Memory::Mutual(c)) => set_sizes(cat.samples.len(), c.set_size),
+        _ => (0..cat.samples.len())
+            .step_by(batch_size)
+            .map(|s| batch_size.min(cat.samples.len() - s))
+            .collect(),
+    };
+    let mut start = 0;
+    for size in sizes {
+        let chunk = &cat.samples[start..start + size];
+        start += size;
+        let mut features = Vec::with_capacity(chunk.len());
+        for part in chunk.chunks(batch_size) {
+            features.extend(features_or_skip(source, part, opts.skip_bad, skipped)?);
+        }
         let kept: Vec<_> = chunk
             .iter()
             .zip(features)
@@ -137,7 +324,7 @@ fn evaluate_category(
             continue;
         }
         let feats: Vec<_> = kept.iter().map(|(_, f)| f.clone()).collect();
-        let results = detector.score_features(&feats, &cat.prompt_name)?;
+        let results = detector.score_features_with(&feats, &cat.prompt_name, memory)?;
         for ((sample, _), result) in kept.iter().zip(results) {
             let mask = eval_mask(sample.mask_path.as_deref(), map_size)
                 .map_err(|e| Error::invalid(e.to_string()))?;
@@ -173,7 +360,7 @@ fn evaluate_category(
     let pixel = acc.finish();
     let anomalous = labels.iter().filter(|&&l| l).count() as u64;
     let result = CategoryResult::new(&image, Some(&pixel), scores.len() as u64, anomalous);
-    if detector.head().config().postprocess.per_class_minmax {
+    if detector.postprocess().per_class_minmax {
         let lo = raw.iter().cloned().fold(f64::INFINITY, f64::min);
         let hi = raw.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let span = if hi > lo { hi - lo } else { 1.0 };

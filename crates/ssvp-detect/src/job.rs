@@ -19,6 +19,7 @@ use crate::detector::{Detector, PreparedBatch};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{read_image, DecodeOptions, InputImage};
 use crate::inputs::{InputFile, Shard};
+use crate::memory::{set_sizes, Memory};
 use crate::output::csv::records_csv;
 use crate::output::files::{stems, write_image_files, FileOptions};
 use crate::output::html;
@@ -54,15 +55,23 @@ enum Decoded {
 }
 
 /// Decodes and preprocesses `inputs` on a second thread (up to two batches ahead, so memory
-/// stays bounded), scores them in batches of the detector's batch size, and hands every
-/// outcome to `on_item`.
+/// stays bounded), scores them in batches of the detector's batch size (with mutual scoring:
+/// in sets of about its set size, [`set_sizes`]), and hands every outcome to `on_item`.
 fn scan(
     detector: &Detector,
     inputs: &[&InputFile],
     decode: &DecodeOptions,
     on_item: &mut OnItem<'_>,
 ) -> Result<()> {
-    let batch_size = detector.options().batch_size;
+    // Inputs per scoring call, in order: one set after another for mutual scoring.
+    let batches: Vec<usize> = match detector.set_size() {
+        Some(size) => set_sizes(inputs.len(), size),
+        None => vec![
+            detector.options().batch_size;
+            inputs.len().div_ceil(detector.options().batch_size)
+        ],
+    };
+    let batch_size = batches.first().copied().unwrap_or(1);
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Decoded>(2);
         scope.spawn(move || {
@@ -73,18 +82,24 @@ fn scan(
                 let prepared = detector.prepare(Cow::Owned(images));
                 tx.send(Decoded::Batch(idx, prepared)).is_ok()
             };
+            let mut ends = batches.iter().scan(0, |end, n| {
+                *end += n;
+                Some(*end)
+            });
+            let mut end = ends.next().unwrap_or(0);
             for (i, input) in inputs.iter().enumerate() {
                 match read_image(&input.path, decode) {
-                    Ok(img) => {
-                        pending.push((i, img));
-                        if pending.len() == batch_size && !send_batch(&mut pending) {
-                            return; // the scoring loop stopped (an I/O error on its side)
-                        }
-                    }
+                    Ok(img) => pending.push((i, img)),
                     Err(e) => {
                         if tx.send(Decoded::Failed(i, e)).is_err() {
                             return;
                         }
+                    }
+                }
+                if i + 1 == end {
+                    end = ends.next().unwrap_or(inputs.len());
+                    if !pending.is_empty() && !send_batch(&mut pending) {
+                        return; // the scoring loop stopped (an I/O error on its side)
                     }
                 }
             }
@@ -136,6 +151,13 @@ fn retry_one_by_one(
 ) -> Result<()> {
     if images.len() == 1 {
         return on_item(inputs[idx[0]], Err(err));
+    }
+    if detector.set_size().is_some() {
+        // A mutual set fails as a whole: alone, an image has nothing to be compared with.
+        for i in idx {
+            on_item(inputs[*i], Err(Error::new(err.kind(), err.to_string())))?;
+        }
+        return Ok(());
     }
     for (i, img) in idx.iter().zip(images) {
         let one = detector.detect(std::slice::from_ref(&img));
@@ -382,6 +404,34 @@ fn map_median(values: &[f32]) -> f32 {
     *v.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
+/// A reference scores (nearly) zero against its own bank, so calibrating on references would
+/// set the threshold far too low: they are refused, by canonical path.
+fn refuse_references(detector: &Detector, inputs: &[InputFile]) -> Result<()> {
+    let Some(Memory::References { bank, .. }) = detector.memory() else {
+        return Ok(());
+    };
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let references: HashSet<PathBuf> = bank
+        .meta()
+        .references
+        .iter()
+        .map(|r| canon(Path::new(r)))
+        .collect();
+    let shared: Vec<&InputFile> = inputs
+        .iter()
+        .filter(|f| references.contains(&canon(&f.path)))
+        .collect();
+    if let Some(first) = shared.first() {
+        return Err(Error::invalid(format!(
+            "{} of the calibration images are references of the bank (first: {}); calibrate on \
+             other good images, which the bank has not seen",
+            shared.len(),
+            first.path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Scores normal images and fits a calibration to them. Images that cannot be read are
 /// skipped and returned with the reason.
 pub fn calibrate_files(
@@ -395,6 +445,7 @@ pub fn calibrate_files(
             "calibrate with an uncalibrated detector (drop --calibration)",
         ));
     }
+    refuse_references(detector, inputs)?;
     let started = Instant::now();
     let refs: Vec<&InputFile> = inputs.iter().collect();
     let mut normal = Vec::with_capacity(inputs.len());

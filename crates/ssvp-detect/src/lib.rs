@@ -6,6 +6,8 @@
 //! - [`input`]: decoding with a pixel budget and EXIF orientation;
 //! - [`detector`]: [`Detector`], the one per-image pipeline (backbones -> SSVP head -> maps as
 //!   in evaluation -> image resolution), with [`tiling`] for large images;
+//! - [`memory`]: the training-free scorers (normal references, mutual scoring) and their fusion
+//!   with the head;
 //! - [`calibrate`]: thresholds and calibrated scores from normal images only;
 //! - [`detection`]: [`Detection`], the serde answer every front emits;
 //! - [`evaluate`]: the same pipeline over a benchmark, with exact metrics (`ssvp eval`);
@@ -25,6 +27,7 @@ pub mod evaluate;
 pub mod input;
 pub mod inputs;
 pub mod job;
+pub mod memory;
 pub mod output;
 pub mod tiling;
 
@@ -33,4 +36,5 @@ pub use detection::{Detection, MapStats, Timings};
 pub use detector::{Detector, DetectorOptions, DetectorSettings, LoadSpec, ModelIdentity};
 pub use error::{Error, ErrorKind, Result};
 pub use input::InputImage;
+pub use memory::{BankOptions, Memory, MemorySpec, MutualConfig, TapSelection};
 pub use tiling::Tiling;

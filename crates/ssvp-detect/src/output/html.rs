@@ -1040,16 +1040,14 @@ fn card(out: &mut String, row: &Row, det: &Detection) {
     );
     w!(
         out,
-        "<p><span class=\"badge {}\">{}</span> score <b>{:.4}</b> \
-         (global {:.4}, local {:.4})",
+        "<p><span class=\"badge {}\">{}</span> score <b>{:.4}</b> ({})",
         dec.class(),
         match dec {
             Decision::Undecided => "not decided",
             d => d.label(),
         },
         det.score,
-        det.score_global,
-        det.score_local
+        score_parts(det)
     );
     if let Some(c) = det.calibrated_score {
         w!(out, " · calibrated {c:.3}");
@@ -1246,6 +1244,21 @@ fn fmt_pct(v: f64) -> String {
     format!("{} %", fmt_g(v * 100.0, 3))
 }
 
+/// The parts of an image's score, as its mode has them: `global 0.41, local 0.73`.
+fn score_parts(det: &Detection) -> String {
+    let mut parts = vec![Esc(&det.mode).to_string()];
+    if let (Some(g), Some(l)) = (det.score_global, det.score_local) {
+        parts.push(format!("global {g:.4}, local {l:.4}"));
+    }
+    if let (Some(h), Some(_)) = (det.score_head, det.score_distance) {
+        parts.push(format!("head {h:.4}"));
+    }
+    if let Some(d) = det.score_distance {
+        parts.push(format!("distance {d:.4}"));
+    }
+    parts.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1263,6 +1276,7 @@ mod tests {
             model: ModelIdentity {
                 checkpoint: "runs/visa <best>".into(),
                 head: "0123456789abcdef0123".into(),
+                bank: String::new(),
                 backbones: "fedcba9876543210".into(),
                 backbone_names: "ViT-L/14@336 + DINOv3 ViT-L/16".into(),
             },
@@ -1274,6 +1288,7 @@ mod tests {
                     size: 1024,
                     overlap: 128,
                 }),
+                memory: None,
             },
             threshold,
             threshold_source: "calibration".into(),
@@ -1302,8 +1317,11 @@ mod tests {
             height: 480,
             class_name: "pcb".into(),
             score,
-            score_global: score,
-            score_local: score,
+            mode: "head".into(),
+            score_head: Some(score),
+            score_global: Some(score),
+            score_local: Some(score),
+            score_distance: None,
             calibrated_score: anomalous.map(|_| score),
             p_value: anomalous.map(|a| if a { 0.004 } else { 0.4 }),
             anomalous,
@@ -1321,6 +1339,7 @@ mod tests {
                 preprocess_ms: 1.0,
                 backbones_ms: 30.0,
                 head_ms: 3.0,
+                memory_ms: 0.0,
                 postprocess_ms: 4.0,
                 regions_ms: 0.5,
             },

@@ -36,7 +36,7 @@ fn check(map_size: usize) {
         &dataset,
         &EvalOptions {
             save_maps: Some(maps.clone()),
-            skip_bad: false,
+            ..EvalOptions::default()
         },
         &mut |_| {},
     )

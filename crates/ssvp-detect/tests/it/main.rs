@@ -7,3 +7,4 @@ mod detect_eval;
 mod e2e_zero_shot;
 mod inputs;
 mod tiling;
+mod training_free;
