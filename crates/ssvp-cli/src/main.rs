@@ -36,6 +36,8 @@ enum Command {
     Eval(cmd::eval::EvalArgs),
     /// Inspect images: scores, decisions, anomaly maps, defect regions, overlays and a report.
     Detect(cmd::detect::DetectArgs),
+    /// Build (or describe) a bank of good reference images for `ssvp detect --bank`.
+    Bank(cmd::bank::BankArgs),
     /// Fit thresholds and calibrated scores from good parts only (for `ssvp detect`).
     Calibrate(cmd::calibrate::CalibrateArgs),
     /// Merge the outputs of several `ssvp detect` runs (e.g. shards) into one report.
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         // detect reports anomalies and unreadable images through its exit code.
         Command::Detect(args) => cmd::detect::run(args),
         Command::Calibrate(args) => done(cmd::calibrate::run(args)),
+        Command::Bank(args) => done(cmd::bank::run(args)),
         Command::Report(args) => done(cmd::report::run(args)),
     };
     match result {

@@ -7,9 +7,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ssvp_detect::calibrate::{min_images, split_sizes, DEFAULT_TARGET_FPR};
 use ssvp_detect::inputs::{collect, glob_set, require_some};
 use ssvp_detect::job::{calibrate_files, CalibrateJob};
-use ssvp_detect::Detector;
 
-use super::detector_args::{expand_inputs, ModelArgs};
+use super::detector_args::{expand_inputs, load_detector, ModelArgs};
 
 const CALIBRATE_HELP: &str = "\
 Scores good parts only and writes a calibration for `ssvp detect --calibration`:
@@ -30,6 +29,10 @@ post-processing, tiling): detect refuses it for anything else.";
 pub struct CalibrateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Good reference images of the references mode (as `ssvp detect --normal`); they must
+    /// not be among the calibration images. A bank (--bank) is the usual way.
+    #[arg(long, value_name = "PATH")]
+    pub references: Vec<PathBuf>,
     /// Normal (good) images: files, directories or `-`.
     #[arg(long, required = true, num_args = 1..)]
     pub normal: Vec<PathBuf>,
@@ -50,7 +53,8 @@ pub struct CalibrateArgs {
     pub seed: u64,
 }
 
-pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
+pub fn run(mut args: CalibrateArgs) -> anyhow::Result<()> {
+    args.model.memory.normal = std::mem::take(&mut args.references);
     anyhow::ensure!(
         args.target_fpr > 0.0 && args.target_fpr < 1.0,
         "--target-fpr must lie in (0, 1)"
@@ -77,7 +81,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
             args.target_fpr
         );
     }
-    let detector = Detector::load(&args.model.spec(args.model.options(), None))?;
+    let detector = load_detector(&args.model.spec(args.model.options(), None)?)?;
     let bar =
         ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr());
     bar.set_style(

@@ -8,11 +8,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ssvp_detect::inputs::{collect, glob_set, outside, require_some, Shard};
 use ssvp_detect::job::{run_detect, DetectJob};
 use ssvp_detect::output::files::FileOptions;
-use ssvp_detect::Detector;
 use ssvp_eval::maps::io::MapFormat;
 use ssvp_image::ColorScale;
 
-use super::detector_args::{expand_inputs, ModelArgs};
+use super::detector_args::{expand_inputs, load_detector, ModelArgs};
 
 const DETECT_HELP: &str = "\
 Inputs: image files (PNG, JPEG, BMP, TIFF; 8/16-bit, grey, RGB(A), palette), directories (walked
@@ -42,6 +41,11 @@ the shards' outputs into one JSONL/CSV/HTML report.";
 pub struct DetectArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Good reference images (files or directories, repeatable): patches score their cosine
+    /// distance to the nearest reference patch (AnomalyDINO). A handful of good parts is
+    /// enough; for hundreds, build a bank with a coreset once (`ssvp bank build`).
+    #[arg(long, value_name = "PATH")]
+    pub normal: Vec<PathBuf>,
     /// Calibration file of `ssvp calibrate` (threshold, calibrated scores, pixel threshold).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
@@ -94,7 +98,8 @@ pub struct DetectArgs {
     pub title: String,
 }
 
-pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: DetectArgs) -> anyhow::Result<ExitCode> {
+    args.model.memory.normal = std::mem::take(&mut args.normal);
     let mut options = args.model.options();
     options.image_threshold = args.threshold;
     options.pixel_threshold = args.pixel_threshold;
@@ -112,7 +117,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     if let Some(shard) = &args.shard {
         inputs = shard.select(&inputs);
     }
-    let detector = Detector::load(&args.model.spec(options, args.calibration.clone()))?;
+    let detector = load_detector(&args.model.spec(options, args.calibration.clone())?)?;
     let job = DetectJob {
         out_dir: args.out.clone(),
         files: FileOptions {

@@ -1,24 +1,33 @@
 //! The model options `ssvp detect` and `ssvp calibrate` share (and the server will): which
-//! trained run, which backbones, which class name, how images are decoded and tiled.
+//! trained run and/or training-free scorer, which backbones, which class name, how images are
+//! decoded and tiled.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use ssvp_detect::detector::{DEFAULT_BATCH_SIZE, DEFAULT_CLASS_NAME, DEFAULT_MAP_SIZE};
 use ssvp_detect::input::{DecodeOptions, ExifOrientation, DEFAULT_MAX_PIXELS};
-use ssvp_detect::{DetectorOptions, LoadSpec, Tiling};
+use ssvp_detect::memory::{
+    BankOptions, CoresetOptions, MutualConfig, MutualOptions, TapSelection, DEFAULT_SET_SIZE,
+};
+use ssvp_detect::{DetectorOptions, LoadSpec, MemorySpec, Tiling};
 
-/// The trained model and how it runs.
+/// The model and how it runs.
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
-    /// Run directory written by `ssvp train` (its last checkpoint is used).
+    /// Run directory written by `ssvp train` (its last checkpoint is used). Optional with
+    /// --normal, --bank or --mutual; with one of them as well, the head and the training-free
+    /// scores are fused.
     #[arg(long)]
-    pub checkpoint: PathBuf,
+    pub checkpoint: Option<PathBuf>,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// The class name in the prompts (SSVP's prompts are class-aware): what the parts are,
     /// e.g. `bottle`, `screw`, `pcb`.
     #[arg(long, default_value = DEFAULT_CLASS_NAME)]
     pub class_name: String,
-    /// Backbones to run with: `tiny` (default: those of the checkpoint's config).
+    /// Backbones to run with: `tiny` (default: those of the checkpoint's config; without a
+    /// checkpoint, the paper's CLIP ViT-L/14@336 and DINOv3 ViT-L/16).
     #[arg(long)]
     pub backbones: Option<String>,
     /// Take the [backbones] and [postprocess] sections from this config instead of the
@@ -75,16 +84,207 @@ impl ModelArgs {
     }
 
     /// What [`ssvp_detect::Detector::load`] needs.
-    pub fn spec(&self, options: DetectorOptions, calibration: Option<PathBuf>) -> LoadSpec {
-        LoadSpec {
+    pub fn spec(
+        &self,
+        options: DetectorOptions,
+        calibration: Option<PathBuf>,
+    ) -> anyhow::Result<LoadSpec> {
+        Ok(LoadSpec {
             checkpoint: self.checkpoint.clone(),
+            memory: self.memory.spec(self.batch_size, self.decode())?,
             config: self.config.clone(),
             backbones_preset: self.backbones.clone(),
             calibration,
             options,
             device: candle_core::Device::Cpu,
-        }
+        })
     }
+}
+
+/// The training-free scorers: good reference images (few-shot), a bank built from them, or
+/// mutual scoring of the inputs (zero-shot).
+#[derive(clap::Args, Clone)]
+pub struct MemoryArgs {
+    /// Good reference images: filled from `--normal` (detect, bank build) or `--references`
+    /// (calibrate, whose `--normal` are the images it calibrates on).
+    #[arg(skip)]
+    pub normal: Vec<PathBuf>,
+    /// Use only the first K references (sorted by path); more than there are is an error.
+    #[arg(long, value_name = "K")]
+    pub shots: Option<usize>,
+    /// A bank file of `ssvp bank build` (loads in milliseconds).
+    #[arg(long, conflicts_with = "mutual")]
+    pub bank: Option<PathBuf>,
+    /// Score the inputs against each other (MuSc): no references, no training, but every
+    /// image's score depends on the others of its set. Cost grows with the square of the set
+    /// size: each set of B images runs B(B-1)/2 patch-matrix products per layer and degree.
+    #[arg(long)]
+    pub mutual: bool,
+    #[command(flatten)]
+    pub mutual_options: MutualArgs,
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    #[command(flatten)]
+    pub bank_build: BankBuildArgs,
+}
+
+/// How mutual scoring runs.
+#[derive(clap::Args, Clone)]
+pub struct MutualArgs {
+    /// Images per mutual set: the inputs are cut into sets of at most this many, of equal
+    /// size (at least 5 each).
+    #[arg(long, value_name = "B", default_value_t = DEFAULT_SET_SIZE)]
+    pub set_size: usize,
+    /// Re-score the images of a mutual set by their neighbours in a global feature space
+    /// (MuSc's RsCIN) with these window sizes, e.g. `1,2,3` (MVTec, BTAD) or `1,8,9` (VisA).
+    #[arg(long, value_name = "K,..", value_delimiter = ',')]
+    pub rscin: Option<Vec<usize>>,
+}
+
+impl MutualArgs {
+    /// The mutual scorer's configuration.
+    pub fn config(&self, features: &FeatureArgs) -> anyhow::Result<MutualConfig> {
+        Ok(MutualConfig {
+            taps: features.taps(true)?,
+            options: MutualOptions::default(),
+            rscin: self.rscin.clone(),
+            set_size: self.set_size,
+        })
+    }
+}
+
+/// The backbone features the training-free scorers read.
+#[derive(clap::Args, Clone)]
+pub struct FeatureArgs {
+    /// Features of the training-free scorers: dino, clip or both.
+    #[arg(long, default_value = "dino")]
+    pub features: String,
+    /// Which tapped layers: last (references' default), all (mutual's default) or 1-based
+    /// positions like `2,4`.
+    #[arg(long, value_name = "LAYERS")]
+    pub feature_layers: Option<String>,
+}
+
+impl FeatureArgs {
+    /// The feature taps, with the mode's default layers.
+    pub fn taps(&self, mutual: bool) -> anyhow::Result<TapSelection> {
+        let layers = self
+            .feature_layers
+            .as_deref()
+            .unwrap_or(if mutual { "all" } else { "last" });
+        Ok(TapSelection::parse(&self.features, layers)?)
+    }
+}
+
+/// How a bank is built from references.
+#[derive(clap::Args, Clone)]
+pub struct BankBuildArgs {
+    /// Add rotated copies of every reference (N copies at 360/N degree steps; AnomalyDINO
+    /// uses 8 for parts that appear in any orientation).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub rotations: usize,
+    /// Reduce the bank to a greedy k-center coreset of this fraction of its patches
+    /// (PatchCore: 0.1), for large reference sets.
+    #[arg(long, value_name = "FRACTION")]
+    pub coreset: Option<f64>,
+}
+
+impl BankBuildArgs {
+    /// How a bank is built from the references.
+    pub fn options(
+        &self,
+        features: &FeatureArgs,
+        batch_size: usize,
+        decode: DecodeOptions,
+    ) -> anyhow::Result<BankOptions> {
+        Ok(BankOptions {
+            taps: features.taps(false)?,
+            rotations: self.rotations,
+            coreset: self.coreset.map(|fraction| CoresetOptions {
+                fraction,
+                ..CoresetOptions::default()
+            }),
+            batch_size,
+            decode,
+        })
+    }
+}
+
+impl MemoryArgs {
+    /// How a bank is built from the references.
+    pub fn bank_options(
+        &self,
+        batch_size: usize,
+        decode: DecodeOptions,
+    ) -> anyhow::Result<BankOptions> {
+        self.bank_build.options(&self.features, batch_size, decode)
+    }
+
+    /// The reference files: directories walked as inputs are, the first `--shots` kept.
+    pub fn reference_files(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let found = ssvp_detect::inputs::collect(&self.normal, None)?;
+        let mut paths: Vec<PathBuf> = found.into_iter().map(|f| f.path).collect();
+        if paths.is_empty() {
+            anyhow::bail!(
+                "no images found in the references {}",
+                self.normal
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if let Some(k) = self.shots {
+            anyhow::ensure!(k > 0, "--shots must be positive");
+            anyhow::ensure!(
+                k <= paths.len(),
+                "--shots {k} asks for more references than the {} images given",
+                paths.len()
+            );
+            paths.truncate(k);
+        }
+        Ok(paths)
+    }
+
+    /// The detector's memory, if any was asked for.
+    pub fn spec(
+        &self,
+        batch_size: usize,
+        decode: DecodeOptions,
+    ) -> anyhow::Result<Option<MemorySpec>> {
+        let given = [!self.normal.is_empty(), self.bank.is_some(), self.mutual];
+        anyhow::ensure!(
+            given.iter().filter(|g| **g).count() <= 1,
+            "give one training-free scorer: good references, --bank or --mutual"
+        );
+        anyhow::ensure!(
+            self.shots.is_none() || !self.normal.is_empty(),
+            "--shots selects among reference images; give them too"
+        );
+        Ok(if self.mutual {
+            Some(MemorySpec::Mutual(
+                self.mutual_options.config(&self.features)?,
+            ))
+        } else if let Some(bank) = &self.bank {
+            Some(MemorySpec::Bank(bank.clone()))
+        } else if !self.normal.is_empty() {
+            Some(MemorySpec::References {
+                paths: self.reference_files()?,
+                options: self.bank_options(batch_size, decode)?,
+            })
+        } else {
+            None
+        })
+    }
+}
+
+/// Loads the detector, saying which reference files were left out as unreadable.
+pub fn load_detector(spec: &LoadSpec) -> anyhow::Result<ssvp_detect::Detector> {
+    let (detector, skipped) = ssvp_detect::Detector::load_reporting(spec)?;
+    for (path, err) in &skipped {
+        eprintln!("warning: reference {} left out: {err}", path.display());
+    }
+    Ok(detector)
 }
 
 /// Reads the list of paths of the `-` input from stdin.

@@ -1,3 +1,4 @@
+pub mod bank;
 pub mod calibrate;
 pub mod dataset;
 pub mod detect;

@@ -57,11 +57,33 @@ pub fn load_test_split(
     check: CheckLevel,
     purpose: &str,
 ) -> anyhow::Result<Dataset> {
+    load_split(
+        root,
+        layout,
+        categories,
+        skip_bad,
+        check,
+        Split::Test,
+        purpose,
+    )
+}
+
+/// [`load_test_split`] for any split (the train split holds the good images references are
+/// drawn from).
+pub fn load_split(
+    root: &Path,
+    layout: Option<Layout>,
+    categories: &[String],
+    skip_bad: bool,
+    check: CheckLevel,
+    split: Split,
+    purpose: &str,
+) -> anyhow::Result<Dataset> {
     let loaded = datasets::load(
         root,
         &LoadOptions {
             layout,
-            split: Some(Split::Test),
+            split: Some(split),
             categories: categories.to_vec(),
             on_problem: if skip_bad {
                 OnProblem::Skip
