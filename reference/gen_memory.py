@@ -22,6 +22,8 @@ crates/ssvp-memory/tests/reference.rs), one file holding every case's inputs and
   mutual.layer{k}.image{b} [30,16]             MuSc tokens, B=7, 2 layers, grid 5 x 6
   mutual.patch_scores [7,30], mutual.image_scores [7]   degrees [1,3,5], fraction 0.3
   mutual.f05.patch_scores [7,30]               the same at fraction 0.5 (mean of the 3 smallest)
+  foreground.{a,b}.tokens [120,16], .mask [120] i64   PCA foreground of a 10x12 grid (b: sign
+                                               flipped), threshold foreground.threshold [1]
   rscin.windows [3] i64                        [1, 2, 3]
   rscin.{a,b,c}.scores [7] f64, .globals [7,8] f32, .expected [7] f64
                                                a: mutual.image_scores, globals 2 and 6 equal (tie);
@@ -388,11 +390,55 @@ def mutual_cases():
         put(f"rscin.{name}.expected", rscin(s, g, windows), np.float64)
 
 
+# ---------------------------------------------------------------------------------------------
+# AnomalyDINO's PCA foreground mask (2-D morphology, outside cells ignored)
+# ---------------------------------------------------------------------------------------------
+def morph(mask, grow):
+    """3x3 dilation (grow) or erosion on a 2-D bool grid; cells outside the grid are ignored."""
+    h, w = mask.shape
+    pad = np.pad(mask, 1, constant_values=not grow)
+    stack = np.stack([pad[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)])
+    return stack.any(axis=0) if grow else stack.all(axis=0)
+
+
+def foreground(tokens, h, w, threshold, coverage=0.35):
+    x = tokens.astype(np.float64)
+    xc = x - x.mean(axis=0)
+    v = np.linalg.svd(xc, full_matrices=False)[2][0]
+    if v[np.argmax(np.abs(v))] < 0:  # the largest-magnitude coordinate positive
+        v = -v
+    p = xc @ v
+    fg = (p > threshold).reshape(h, w)
+    r0, r1, c0, c1 = int(h * 0.2), int(h * 0.8), int(w * 0.2), int(w * 0.8)
+    if fg[r0:r1, c0:c1].sum() <= coverage * (r1 - r0) * (c1 - c0):
+        fg = (-p > threshold).reshape(h, w)
+    return morph(morph(morph(fg, True), True), False)
+
+
+def foreground_cases():
+    rng = np.random.default_rng(31)
+    h, w, d = 10, 12, 16
+    direction = rng.normal(size=d)
+    direction /= np.linalg.norm(direction)
+    for name, sign in [("a", 1.0), ("b", -1.0)]:
+        yy, xx = np.mgrid[0:h, 0:w]
+        obj = ((yy - 4.5) / 3.2) ** 2 + ((xx - 6.0) / 3.6) ** 2 < 1.0
+        obj[4, 6] = False  # a hole the closing fills
+        base = np.where(obj, 25.0, -12.0)[..., None] * direction * sign
+        tokens = (base + rng.normal(scale=0.8, size=(h, w, d))).reshape(h * w, d)
+        mask = foreground(tokens, h, w, threshold=5.0)
+        put(f"foreground.{name}.tokens", tokens)
+        put(f"foreground.{name}.mask", mask.reshape(-1).astype(np.int64), np.int64)
+    put("foreground.grid", [h, w], np.int64)
+    put("foreground.threshold", [5.0])
+
+
 knn_case()
 score_cases()
 bank_case()
 coreset_cases()
 mutual_cases()
+foreground_cases()
 path = os.path.join(OUT, "memory.safetensors")
 # One metadata entry only: safetensors writes the metadata map in hash order, and a second key
 # would make the file's bytes differ from run to run.

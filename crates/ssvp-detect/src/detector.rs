@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use ssvp_eval::maps::regions::regions_above;
 use ssvp_eval::postprocess::{postprocess_map, resize_map, AnomalyMap, PostprocessConfig};
 use ssvp_image::{ColorScale, RgbImage8};
+use ssvp_memory::foreground::foreground_mask;
 use ssvp_memory::score::top_fraction_mean;
 use ssvp_model::features::{stack_features, Backbones, FeatureSource, ImageFeatures};
 use ssvp_model::run_dir::TrainedRun;
@@ -33,7 +34,9 @@ use crate::calibrate::Calibration;
 use crate::detection::{Detection, MapStats, Timings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::InputImage;
-use crate::memory::{normalise_distance, set_scale, tapped, Memory, MemorySpec, MutualConfig, Tap};
+use crate::memory::{
+    normalise_distance, set_scale, tapped, Memory, MemorySpec, MutualConfig, ReferenceScoring, Tap,
+};
 use crate::tiling::{crop, layout, Stitcher, Tile, Tiling};
 
 /// The side of the square grid maps are post-processed on before being resized to the image:
@@ -138,8 +141,8 @@ pub enum MemorySettings {
     References {
         /// The bank's taps.
         taps: Vec<String>,
-        /// The averaged share of top patch distances.
-        top_fraction: f64,
+        /// How distances become scores.
+        scoring: ReferenceScoring,
     },
     /// Mutual scoring.
     Mutual(MutualConfig),
@@ -519,11 +522,9 @@ impl Detector {
             postprocess: self.postprocess.clone(),
             tiling: self.options.tiling,
             memory: self.memory.as_ref().map(|m| match m {
-                Memory::References {
-                    taps, top_fraction, ..
-                } => MemorySettings::References {
+                Memory::References { taps, scoring, .. } => MemorySettings::References {
                     taps: taps.iter().map(|t| t.name(id)).collect(),
-                    top_fraction: *top_fraction,
+                    scoring: scoring.clone(),
                 },
                 Memory::Mutual(config) => MemorySettings::Mutual(config.clone()),
             }),
@@ -680,12 +681,21 @@ impl Detector {
             Memory::References {
                 bank,
                 taps,
-                top_fraction,
+                scoring,
             } => {
                 let mut out = Vec::with_capacity(features.len());
                 for f in features {
-                    let grid = bank.distances(&tapped(f, taps))?;
-                    out.push((f64::from(top_fraction_mean(&grid, *top_fraction)), grid));
+                    let mut grid = bank.distances(&tapped(f, taps))?;
+                    if let Some(opts) = &scoring.foreground {
+                        // Background patches score 0 and stay in the grid (AnomalyDINO).
+                        let fg = foreground_mask(taps[0].of(f), f.grid, opts)?;
+                        grid.iter_mut()
+                            .zip(fg)
+                            .filter(|(_, keep)| !keep)
+                            .for_each(|(d, _)| *d = 0.0);
+                    }
+                    let score = top_fraction_mean(&grid, scoring.top_fraction);
+                    out.push((f64::from(score), grid));
                 }
                 Ok((out, bank.meta().normal_scale))
             }

@@ -30,6 +30,7 @@ use crate::detector::{features_of_files, Detector};
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::{
     bank_of_features, bank_of_images, references_memory, set_sizes, BankOptions, Memory,
+    ReferenceScoring,
 };
 
 /// Options of [`evaluate`] that are not the detector's.
@@ -59,6 +60,8 @@ pub struct ReferenceDraw {
     pub seed: u64,
     /// How each category's bank is built.
     pub bank: BankOptions,
+    /// How distances become scores.
+    pub scoring: ReferenceScoring,
 }
 
 /// The references of one draw: the first `shots` of a seeded permutation of the category's
@@ -125,7 +128,7 @@ fn category_memory(
         }
         bank_of_features(source.identity(), &features, names, &draw.bank)?
     };
-    references_memory(bank, source.identity())
+    references_memory(bank, source.identity(), draw.scoring.clone())
 }
 
 /// Everything [`evaluate`] produces.

@@ -18,7 +18,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use ssvp_image::RgbImage8;
 use ssvp_memory::BankMeta;
-pub use ssvp_memory::{CoresetOptions, MutualOptions, PatchBank};
+pub use ssvp_memory::{CoresetOptions, ForegroundOptions, MutualOptions, PatchBank};
 use ssvp_model::features::{BackboneIdentity, Backbones, FeatureSource, ImageFeatures};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -319,9 +319,14 @@ pub fn bank_of_features(
 }
 
 /// A references memory over `bank`, with the bank's taps found on `identity`'s backbones.
-pub fn references_memory(bank: PatchBank, identity: &BackboneIdentity) -> Result<Memory> {
+pub fn references_memory(
+    bank: PatchBank,
+    identity: &BackboneIdentity,
+    scoring: ReferenceScoring,
+) -> Result<Memory> {
+    scoring.validate()?;
     let taps = taps_of_bank(&bank, identity)?;
-    Ok(references(bank, taps))
+    Ok(references(bank, taps, scoring))
 }
 
 /// The training-free scorer a detector holds.
@@ -333,11 +338,48 @@ pub enum Memory {
         bank: PatchBank,
         /// Its taps, resolved on the detector's backbones.
         taps: Vec<Tap>,
-        /// Share of the top patch distances averaged into the image score.
-        top_fraction: f64,
+        /// How the distances become scores.
+        scoring: ReferenceScoring,
     },
     /// The images of a set score each other.
     Mutual(MutualConfig),
+}
+
+/// How a test image's distances to the references become its scores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceScoring {
+    /// Share of the top patch distances averaged into the image score (AnomalyDINO: 0.01).
+    pub top_fraction: f64,
+    /// Zero the distances of background patches (AnomalyDINO's masking of objects), found by
+    /// the PCA of the first tap's tokens.
+    pub foreground: Option<ForegroundOptions>,
+}
+
+impl Default for ReferenceScoring {
+    fn default() -> Self {
+        Self {
+            top_fraction: DEFAULT_TOP_FRACTION,
+            foreground: None,
+        }
+    }
+}
+
+impl ReferenceScoring {
+    /// Checks the values, naming the wrong one.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.top_fraction > 0.0 && self.top_fraction <= 1.0) {
+            return Err(Error::invalid(format!(
+                "the top fraction of the image score must be in (0, 1], not {}",
+                self.top_fraction
+            )));
+        }
+        if let Some(f) = &self.foreground {
+            if !f.threshold.is_finite() {
+                return Err(Error::invalid("the foreground threshold must be a number"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How mutual scoring runs.
@@ -404,13 +446,20 @@ pub fn set_sizes(n: usize, set_size: usize) -> Vec<usize> {
 #[derive(Clone, Debug)]
 pub enum MemorySpec {
     /// A bank file of `ssvp bank build`.
-    Bank(PathBuf),
+    Bank {
+        /// The file.
+        path: PathBuf,
+        /// How distances become scores.
+        scoring: ReferenceScoring,
+    },
     /// Reference image files, made into a bank at load.
     References {
         /// The good images.
         paths: Vec<PathBuf>,
         /// How the bank is built.
         options: BankOptions,
+        /// How distances become scores.
+        scoring: ReferenceScoring,
     },
     /// Mutual scoring of each set of inputs.
     Mutual(MutualConfig),
@@ -425,15 +474,21 @@ impl MemorySpec {
     ) -> Result<(Memory, Vec<(PathBuf, Error)>)> {
         let scales = backbones.identity().clip_layers.len();
         match self {
-            MemorySpec::Bank(path) => {
+            MemorySpec::Bank { path, scoring } => {
+                scoring.validate()?;
                 let bank = load_bank(path, device)?;
                 let taps = taps_of_bank(&bank, backbones.identity())?;
-                Ok((references(bank, taps), Vec::new()))
+                Ok((references(bank, taps, scoring.clone()), Vec::new()))
             }
-            MemorySpec::References { paths, options } => {
+            MemorySpec::References {
+                paths,
+                options,
+                scoring,
+            } => {
+                scoring.validate()?;
                 let taps = options.taps.resolve(scales)?;
                 let built = build_bank(backbones, paths, options)?;
-                Ok((references(built.bank, taps), built.skipped))
+                Ok((references(built.bank, taps, scoring.clone()), built.skipped))
             }
             MemorySpec::Mutual(config) => {
                 config.validate()?;
@@ -444,11 +499,11 @@ impl MemorySpec {
     }
 }
 
-fn references(bank: PatchBank, taps: Vec<Tap>) -> Memory {
+fn references(bank: PatchBank, taps: Vec<Tap>, scoring: ReferenceScoring) -> Memory {
     Memory::References {
         bank,
         taps,
-        top_fraction: DEFAULT_TOP_FRACTION,
+        scoring,
     }
 }
 

@@ -146,9 +146,11 @@ impl PatchBank {
             return Err(Error::new(
                 ErrorKind::Mismatch,
                 format!(
-                    "the bank was made with other backbones ({}) than these ({names}); rebuild \
-                     it with `ssvp bank build`",
-                    self.meta.backbone_names
+                    "the bank was made with other backbones ({}, identity {}) than these \
+                     ({names}, identity {}); rebuild it with `ssvp bank build`",
+                    self.meta.backbone_names,
+                    short(&self.meta.backbones),
+                    short(backbones)
                 ),
             ));
         }
@@ -273,6 +275,11 @@ impl PatchBank {
         }
         Ok(Self { meta, keys })
     }
+}
+
+/// The first 12 characters of a digest, for messages.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 /// [`BankMeta::normal_scale`]: each of the first [`SCALE_IMAGES`] references (all its copies

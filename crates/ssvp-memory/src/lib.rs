@@ -7,7 +7,9 @@
 //!   MSM, with the RsCIN re-scoring).
 //! - [`knn`]: the exact nearest-neighbour search both rest on, as blocked matrix products on
 //!   candle's matmul with a running per-row maximum.
-//! - [`score`]: patch scores to an image score.
+//! - [`score`]: patch scores to an image score;
+//! - [`foreground`]: AnomalyDINO's PCA foreground mask, which zeroes background patches of
+//!   objects.
 //!
 //! The crate sees only feature matrices: which backbone and layer they came from is the
 //! caller's business (ssvp-detect), recorded in a bank as an opaque digest.
@@ -15,6 +17,7 @@
 pub mod bank;
 pub mod coreset;
 pub mod error;
+pub mod foreground;
 pub mod knn;
 pub mod mutual;
 pub mod score;
@@ -22,4 +25,5 @@ pub mod score;
 pub use bank::{BankMeta, PatchBank};
 pub use coreset::CoresetOptions;
 pub use error::{Error, ErrorKind, Result};
+pub use foreground::ForegroundOptions;
 pub use mutual::MutualOptions;

@@ -1,7 +1,8 @@
 //! Parity of the training-free scorers with the independent numpy implementation in
 //! reference/gen_memory.py (fixture `tests/fixtures/memory.safetensors`): exact kNN and
 //! `mutual_max`, row normalisation, top-fraction means and quantiles, the patch bank's distances
-//! and normal scale, the greedy coreset, MuSc mutual scores and RsCIN.
+//! and normal scale, the greedy coreset, MuSc mutual scores and RsCIN, and the PCA foreground
+//! mask (identical masks).
 //!
 //! Tolerance: every score element `a` against the reference `b` must satisfy
 //! `|a - b| <= 1e-6 + 1e-5 |b|` (the reference is float64 from the same float32 inputs,
@@ -17,6 +18,7 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor};
 use ssvp_memory::bank::{BankMeta, PatchBank};
 use ssvp_memory::coreset::{greedy_coreset, CoresetOptions};
+use ssvp_memory::foreground::{foreground_mask, ForegroundOptions};
 use ssvp_memory::knn::{l2_normalize_rows, mutual_max, nearest, DEFAULT_TILE_ROWS};
 use ssvp_memory::mutual::{mutual_scores, rscin, MutualOptions};
 use ssvp_memory::score::{quantile, top_fraction_mean};
@@ -270,5 +272,24 @@ fn rscin_matches_numpy() {
         } else {
             check(&format!("rscin {case}"), &got, &want);
         }
+    }
+}
+
+#[test]
+fn foreground_mask_matches_numpy_for_both_signs() {
+    let grid = i64s("foreground.grid");
+    let grid = (grid[0] as usize, grid[1] as usize);
+    let opts = ForegroundOptions {
+        threshold: f32s("foreground.threshold")[0],
+        ..ForegroundOptions::default()
+    };
+    for case in ["a", "b"] {
+        let mask = foreground_mask(&t(&format!("foreground.{case}.tokens")), grid, &opts).unwrap();
+        let expected: Vec<bool> = i64s(&format!("foreground.{case}.mask"))
+            .iter()
+            .map(|v| *v == 1)
+            .collect();
+        assert_eq!(mask, expected, "case {case}");
+        assert!(mask.iter().any(|m| *m) && !mask.iter().all(|m| *m));
     }
 }

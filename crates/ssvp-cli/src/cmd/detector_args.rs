@@ -8,7 +8,8 @@ use anyhow::Context;
 use ssvp_detect::detector::{DEFAULT_BATCH_SIZE, DEFAULT_CLASS_NAME, DEFAULT_MAP_SIZE};
 use ssvp_detect::input::{DecodeOptions, ExifOrientation, DEFAULT_MAX_PIXELS};
 use ssvp_detect::memory::{
-    BankOptions, CoresetOptions, MutualConfig, MutualOptions, TapSelection, DEFAULT_SET_SIZE,
+    BankOptions, CoresetOptions, ForegroundOptions, MutualConfig, MutualOptions, ReferenceScoring,
+    TapSelection, DEFAULT_SET_SIZE,
 };
 use ssvp_detect::{DetectorOptions, LoadSpec, MemorySpec, Tiling};
 
@@ -187,9 +188,25 @@ pub struct BankBuildArgs {
     /// (PatchCore: 0.1), for large reference sets.
     #[arg(long, value_name = "FRACTION")]
     pub coreset: Option<f64>,
+    /// Score background patches 0 (AnomalyDINO's masking, for objects on a plain background):
+    /// patches whose projection on the first principal component of the image's tokens
+    /// exceeds THRESHOLD (AnomalyDINO's 10 was set for DINOv2; check a few maps first).
+    #[arg(long, value_name = "THRESHOLD", num_args = 0..=1, default_missing_value = "10")]
+    pub mask_background: Option<f32>,
 }
 
 impl BankBuildArgs {
+    /// How distances to the references become scores.
+    pub fn scoring(&self) -> ReferenceScoring {
+        ReferenceScoring {
+            foreground: self.mask_background.map(|threshold| ForegroundOptions {
+                threshold,
+                ..ForegroundOptions::default()
+            }),
+            ..ReferenceScoring::default()
+        }
+    }
+
     /// How a bank is built from the references.
     pub fn options(
         &self,
@@ -266,11 +283,15 @@ impl MemoryArgs {
                 self.mutual_options.config(&self.features)?,
             ))
         } else if let Some(bank) = &self.bank {
-            Some(MemorySpec::Bank(bank.clone()))
+            Some(MemorySpec::Bank {
+                path: bank.clone(),
+                scoring: self.bank_build.scoring(),
+            })
         } else if !self.normal.is_empty() {
             Some(MemorySpec::References {
                 paths: self.reference_files()?,
                 options: self.bank_options(batch_size, decode)?,
+                scoring: self.bank_build.scoring(),
             })
         } else {
             None

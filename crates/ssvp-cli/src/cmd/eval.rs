@@ -188,6 +188,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     // One run per (K, draw) in references mode; one run otherwise.
     let draws: Vec<Option<ReferenceDraw>> = if mode == EvalMode::References {
         let train = split(Split::Train, "reference")?;
+        let scoring = args.bank_build.scoring();
         let bank = args
             .bank_build
             .options(&args.features, args.batch_size, Default::default())?;
@@ -195,7 +196,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .iter()
             .flat_map(|&shots| {
                 (0..args.draws as u64).map({
-                    let (train, bank) = (train.clone(), bank.clone());
+                    let (train, bank, scoring) = (train.clone(), bank.clone(), scoring.clone());
                     move |draw| {
                         Some(ReferenceDraw {
                             train: train.clone(),
@@ -203,6 +204,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                             draw,
                             seed: args.seed,
                             bank: bank.clone(),
+                            scoring: scoring.clone(),
                         })
                     }
                 })

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use ssvp_detect::evaluate::{evaluate, EvalOptions, ReferenceDraw};
-use ssvp_detect::memory::{bank_of_images, build_bank, BankOptions, MutualConfig};
+use ssvp_detect::memory::{
+    bank_of_images, build_bank, BankOptions, ForegroundOptions, MutualConfig, ReferenceScoring,
+};
 use ssvp_detect::{Detector, DetectorOptions, ErrorKind, InputImage, Memory, MemorySpec, Tiling};
 use ssvp_eval::datasets::{self, Dataset, LoadOptions, Split};
 use ssvp_eval::postprocess::PostprocessConfig;
@@ -87,6 +89,7 @@ fn references_and_mutual_scoring_find_defects_on_fresh_draws() {
                     draw: 0,
                     seed: 0,
                     bank: BankOptions::default(),
+                    scoring: ReferenceScoring::default(),
                 }),
                 ..EvalOptions::default()
             };
@@ -165,7 +168,13 @@ fn detections_in_every_mode_and_what_each_refuses() {
         &BankOptions::default(),
     )
     .unwrap();
-    let references = || ssvp_detect::memory::references_memory(bank.clone(), backbones.identity());
+    let references = || {
+        ssvp_detect::memory::references_memory(
+            bank.clone(),
+            backbones.identity(),
+            ReferenceScoring::default(),
+        )
+    };
 
     // References alone: the top-1 % mean distance, a map at the image's size.
     let det = headless(&backbones)
@@ -182,6 +191,25 @@ fn detections_in_every_mode_and_what_each_refuses() {
         .detect(&[InputImage::from_rgb("ref0", refs[0].clone())])
         .unwrap();
     assert!(own[0].score.abs() < 1e-5, "{}", own[0].score);
+
+    // Background masking: nothing foreground scores 0 everywhere; everything foreground is
+    // the unmasked score.
+    let masked = |threshold| {
+        let scoring = ReferenceScoring {
+            foreground: Some(ForegroundOptions {
+                threshold,
+                ..ForegroundOptions::default()
+            }),
+            ..ReferenceScoring::default()
+        };
+        let memory =
+            ssvp_detect::memory::references_memory(bank.clone(), backbones.identity(), scoring)
+                .unwrap();
+        let det = headless(&backbones).with_memory(memory).unwrap();
+        det.detect(&test[..1]).unwrap().remove(0)
+    };
+    assert_eq!(masked(f32::INFINITY).score, 0.0);
+    assert_eq!(masked(f32::NEG_INFINITY).score, out[0].score);
 
     // Fused with the trained head: the mean of the head's score and the normalised distance.
     let fused = fixture
@@ -210,7 +238,12 @@ fn detections_in_every_mode_and_what_each_refuses() {
         &BankOptions::default(),
     )
     .unwrap();
-    let single = ssvp_detect::memory::references_memory(single, backbones.identity()).unwrap();
+    let single = ssvp_detect::memory::references_memory(
+        single,
+        backbones.identity(),
+        ReferenceScoring::default(),
+    )
+    .unwrap();
     let err = fixture
         .detector(DetectorOptions::default())
         .with_memory(single)
@@ -248,7 +281,12 @@ fn detections_in_every_mode_and_what_each_refuses() {
     let mut other = SsvpConfig::tiny();
     other.backbones.seed += 1;
     let other = Backbones::load(&other.backbones, &other.model, &Device::Cpu).unwrap();
-    let err = ssvp_detect::memory::references_memory(bank.clone(), other.identity()).unwrap_err();
+    let err = ssvp_detect::memory::references_memory(
+        bank.clone(),
+        other.identity(),
+        ReferenceScoring::default(),
+    )
+    .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Mismatch);
     assert!(err.to_string().contains("other backbones"), "{err}");
 }
@@ -274,7 +312,10 @@ fn reference_folders_and_draws_with_bad_contents_are_named() {
     assert_eq!(err.kind(), ErrorKind::NotEnoughData);
 
     // The spec a CLI builds: a missing bank file.
-    let spec = MemorySpec::Bank(tmp.path().join("none.safetensors"));
+    let spec = MemorySpec::Bank {
+        path: tmp.path().join("none.safetensors"),
+        scoring: ReferenceScoring::default(),
+    };
     let err = spec.load(&backbones, &Device::Cpu).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 
