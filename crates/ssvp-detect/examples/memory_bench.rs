@@ -55,11 +55,11 @@ fn main() -> anyhow::Result<()> {
         .map(|i| random(i).map(|t| vec![t]))
         .collect::<anyhow::Result<_>>()?;
     let cfg = SsvpConfig::default();
-    let meta = |backbones: &str| BankMeta {
+    let meta = |backbones: &str, tap: String| BankMeta {
         format: ssvp_memory::bank::BANK_FORMAT,
         backbones: backbones.into(),
         backbone_names: "seeded ViT-L".into(),
-        taps: vec!["dino.24".into()],
+        taps: vec![tap],
         grid: (37, 37),
         references: (0..16).map(|i| format!("ref{i}")).collect(),
         rotations: 1,
@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         normal_scale: None,
     };
     let t0 = Instant::now();
-    let bank = PatchBank::build(&refs, meta("none"), None)?;
+    let bank = PatchBank::build(&refs, meta("none", "dino.24".into()), None)?;
     let build = t0.elapsed().as_secs_f64();
     let query = random(99)?;
     let mut knn = Vec::new();
@@ -114,7 +114,9 @@ fn main() -> anyhow::Result<()> {
             &cfg.model,
             &Device::Cpu,
         )?);
-        let bank = PatchBank::build(&refs, meta(&backbones.identity().digest()), None)?;
+        let id = backbones.identity();
+        let last = format!("dino.{}", id.dino_layers[id.dino_layers.len() - 1]);
+        let bank = PatchBank::build(&refs, meta(&id.digest(), last), None)?;
         let memory = references_memory(bank, backbones.identity(), ReferenceScoring::default())?;
         let detector = Detector::without_head(
             Arc::clone(&backbones),
@@ -146,6 +148,13 @@ fn main() -> anyhow::Result<()> {
                 t.postprocess_ms
             );
         }
+        // Baseline in the same process: both towers, as a head (or evaluation) needs them.
+        let t0 = Instant::now();
+        backbones.features_of_images(std::slice::from_ref(&input.image))?;
+        println!(
+            "baseline: both towers on the same image {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

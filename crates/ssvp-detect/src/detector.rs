@@ -26,7 +26,7 @@ use ssvp_eval::postprocess::{postprocess_map, resize_map, AnomalyMap, Postproces
 use ssvp_image::{ColorScale, RgbImage8};
 use ssvp_memory::foreground::foreground_mask;
 use ssvp_memory::score::top_fraction_mean;
-use ssvp_model::features::{stack_features, Backbones, FeatureSource, ImageFeatures};
+use ssvp_model::features::{stack_features, Backbones, FeatureSource, ImageFeatures, TowerSet};
 use ssvp_model::run_dir::TrainedRun;
 use ssvp_model::{Mode, SsvpConfig, SsvpHead};
 
@@ -36,6 +36,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::input::InputImage;
 use crate::memory::{
     normalise_distance, set_scale, tapped, Memory, MemorySpec, MutualConfig, ReferenceScoring, Tap,
+    Tower,
 };
 use crate::tiling::{crop, layout, Stitcher, Tile, Tiling};
 
@@ -329,6 +330,9 @@ type MemoryOutputs = (Vec<(f64, Vec<f32>)>, Option<f32>);
 pub struct Detector {
     head: Option<SsvpHead>,
     memory: Option<Memory>,
+    /// The towers the scorers read: both with a head, otherwise those of the memory's taps
+    /// (references on DINOv3 alone skip CLIP).
+    towers: TowerSet,
     /// Upsampling and smoothing of every map (the run's or the config's `[postprocess]`).
     postprocess: PostprocessConfig,
     backbones: Arc<Backbones>,
@@ -452,6 +456,7 @@ impl Detector {
         Ok(Self {
             head: None,
             memory: None,
+            towers: TowerSet::BOTH,
             postprocess,
             backbones,
             identity,
@@ -486,6 +491,17 @@ impl Detector {
                      (drop --tile)",
                 ));
             }
+        }
+        let scales = self.backbones.identity().clip_layers.len();
+        let taps = match &memory {
+            Memory::References { taps, .. } => taps.clone(),
+            Memory::Mutual(config) => config.taps.resolve(scales)?,
+        };
+        if self.head.is_none() {
+            self.towers = TowerSet {
+                clip: taps.iter().any(|t| t.tower == Tower::Clip),
+                dino: taps.iter().any(|t| t.tower == Tower::Dino),
+            };
         }
         self.memory = Some(memory);
         Ok(self)
@@ -845,12 +861,12 @@ impl Detector {
         }
     }
 
-    /// Both towers' inputs of a chunk, and the time it took.
+    /// The inputs of the towers the scorers read, for a chunk, and the time it took.
     fn preprocess(&self, images: &[&RgbImage8]) -> Result<Preprocessed> {
         let started = Instant::now();
         let (clip, dino) = self
             .backbones
-            .preprocess_batch(images)
+            .preprocess_towers(images, self.towers)
             .map_err(Error::model)?;
         Ok(Preprocessed {
             clip,
@@ -912,7 +928,7 @@ impl Detector {
             let started = Instant::now();
             let features = self
                 .backbones
-                .features_from_pixels(&pre.clip, &pre.dino)
+                .features_of_towers(pre.clip.as_ref(), pre.dino.as_ref())
                 .map_err(Error::model)?;
             let backbones_ms = ms_since(started);
             let n = chunk.len() as f64;
@@ -1045,10 +1061,10 @@ impl PreparedBatch<'_> {
     }
 }
 
-/// Both towers' inputs of one chunk.
+/// The towers' inputs of one chunk (`None`: a tower the scorers do not read).
 struct Preprocessed {
-    clip: Tensor,
-    dino: Tensor,
+    clip: Option<Tensor>,
+    dino: Option<Tensor>,
     ms: f64,
 }
 

@@ -186,6 +186,14 @@ fn detections_in_every_mode_and_what_each_refuses() {
     assert!(out[0].score_head.is_none() && out[0].score_global.is_none());
     assert_eq!((out[0].map.width, out[0].map.height), (96, 96));
     assert!(out[0].score > 0.0 && out[0].score < 1.0);
+    // detect runs DINOv3 alone for DINOv3 references; the features of both towers (what
+    // evaluation reads) give the same score, bit for bit.
+    let alone = det.detect(&test[..1]).unwrap().remove(0);
+    let both = backbones
+        .features_of_images(std::slice::from_ref(&test[0].image))
+        .unwrap();
+    let via_eval = det.score_features(&both, "object").unwrap().remove(0);
+    assert_eq!(alone.score, via_eval.score);
     // A reference itself is at distance zero from the bank.
     let own = det
         .detect(&[InputImage::from_rgb("ref0", refs[0].clone())])
@@ -209,7 +217,6 @@ fn detections_in_every_mode_and_what_each_refuses() {
         det.detect(&test[..1]).unwrap().remove(0)
     };
     assert_eq!(masked(f32::MAX).score, 0.0);
-    let alone = det.detect(&test[..1]).unwrap().remove(0);
     assert_eq!(masked(f32::MIN).score, alone.score);
 
     // Fused with the trained head: the mean of the head's score and the normalised distance.

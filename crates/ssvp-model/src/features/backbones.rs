@@ -112,6 +112,23 @@ fn weights_fingerprint(path: &Path) -> anyhow::Result<String> {
     Ok(format!("sha256-ends:{size}:{}", hex(&hasher.finalize())))
 }
 
+/// Which towers a pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TowerSet {
+    /// CLIP's vision tower.
+    pub clip: bool,
+    /// DINOv3.
+    pub dino: bool,
+}
+
+impl TowerSet {
+    /// Both towers (what the head needs).
+    pub const BOTH: Self = Self {
+        clip: true,
+        dino: true,
+    };
+}
+
 /// The frozen CLIP + DINOv3 pair, aligned on one patch grid.
 pub struct Backbones {
     clip: ClipModel,
@@ -358,42 +375,47 @@ impl Backbones {
         (&self.clip_pre, &self.dino_pre)
     }
 
-    /// Preprocesses one image for both towers: `([3, Hc, Wc], [3, Hd, Wd])` f32.
-    fn pixels(&self, img: &RgbImage8, name: &str) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-        let clip = self
-            .clip_pre
-            .apply(img)
-            .with_context(|| format!("preprocessing {name} for CLIP"))?;
-        let dino = self
-            .dino_pre
-            .apply(img)
-            .with_context(|| format!("preprocessing {name} for DINOv3"))?;
-        Ok((clip.data, dino.data))
-    }
-
-    /// Preprocesses a batch of decoded images (each with a name for error messages) for both
-    /// towers: `([B, 3, Hc, Wc], [B, 3, Hd, Wd])` on the backbones' device.
-    fn pixels_of_named(&self, images: &[(&RgbImage8, String)]) -> anyhow::Result<(Tensor, Tensor)> {
+    /// Preprocesses a batch of decoded images (each with a name for error messages) for the
+    /// towers of `towers`: `([B, 3, Hc, Wc], [B, 3, Hd, Wd])` on the backbones' device, `None`
+    /// for a tower left out.
+    fn pixels_of_named_towers(
+        &self,
+        images: &[(&RgbImage8, String)],
+        towers: TowerSet,
+    ) -> anyhow::Result<(Option<Tensor>, Option<Tensor>)> {
         let b = images.len();
         anyhow::ensure!(b > 0, "no images to preprocess");
-        let mut clip_data = Vec::with_capacity(b * 3 * self.clip_pre.width * self.clip_pre.height);
-        let mut dino_data = Vec::with_capacity(b * 3 * self.dino_pre.width * self.dino_pre.height);
-        for (img, name) in images {
-            let (c, d) = self.pixels(img, name)?;
-            clip_data.extend(c);
-            dino_data.extend(d);
-        }
-        let clip = Tensor::from_vec(
-            clip_data,
-            (b, 3, self.clip_pre.height, self.clip_pre.width),
-            &self.device,
-        )?;
-        let dino = Tensor::from_vec(
-            dino_data,
-            (b, 3, self.dino_pre.height, self.dino_pre.width),
-            &self.device,
-        )?;
+        let batch = |pre: &Preprocess, tower: &str| -> anyhow::Result<Tensor> {
+            let mut data = Vec::with_capacity(b * 3 * pre.width * pre.height);
+            for (img, name) in images {
+                let px = pre
+                    .apply(img)
+                    .with_context(|| format!("preprocessing {name} for {tower}"))?;
+                data.extend(px.data);
+            }
+            Ok(Tensor::from_vec(
+                data,
+                (b, 3, pre.height, pre.width),
+                &self.device,
+            )?)
+        };
+        let clip = towers
+            .clip
+            .then(|| batch(&self.clip_pre, "CLIP"))
+            .transpose()?;
+        let dino = towers
+            .dino
+            .then(|| batch(&self.dino_pre, "DINOv3"))
+            .transpose()?;
         Ok((clip, dino))
+    }
+
+    /// Both towers' inputs of a batch of named images.
+    fn pixels_of_named(&self, images: &[(&RgbImage8, String)]) -> anyhow::Result<(Tensor, Tensor)> {
+        match self.pixels_of_named_towers(images, TowerSet::BOTH)? {
+            (Some(clip), Some(dino)) => Ok((clip, dino)),
+            _ => anyhow::bail!("both towers were asked for"),
+        }
     }
 
     /// Preprocesses decoded images for both towers (resize, normalise), giving the inputs of
@@ -406,6 +428,20 @@ impl Backbones {
             .map(|(i, img)| (*img, format!("image {i} of the batch")))
             .collect();
         self.pixels_of_named(&named)
+    }
+
+    /// [`Backbones::preprocess_batch`] for the towers of `towers` only (`None` for the others).
+    pub fn preprocess_towers(
+        &self,
+        images: &[&RgbImage8],
+        towers: TowerSet,
+    ) -> anyhow::Result<(Option<Tensor>, Option<Tensor>)> {
+        let named: Vec<(&RgbImage8, String)> = images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| (*img, format!("image {i} of the batch")))
+            .collect();
+        self.pixels_of_named_towers(&named, towers)
     }
 
     /// Preprocesses a batch of decoded images (each with a name for error messages) and runs
@@ -427,40 +463,72 @@ impl Backbones {
         clip_pixels: &Tensor,
         dino_pixels: &Tensor,
     ) -> anyhow::Result<Vec<ImageFeatures>> {
-        let b = clip_pixels.dim(0)?;
-        anyhow::ensure!(
-            dino_pixels.dim(0)? == b,
-            "{b} CLIP images but {} DINO images",
-            dino_pixels.dim(0)?
-        );
-        let vis = self
-            .clip
-            .vision()?
-            .forward(clip_pixels, &self.vision_opts)?;
-        let dino = self.dino.forward(dino_pixels, &self.dino_blocks, true)?;
-        anyhow::ensure!(
-            vis.grid == dino.grid && vis.grid == self.identity.grid,
-            "CLIP ran at a {:?} grid and DINOv3 at {:?}; expected {:?}",
-            vis.grid,
-            dino.grid,
-            self.identity.grid
-        );
-        let n = vis.grid.0 * vis.grid.1;
+        self.features_of_towers(Some(clip_pixels), Some(dino_pixels))
+    }
+
+    /// Runs the towers whose inputs are given. A tower left out gives no tokens: its
+    /// `*_local` are empty and its `*_global` has no elements (a scorer that reads only DINOv3
+    /// patches, like the references of `ssvp detect --normal`, skips CLIP's cost this way).
+    pub fn features_of_towers(
+        &self,
+        clip_pixels: Option<&Tensor>,
+        dino_pixels: Option<&Tensor>,
+    ) -> anyhow::Result<Vec<ImageFeatures>> {
+        let b = match (clip_pixels, dino_pixels) {
+            (Some(c), Some(d)) => {
+                anyhow::ensure!(
+                    d.dim(0)? == c.dim(0)?,
+                    "{} CLIP images but {} DINO images",
+                    c.dim(0)?,
+                    d.dim(0)?
+                );
+                c.dim(0)?
+            }
+            (Some(c), None) => c.dim(0)?,
+            (None, Some(d)) => d.dim(0)?,
+            (None, None) => anyhow::bail!("no tower to run"),
+        };
         let to_f32 = |t: Tensor| t.to_dtype(DType::F32);
-        // CLS dropped from CLIP; CLS and registers from DINO (already final-normed).
-        let clip_local: Vec<Tensor> = vis
-            .patch
-            .into_iter()
-            .map(|t| to_f32(t.narrow(1, 1, n)?))
-            .collect::<candle_core::Result<_>>()?;
-        let prefix = self.dino.config().num_prefix_tokens();
-        let dino_local: Vec<Tensor> = dino
-            .hidden
-            .into_iter()
-            .map(|(_, t)| to_f32(t.narrow(1, prefix, n)?))
-            .collect::<candle_core::Result<_>>()?;
-        let clip_global = to_f32(vis.image_embed)?;
-        let dino_global = to_f32(dino.cls)?;
+        let expected = self.identity.grid;
+        let n = expected.0 * expected.1;
+        let empty = || Tensor::zeros((b, 0), DType::F32, &self.device);
+        let (clip_local, clip_global) = match clip_pixels {
+            Some(px) => {
+                let vis = self.clip.vision()?.forward(px, &self.vision_opts)?;
+                anyhow::ensure!(
+                    vis.grid == expected,
+                    "CLIP ran at a {:?} grid; expected {expected:?}",
+                    vis.grid
+                );
+                // CLS dropped.
+                let local: Vec<Tensor> = vis
+                    .patch
+                    .into_iter()
+                    .map(|t| to_f32(t.narrow(1, 1, n)?))
+                    .collect::<candle_core::Result<_>>()?;
+                (local, to_f32(vis.image_embed)?)
+            }
+            None => (Vec::new(), empty()?),
+        };
+        let (dino_local, dino_global) = match dino_pixels {
+            Some(px) => {
+                let dino = self.dino.forward(px, &self.dino_blocks, true)?;
+                anyhow::ensure!(
+                    dino.grid == expected,
+                    "DINOv3 ran at a {:?} grid; expected {expected:?}",
+                    dino.grid
+                );
+                // CLS and registers dropped (already final-normed).
+                let prefix = self.dino.config().num_prefix_tokens();
+                let local: Vec<Tensor> = dino
+                    .hidden
+                    .into_iter()
+                    .map(|(_, t)| to_f32(t.narrow(1, prefix, n)?))
+                    .collect::<candle_core::Result<_>>()?;
+                (local, to_f32(dino.cls)?)
+            }
+            None => (Vec::new(), empty()?),
+        };
         (0..b)
             .map(|i| {
                 let pick = |t: &Tensor| t.get(i)?.contiguous();
@@ -469,7 +537,7 @@ impl Backbones {
                     dino_local: dino_local.iter().map(pick).collect::<Result<_, _>>()?,
                     clip_global: pick(&clip_global)?,
                     dino_global: pick(&dino_global)?,
-                    grid: vis.grid,
+                    grid: expected,
                 })
             })
             .collect()
