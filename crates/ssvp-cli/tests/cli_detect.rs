@@ -7,19 +7,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{ok, s, ssvp, ssvp_stdin, stderr};
+use common::{ok, records, s, ssvp, ssvp_stdin, stderr};
 use serde_json::Value;
 
 fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
-}
-
-fn records(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("detections.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 struct Setup {

@@ -7,16 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails_with, ok, s, ssvp};
+use common::{fails_with, ok, records, s, ssvp};
 use serde_json::Value;
-
-fn records(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("detections.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 fn scores(dir: &Path) -> Vec<(String, f64)> {
     records(dir)

@@ -328,6 +328,13 @@ impl Calibration {
             if a.tiling != b.tiling {
                 diffs.push(format!("tiling {:?} (now {:?})", a.tiling, b.tiling));
             }
+            if a.memory != b.memory {
+                diffs.push(format!(
+                    "training-free scoring {} (now {})",
+                    memory_name(a.memory.as_ref()),
+                    memory_name(b.memory.as_ref())
+                ));
+            }
             return Err(Error::new(
                 ErrorKind::Mismatch,
                 format!(
@@ -366,6 +373,14 @@ impl Calibration {
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(Error::model)?;
         ssvp_util::fs::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
+    }
+}
+
+/// How a calibration message names a detector's training-free settings.
+fn memory_name(memory: Option<&crate::detector::MemorySettings>) -> String {
+    match memory {
+        None => "none (the head alone)".into(),
+        Some(m) => serde_json::to_string(m).unwrap_or_else(|_| format!("{m:?}")),
     }
 }
 

@@ -1191,11 +1191,16 @@ fn head_digest(head: &SsvpHead) -> Result<String> {
             hasher.update(v.to_le_bytes());
         }
     }
-    Ok(hasher
+    Ok(hex_digest(hasher))
+}
+
+/// The finished digest as lowercase hex.
+fn hex_digest(hasher: Sha256) -> String {
+    hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect()
 }
 
 /// SHA-256 over a bank's metadata (JSON) and its vectors (f32 little-endian, tap by tap).
@@ -1211,11 +1216,7 @@ fn bank_digest(bank: &ssvp_memory::PatchBank) -> Result<String> {
             hasher.update(v.to_le_bytes());
         }
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex_digest(hasher))
 }
 
 /// RsCIN's global features: MuSc takes DINO's normed CLS as is and CLIP's image embedding

@@ -1,4 +1,5 @@
-//! `ssvp detect`: score a folder of images with a trained head (library: `ssvp_detect::job`).
+//! `ssvp detect`: score a folder of images with a trained head, good references or mutual
+//! scoring (library: `ssvp_detect::job`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,9 +20,11 @@ recursively in sorted order, keeping png/jpg/jpeg/bmp/tif/tiff files, or those m
 relative to the directory), and `-` for a list of paths on stdin. EXIF orientation is applied and
 alpha is dropped (not composited), as in evaluation.
 
-Per image: backbones -> SSVP head with --class-name -> map upsampled and smoothed exactly as
-`ssvp eval` does (--map-size grid) -> resized to the image's own size -> calibrated score,
-decision and regions (connected areas of the map above the pixel threshold).
+Per image: backbones -> SSVP head with --class-name (--checkpoint), or distances to good
+references (--normal, --bank), or mutual scores among the inputs (--mutual), or the head fused
+with either -> map upsampled and smoothed exactly as `ssvp eval` does (--map-size grid) ->
+resized to the image's own size -> calibrated score, decision and regions (connected areas of
+the map above the pixel threshold). docs/training-free.md has the rules of the modes.
 
 Outputs in --out: detections.jsonl (one line per image, flushed as it finishes; failed images
 are lines with status \"error\"), detections.csv, report.html, run.json, maps/ (16-bit PNG:
