@@ -701,10 +701,10 @@ impl Detector {
             } => {
                 let mut out = Vec::with_capacity(features.len());
                 for f in features {
-                    let mut grid = bank.distances(&tapped(f, taps))?;
+                    let mut grid = bank.distances(&tapped(f, taps)?)?;
                     if let Some(opts) = &scoring.foreground {
                         // Background patches score 0 and stay in the grid (AnomalyDINO).
-                        let fg = foreground_mask(taps[0].of(f), f.grid, opts)?;
+                        let fg = foreground_mask(taps[0].of(f)?, f.grid, opts)?;
                         grid.iter_mut()
                             .zip(fg)
                             .filter(|(_, keep)| !keep)
@@ -720,8 +720,8 @@ impl Detector {
                 let taps: Vec<Tap> = config.taps.resolve(scales)?;
                 let layers: Vec<Vec<Tensor>> = taps
                     .iter()
-                    .map(|t| features.iter().map(|f| t.of(f).clone()).collect())
-                    .collect();
+                    .map(|t| features.iter().map(|f| t.of(f).cloned()).collect())
+                    .collect::<Result<_>>()?;
                 let grid = features.first().map(|f| f.grid).unwrap_or((0, 0));
                 let patches = ssvp_memory::mutual::mutual_scores(&layers, grid, &config.options)?;
                 let mut scores: Vec<f64> = patches

@@ -59,12 +59,20 @@ impl Tap {
         }
     }
 
-    /// The tapped tokens `[N, D]` of one image.
-    pub fn of<'a>(&self, features: &'a ImageFeatures) -> &'a Tensor {
-        match self.tower {
-            Tower::Dino => &features.dino_local[self.position],
-            Tower::Clip => &features.clip_local[self.position],
-        }
+    /// The tapped tokens `[N, D]` of one image; an error when its tower was not run or has
+    /// fewer tapped layers.
+    pub fn of<'a>(&self, features: &'a ImageFeatures) -> Result<&'a Tensor> {
+        let (layers, tower) = match self.tower {
+            Tower::Dino => (&features.dino_local, "DINOv3"),
+            Tower::Clip => (&features.clip_local, "CLIP"),
+        };
+        layers.get(self.position).ok_or_else(|| {
+            Error::model(anyhow::anyhow!(
+                "the {tower} features hold {} tapped layers, not the {} this scorer reads",
+                layers.len(),
+                self.position + 1
+            ))
+        })
     }
 }
 
@@ -181,8 +189,8 @@ impl TapSelection {
 }
 
 /// The tapped tokens of one image, in tap order.
-pub fn tapped(features: &ImageFeatures, taps: &[Tap]) -> Vec<Tensor> {
-    taps.iter().map(|t| t.of(features).clone()).collect()
+pub fn tapped(features: &ImageFeatures, taps: &[Tap]) -> Result<Vec<Tensor>> {
+    taps.iter().map(|t| t.of(features).cloned()).collect()
 }
 
 /// How a bank is built from reference images.
@@ -303,7 +311,10 @@ pub fn bank_of_features(
     opts: &BankOptions,
 ) -> Result<PatchBank> {
     let taps = opts.taps.resolve(identity.clip_layers.len())?;
-    let per_image: Vec<Vec<Tensor>> = features.iter().map(|f| tapped(f, &taps)).collect();
+    let per_image: Vec<Vec<Tensor>> = features
+        .iter()
+        .map(|f| tapped(f, &taps))
+        .collect::<Result<_>>()?;
     let meta = BankMeta {
         format: ssvp_memory::bank::BANK_FORMAT,
         backbones: identity.digest(),

@@ -251,6 +251,9 @@ impl PatchBank {
                 meta.format
             )));
         }
+        if meta.taps.is_empty() {
+            return Err(broken("it holds no feature taps".into()));
+        }
         let tensors =
             safetensors::SafeTensors::deserialize(&bytes).map_err(|e| broken(e.to_string()))?;
         let mut keys = Vec::with_capacity(meta.taps.len());
