@@ -249,7 +249,9 @@ pub fn build_bank(
         match read_image(path, &opts.decode) {
             Ok(input) => {
                 images.push(input.image);
-                names.push(path.display().to_string());
+                // Absolute, so that calibrate can recognise a reference from anywhere.
+                let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                names.push(absolute.display().to_string());
             }
             Err(e) if e.kind().is_client_error() => skipped.push((path.clone(), e)),
             Err(e) => return Err(e),
