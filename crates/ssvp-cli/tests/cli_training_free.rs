@@ -1,6 +1,7 @@
 //! Detection without a trained head from the command line, with the tiny backbones on a small
 //! synthetic set: `detect --normal`, `bank build` + `detect --bank` (the same scores),
-//! `bank info`, `detect --mutual` (and a set too small to score), `calibrate` on a bank, `eval
+//! `bank info`, a bank with rotations and a coreset, `detect --mutual` (and a set too small to
+//! score), `calibrate` on a bank, `eval
 //! --mode references|mutual` and its JSON, and the errors of bad references and banks.
 
 mod common;
@@ -76,6 +77,38 @@ fn references_bank_mutual_calibrate_and_eval_without_a_head() {
     args.extend(tiny);
     ok(&ssvp(&args));
     assert_eq!(scores(&by_refs), scores(&by_bank));
+
+    // Rotated copies and a coreset: 8 references x 4 rotations x 64 patches, half of them kept.
+    let small = root.join("small.safetensors");
+    let mut args = vec![
+        "bank",
+        "build",
+        "--normal",
+        s(&good),
+        "--rotations",
+        "4",
+        "--coreset",
+        "0.5",
+        "--out",
+        s(&small),
+    ];
+    args.extend(tiny);
+    ok(&ssvp(&args));
+    let info: Value = serde_json::from_slice(&ssvp(&["bank", "info", s(&small)]).stdout).unwrap();
+    assert_eq!(info["vectors_per_tap"], 8 * 4 * 64 / 2);
+    assert_eq!(info["rotations"], 4);
+    let by_small = root.join("small");
+    let mut args = vec![
+        "detect",
+        "--bank",
+        s(&small),
+        "--out",
+        s(&by_small),
+        s(&test),
+    ];
+    args.extend(tiny);
+    ok(&ssvp(&args));
+    assert_eq!(records(&by_small).len(), 16);
 
     // Calibrated on good images the bank has not seen, then used by detect.
     let cal = root.join("cal.json");
@@ -168,6 +201,8 @@ fn references_bank_mutual_calibrate_and_eval_without_a_head() {
         "--shots",
         "1,2",
         "--draws",
+        "2",
+        "--rotations",
         "2",
         "--eval-size",
         "96",
