@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{ok, records, s, ssvp, ssvp_stdin, stderr};
+use common::{ok, records, s, ssvp, ssvp_stdin, stderr, synth};
 use serde_json::Value;
 
 fn code(out: &Output) -> i32 {
@@ -50,19 +50,7 @@ fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let data = root.join("data");
-    ok(&ssvp(&[
-        "synth",
-        "--out",
-        s(&data),
-        "--kinds",
-        "woven,disc",
-        "--per-category",
-        "10",
-        "--size",
-        "64",
-        "--seed",
-        "4",
-    ]));
+    synth(&data, "woven,disc", 10, 64, 4);
     let run = train(&root, &data, "run", "111");
     Setup {
         _tmp: tmp,

@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails_with, ok, s, ssvp};
+use common::{fails_with, ok, s, ssvp, synth};
 use serde_json::Value;
 
 struct Setup {
@@ -21,19 +21,7 @@ fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let data = root.join("data");
-    ok(&ssvp(&[
-        "synth",
-        "--out",
-        s(&data),
-        "--kinds",
-        "woven,disc,screw",
-        "--per-category",
-        "4",
-        "--size",
-        "48",
-        "--seed",
-        "2",
-    ]));
+    synth(&data, "woven,disc,screw", 4, 48, 2);
     Setup {
         cache: root.join("cache"),
         data,

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails_with, ok, records, s, ssvp};
+use common::{fails_with, ok, records, s, ssvp, synth};
 use serde_json::Value;
 
 fn scores(dir: &Path) -> Vec<(String, f64)> {
@@ -28,19 +28,7 @@ fn references_bank_mutual_calibrate_and_eval_without_a_head() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let data = root.join("data");
-    ok(&ssvp(&[
-        "synth",
-        "--out",
-        s(&data),
-        "--kinds",
-        "disc",
-        "--per-category",
-        "8",
-        "--size",
-        "96",
-        "--seed",
-        "4",
-    ]));
+    synth(&data, "disc", 8, 96, 4);
     let good = data.join("disc/train/good");
     let test = data.join("disc/test");
     let tiny = ["--backbones", "tiny", "--map-size", "96"];
@@ -239,17 +227,7 @@ fn bad_references_and_banks_are_refused_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let data = root.join("data");
-    ok(&ssvp(&[
-        "synth",
-        "--out",
-        s(&data),
-        "--kinds",
-        "screw",
-        "--per-category",
-        "6",
-        "--size",
-        "64",
-    ]));
+    synth(&data, "screw", 6, 64, 0);
     let good = data.join("screw/train/good");
     let test = data.join("screw/test");
     let out = root.join("out");

@@ -88,6 +88,38 @@ fn main() -> anyhow::Result<()> {
         build
     );
 
+    // The bank file: write, then load (what `ssvp detect --bank` does at start).
+    let dir = std::env::temp_dir().join(format!("ssvp-memory-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bank.safetensors");
+    let t0 = Instant::now();
+    bank.save(&path)?;
+    let save = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let loaded = PatchBank::load(&path, &Device::Cpu)?;
+    let load = t0.elapsed().as_secs_f64();
+    assert_eq!(loaded.len(), bank.len());
+    println!(
+        "bank file of {:.0} MB: save {:.0} ms, load {:.0} ms",
+        std::fs::metadata(&path)?.len() as f64 / 1e6,
+        1e3 * save,
+        1e3 * load
+    );
+    std::fs::remove_dir_all(&dir)?;
+
+    // A 10 % coreset of the 16-image bank.
+    let t0 = Instant::now();
+    let picked = ssvp_memory::coreset::greedy_coreset(
+        &bank.keys()[0],
+        &ssvp_memory::CoresetOptions::default(),
+    )?;
+    println!(
+        "coreset: {} of {} vectors (10 %) in {:.1} s",
+        picked.len(),
+        bank.len(),
+        t0.elapsed().as_secs_f64()
+    );
+
     // Mutual: a set of `set` images, 4 layers, degrees 1, 3, 5.
     let layers: Vec<Vec<Tensor>> = (0..4)
         .map(|l| (0..set).map(|b| random(100 * l + b as u64)).collect())

@@ -577,12 +577,24 @@ impl Detector {
         &self.postprocess
     }
 
-    /// Images per call of the scorers in a batch run: the backbones' batch size, or for mutual
-    /// scoring the size of a set (every image of a call scores the others).
+    /// The size of a mutual-scoring set, when the detector scores mutually.
     pub fn set_size(&self) -> Option<usize> {
         match &self.memory {
             Some(Memory::Mutual(c)) => Some(c.set_size),
             _ => None,
+        }
+    }
+
+    /// How `n` images are cut into scoring calls, in order: batches of the batch size, or for
+    /// mutual scoring sets of about the set size ([`crate::memory::set_sizes`]), since every
+    /// image of a call is then compared with the others.
+    pub fn call_sizes(&self, n: usize) -> Vec<usize> {
+        match self.set_size() {
+            Some(size) => crate::memory::set_sizes(n, size),
+            None => {
+                let b = self.options.batch_size;
+                (0..n).step_by(b).map(|start| b.min(n - start)).collect()
+            }
         }
     }
 
@@ -594,8 +606,8 @@ impl Detector {
             .unwrap_or(match self.mode() {
                 // Cosine distances of good patches stay well under 0.5.
                 "references" => ColorScale { lo: 0.0, hi: 0.5 },
-                // Euclidean distances of unit vectors lie in [0, 2]; good patches near 0.5.
-                "mutual" => ColorScale { lo: 0.0, hi: 1.0 },
+                // Probabilities (head, fused); mutual: Euclidean distances of unit vectors, in
+                // [0, 2], good patches near 0.5.
                 _ => ColorScale { lo: 0.0, hi: 1.0 },
             })
     }

@@ -29,8 +29,7 @@ use ssvp_util::rng::{fnv1a, mix64, SplitMix64};
 use crate::detector::{features_of_files, Detector};
 use crate::error::{Error, ErrorKind, Result};
 use crate::memory::{
-    bank_of_features, bank_of_images, references_memory, set_sizes, BankOptions, Memory,
-    ReferenceScoring,
+    bank_of_features, bank_of_images, references_memory, BankOptions, Memory, ReferenceScoring,
 };
 
 /// Options of [`evaluate`] that are not the detector's.
@@ -301,14 +300,9 @@ fn evaluate_category(
     };
     let memory = drawn.as_ref().or(detector.memory());
     let batch_size = detector.options().batch_size;
-    // Images per scoring call: a mutual set scores as a whole, anything else per batch.
-    let sizes = match memory {
-        Some(Memory::Mutual(c)) => set_sizes(cat.samples.len(), c.set_size),
-        _ => (0..cat.samples.len())
-            .step_by(batch_size)
-            .map(|s| batch_size.min(cat.samples.len() - s))
-            .collect(),
-    };
+    // Images per scoring call: a mutual set scores as a whole, anything else per batch (drawn
+    // references are never mutual, so the detector's own rule holds).
+    let sizes = detector.call_sizes(cat.samples.len());
     let mut start = 0;
     for size in sizes {
         let chunk = &cat.samples[start..start + size];

@@ -19,7 +19,7 @@ use crate::detector::{Detector, PreparedBatch};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{read_image, DecodeOptions, InputImage};
 use crate::inputs::{InputFile, Shard};
-use crate::memory::{set_sizes, Memory};
+use crate::memory::Memory;
 use crate::output::csv::records_csv;
 use crate::output::files::{stems, write_image_files, FileOptions};
 use crate::output::html;
@@ -64,13 +64,7 @@ fn scan(
     on_item: &mut OnItem<'_>,
 ) -> Result<()> {
     // Inputs per scoring call, in order: one set after another for mutual scoring.
-    let batches: Vec<usize> = match detector.set_size() {
-        Some(size) => set_sizes(inputs.len(), size),
-        None => vec![
-            detector.options().batch_size;
-            inputs.len().div_ceil(detector.options().batch_size)
-        ],
-    };
+    let batches = detector.call_sizes(inputs.len());
     let batch_size = batches.first().copied().unwrap_or(1);
     std::thread::scope(|scope| {
         let (tx, rx) = sync_channel::<Decoded>(2);

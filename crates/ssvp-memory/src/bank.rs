@@ -102,7 +102,11 @@ impl PatchBank {
             let rows: Vec<&Tensor> = normalised.iter().map(|f| &f[t]).collect();
             keys.push(stack_rows(&rows)?);
         }
-        meta.normal_scale = leave_one_out_scale(&normalised, copies)?;
+        let rows_per_image: Vec<usize> = normalised
+            .iter()
+            .map(|f| f[0].dim(0))
+            .collect::<candle_core::Result<_>>()?;
+        meta.normal_scale = leave_one_out_scale(&keys, &rows_per_image, copies)?;
         if let Some(opts) = coreset {
             for k in keys.iter_mut() {
                 let idx = greedy_coreset(k, opts)?;
@@ -287,34 +291,49 @@ fn short(digest: &str) -> &str {
 
 /// [`BankMeta::normal_scale`]: each of the first [`SCALE_IMAGES`] references (all its copies
 /// left out together) against the rest, distances averaged over taps as in
-/// [`PatchBank::distances`], then the 99th percentile of all those patch distances.
-fn leave_one_out_scale(images: &[Vec<Tensor>], copies: usize) -> Result<Option<f32>> {
-    let references = images.len() / copies;
+/// [`PatchBank::distances`], then the 99th percentile of all those patch distances. The rest
+/// is searched as the rows of `keys` (the stacked bank) before and after the reference's own,
+/// so no copy of the bank is made.
+fn leave_one_out_scale(
+    keys: &[Tensor],
+    rows_per_image: &[usize],
+    copies: usize,
+) -> Result<Option<f32>> {
+    let references = rows_per_image.len() / copies;
     if references < 2 {
         return Ok(None);
     }
-    let taps = images[0].len();
+    let offsets: Vec<usize> = std::iter::once(0)
+        .chain(rows_per_image.iter().scan(0, |end, n| {
+            *end += n;
+            Some(*end)
+        }))
+        .collect();
     let mut all = Vec::new();
     for r in 0..references.min(SCALE_IMAGES) {
-        let own = r * copies..(r + 1) * copies;
+        let (start, end) = (offsets[r * copies], offsets[(r + 1) * copies]);
         // The reference itself, unrotated (its first copy), against every other reference.
         let mut sum: Vec<f32> = Vec::new();
-        for t in 0..taps {
-            let rest: Vec<&Tensor> = images
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !own.contains(i))
-                .map(|(_, f)| &f[t])
-                .collect();
-            let keys = stack_rows(&rest)?;
-            let d = nearest(&images[own.start][t], &keys, DEFAULT_TILE_ROWS)?.cosine_distances();
+        for k in keys {
+            let query = k.narrow(0, start, rows_per_image[r * copies])?;
+            let m = k.dim(0)?;
+            let mut best = vec![f32::NEG_INFINITY; query.dim(0)?];
+            for (from, len) in [(0, start), (end, m - end)] {
+                if len > 0 {
+                    let part = nearest(&query, &k.narrow(0, from, len)?, DEFAULT_TILE_ROWS)?;
+                    best.iter_mut()
+                        .zip(part.similarity)
+                        .for_each(|(b, s)| *b = b.max(s));
+                }
+            }
+            let d = best.into_iter().map(|s| 1.0 - s);
             if sum.is_empty() {
-                sum = d;
+                sum = d.collect();
             } else {
                 sum.iter_mut().zip(d).for_each(|(s, v)| *s += v);
             }
         }
-        all.extend(sum.into_iter().map(|s| s / taps as f32));
+        all.extend(sum.into_iter().map(|s| s / keys.len() as f32));
     }
     Ok(Some(quantile(&all, 0.99)))
 }

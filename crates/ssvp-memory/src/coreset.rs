@@ -10,6 +10,7 @@
 //! (`reference/gen_memory.py`).
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use ssvp_util::rng::SplitMix64;
 
@@ -83,6 +84,20 @@ fn draws(m: usize, d: usize, opts: &CoresetOptions) -> (Option<Vec<f32>>, Vec<us
     (weights, starts)
 }
 
+/// Scores per parallel work item: large enough that a step's scheduling cost is noise.
+const CHUNK: usize = 4096;
+
+/// The index of the largest value, the lowest among equals.
+fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Squared Euclidean distance with eight partial sums, so that the loop vectorises.
 fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -139,21 +154,41 @@ pub fn greedy_coreset(vectors: &Tensor, opts: &CoresetOptions) -> Result<Vec<usi
         })
         .collect();
     let mut selected = Vec::with_capacity(target);
+    let mut best = argmax(&score);
     for _ in 0..target {
-        let mut best = 0;
-        for (i, &s) in score.iter().enumerate() {
-            if s > score[best] {
-                best = i;
-            }
-        }
         selected.push(best);
         let chosen = row(best).to_vec();
-        for (i, s) in score.iter_mut().enumerate() {
-            let dist = sq_dist(row(i), &chosen).sqrt();
-            if dist < *s {
-                *s = dist;
-            }
-        }
+        // Lower every score to its distance to the chosen vector and find the next farthest
+        // in the same pass, in parallel chunks (the selection's whole cost is this loop).
+        best = score
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let mut local = (f32::NEG_INFINITY, usize::MAX);
+                for (k, s) in chunk.iter_mut().enumerate() {
+                    let i = c * CHUNK + k;
+                    let dist = sq_dist(row(i), &chosen).sqrt();
+                    if dist < *s {
+                        *s = dist;
+                    }
+                    if *s > local.0 {
+                        local = (*s, i);
+                    }
+                }
+                local
+            })
+            .reduce(
+                || (f32::NEG_INFINITY, usize::MAX),
+                // The larger score wins; among equals the lower index, as a serial scan.
+                |a, b| {
+                    if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) {
+                        b
+                    } else {
+                        a
+                    }
+                },
+            )
+            .1;
     }
     Ok(selected)
 }

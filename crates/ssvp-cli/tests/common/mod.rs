@@ -61,3 +61,21 @@ pub fn records(dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Writes a synthetic benchmark of `kinds` (comma-separated) with `ssvp synth`.
+pub fn synth(out: &Path, kinds: &str, per_category: usize, size: usize, seed: u64) {
+    let (per, size, seed) = (per_category.to_string(), size.to_string(), seed.to_string());
+    ok(&ssvp(&[
+        "synth",
+        "--out",
+        s(out),
+        "--kinds",
+        kinds,
+        "--per-category",
+        &per,
+        "--size",
+        &size,
+        "--seed",
+        &seed,
+    ]));
+}
