@@ -26,6 +26,7 @@ pub struct Detection {
     /// tiled form, see docs/detect.md), in [0, 1]; with references: the mean of the top 1 % of
     /// the patch distances; mutual: the largest patch score (RsCIN-rescored if asked); fused:
     /// the mean of the head's score and the normalised distance score (docs/training-free.md).
+    /// Tiled with references or mutual scoring (fused too): the highest tile score.
     /// Comparable only between images scored with the same model and settings.
     pub score: f64,
     /// The head's `S_final` (`None` without a head).

@@ -773,11 +773,6 @@ impl Detector {
             None => None,
         };
         let memory_ms = ms_since(started);
-        if head.is_none() && distances.is_none() {
-            return Err(Error::invalid(
-                "this detector has neither a head nor references nor mutual scoring",
-            ));
-        }
         let started = Instant::now();
         let grid = features[0].grid;
         let (size, pp) = (self.options.map_size, &self.postprocess);
@@ -819,7 +814,9 @@ impl Detector {
                     }
                 }
                 (None, None) => {
-                    return Err(Error::invalid("no scorer gave a result for this image"))
+                    return Err(Error::invalid(
+                        "this detector has neither a head nor references nor mutual scoring",
+                    ))
                 }
             };
             results.push(unit);

@@ -485,27 +485,29 @@ impl MemorySpec {
         backbones: &Backbones,
         device: &candle_core::Device,
     ) -> Result<(Memory, Vec<(PathBuf, Error)>)> {
-        let scales = backbones.identity().clip_layers.len();
+        let identity = backbones.identity();
         match self {
             MemorySpec::Bank { path, scoring } => {
-                scoring.validate()?;
                 let bank = load_bank(path, device)?;
-                let taps = taps_of_bank(&bank, backbones.identity())?;
-                Ok((references(bank, taps, scoring.clone()), Vec::new()))
+                Ok((
+                    references_memory(bank, identity, scoring.clone())?,
+                    Vec::new(),
+                ))
             }
             MemorySpec::References {
                 paths,
                 options,
                 scoring,
             } => {
+                // Checked before the references cost a backbone pass each.
                 scoring.validate()?;
-                let taps = options.taps.resolve(scales)?;
                 let built = build_bank(backbones, paths, options)?;
-                Ok((references(built.bank, taps, scoring.clone()), built.skipped))
+                let memory = references_memory(built.bank, identity, scoring.clone())?;
+                Ok((memory, built.skipped))
             }
             MemorySpec::Mutual(config) => {
                 config.validate()?;
-                config.taps.resolve(scales)?;
+                config.taps.resolve(identity.clip_layers.len())?;
                 Ok((Memory::Mutual(config.clone()), Vec::new()))
             }
         }

@@ -287,7 +287,7 @@ fn write_outputs(
         print!("{}", report.to_table());
         let csv_scores = scores_csv(&evaluation.scores);
         outputs = args.files.render(report);
-        if let Some(path) = &args.out_json_path() {
+        if let Some(path) = &args.files.out.clone() {
             let mut json = serde_json::to_value(report)?;
             json["protocol"] = serde_json::to_value(&protocol)?;
             outputs.retain(|(p, _)| p != path);
@@ -333,7 +333,7 @@ fn write_outputs(
             );
             summaries.push(summary);
         }
-        if let Some(path) = &args.out_json_path() {
+        if let Some(path) = &args.files.out.clone() {
             let json = serde_json::json!({
                 "protocol": protocol,
                 "runs": json_runs,
@@ -343,10 +343,4 @@ fn write_outputs(
         }
     }
     write_text_files(&outputs)
-}
-
-impl EvalArgs {
-    fn out_json_path(&self) -> Option<PathBuf> {
-        self.files.out.clone()
-    }
 }

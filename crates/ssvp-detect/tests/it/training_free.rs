@@ -219,6 +219,47 @@ fn detections_in_every_mode_and_what_each_refuses() {
     assert_eq!(masked(f32::MAX).score, 0.0);
     assert_eq!(masked(f32::MIN).score, alone.score);
 
+    // Tiled: the highest tile score. A 192 x 96 image of a reference beside a test image,
+    // cut into its two 96 px halves, scores as the test image alone.
+    let (left, right) = (&refs[0], &test[1].image);
+    let mut data = Vec::with_capacity(192 * 96 * 3);
+    for y in 0..96 {
+        data.extend_from_slice(&left.data[y * 96 * 3..(y + 1) * 96 * 3]);
+        data.extend_from_slice(&right.data[y * 96 * 3..(y + 1) * 96 * 3]);
+    }
+    let pair = ssvp_image::RgbImage8 {
+        width: 192,
+        height: 96,
+        data,
+    };
+    let tiled = Detector::without_head(
+        Arc::clone(&backbones),
+        PostprocessConfig::default(),
+        DetectorOptions {
+            map_size: 96,
+            tiling: Some(Tiling {
+                size: 96,
+                overlap: 0,
+            }),
+            ..DetectorOptions::default()
+        },
+    )
+    .unwrap()
+    .with_memory(references().unwrap())
+    .unwrap();
+    let t = tiled
+        .detect(&[InputImage::from_rgb("pair", pair)])
+        .unwrap()
+        .remove(0);
+    assert_eq!(t.tiles, 2);
+    let right_alone = det.detect(&test[1..2]).unwrap().remove(0).score;
+    assert!(
+        (t.score - right_alone).abs() < 1e-5,
+        "{} vs {right_alone}",
+        t.score
+    );
+    assert_eq!(t.score_distance, Some(t.score));
+
     // Fused with the trained head: the mean of the head's score and the normalised distance.
     let fused = fixture
         .detector(DetectorOptions {
