@@ -11,6 +11,7 @@ use ssvp_eval::postprocess::AnomalyMap;
 
 /// The detector's answer for one image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Detection {
     /// Width of the image (after EXIF orientation) and of its map, in pixels.
     pub width: usize,
@@ -76,6 +77,7 @@ fn empty_map() -> AnomalyMap {
 
 /// Minimum, maximum and mean of a map.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MapStats {
     /// Lowest value.
     pub min: f32,
@@ -107,6 +109,7 @@ impl MapStats {
 /// Wall-clock time per stage, in milliseconds. Stages that run on a whole batch (preprocess,
 /// backbones, head) are shared equally among the images (or tiles) of the batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Timings {
     /// Reading and decoding the file (filled by the caller that decoded it).
     pub decode_ms: f64,

@@ -547,6 +547,12 @@ impl Detector {
         }
     }
 
+    /// Sets the images (or tiles) per backbone pass: a server gathers requests into batches of
+    /// its own size. It changes the grouping only, not what an image scores.
+    pub fn set_batch_size(&mut self, batch_size: usize) {
+        self.options.batch_size = batch_size.max(1);
+    }
+
     /// How the detector runs and decides.
     pub fn options(&self) -> &DetectorOptions {
         &self.options
@@ -987,6 +993,29 @@ impl Detector {
             .collect()
     }
 
+    /// The calibration's 0-1 score of a raw `score` for the decision at `threshold`.
+    fn calibrated_score(&self, score: f64, threshold: Option<f64>) -> Option<f64> {
+        self.calibration
+            .as_ref()
+            .zip(threshold)
+            .map(|(c, t)| c.calibrated_score(score, t))
+    }
+
+    /// Decides `detection` again at another raw-score threshold (a request's own threshold in
+    /// the server): `threshold`, `anomalous` and `calibrated_score` change by the same rules
+    /// as at detection time; the scores, map and regions do not.
+    pub fn decide_at(&self, detection: &mut Detection, threshold: f64) -> Result<()> {
+        if !threshold.is_finite() {
+            return Err(Error::invalid(format!(
+                "the threshold must be a finite number, not {threshold}"
+            )));
+        }
+        detection.threshold = Some(threshold);
+        detection.anomalous = Some(detection.score > threshold);
+        detection.calibrated_score = self.calibrated_score(detection.score, Some(threshold));
+        Ok(())
+    }
+
     /// Turns the assembled map and scores of one image into its [`Detection`].
     fn finish(
         &self,
@@ -1033,9 +1062,7 @@ impl Detector {
             score_global: head.map(|h| h.global),
             score_local: head.map(|h| h.local),
             score_distance: scored.max_distance,
-            calibrated_score: calibration
-                .zip(threshold)
-                .map(|(c, t)| c.calibrated_score(score, t)),
+            calibrated_score: self.calibrated_score(score, threshold),
             p_value: calibration.map(|c| c.p_value(score)),
             anomalous: threshold.map(|t| score > t),
             threshold,

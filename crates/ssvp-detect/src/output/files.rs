@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use ssvp_eval::maps::io::{encode_map, MapFormat};
-use ssvp_eval::maps::regions::regions_above;
-use ssvp_image::{blend, colorize, draw_outlines, resize_rgb8, ColorScale, RgbImage8};
+use ssvp_eval::maps::io::MapFormat;
+use ssvp_image::{resize_rgb8, ColorScale, RgbImage8};
 
+use super::encode::{map_bytes, overlay};
 use super::records::OutputFiles;
 use crate::detection::Detection;
 use crate::error::{Error, Result};
@@ -83,28 +83,6 @@ fn write(out_dir: &Path, rel: &Path, bytes: &[u8]) -> Result<String> {
     Ok(rel_string(rel))
 }
 
-/// The overlay: the image with the map blended in on the fixed colour scale, and the outlines
-/// of the detection's regions (white, about 1/300 of the image's shorter side thick).
-pub fn overlay(
-    image: &RgbImage8,
-    detection: &Detection,
-    scale: ColorScale,
-    alpha: f32,
-    min_region_area: usize,
-) -> Result<RgbImage8> {
-    let map = &detection.map;
-    let heat = colorize(&map.data, map.width, map.height, scale)?;
-    let mut out = blend(image, &heat, alpha)?;
-    if let Some(t) = detection.pixel_threshold {
-        if !detection.regions.is_empty() {
-            let mask = regions_above(map, t, min_region_area).mask();
-            let thickness = (image.width.min(image.height) / 300).max(1);
-            draw_outlines(&mut out, &mask, [255, 255, 255], thickness)?;
-        }
-    }
-    Ok(out)
-}
-
 fn thumbnail(image: &RgbImage8, size: usize) -> Result<RgbImage8> {
     let longest = image.width.max(image.height);
     if longest <= size {
@@ -128,8 +106,7 @@ pub fn write_image_files(
 ) -> Result<OutputFiles> {
     let mut files = OutputFiles::default();
     if let Some(format) = opts.map_format {
-        let bytes = encode_map(&detection.map, format, scale)
-            .map_err(|e| Error::model(anyhow::anyhow!("encoding the map: {e}")))?;
+        let bytes = map_bytes(detection, format, scale)?;
         files.map = Some(write(
             out_dir,
             &names.under("maps", &format!(".{}", format.extension())),

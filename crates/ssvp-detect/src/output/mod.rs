@@ -13,6 +13,7 @@
 //! replaced, so the folders reproduce the input tree.
 
 pub mod csv;
+pub mod encode;
 pub mod files;
 pub mod html;
 pub mod records;

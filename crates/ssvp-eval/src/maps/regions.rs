@@ -44,6 +44,7 @@ pub fn label_regions(mask: &[bool], width: usize) -> (Vec<u32>, Vec<u32>) {
 
 /// One defect region: a connected set of map pixels above the pixel threshold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Region {
     /// Bounding box `[x, y, width, height]` in map pixels (COCO's convention).
     pub bbox: [usize; 4],

@@ -1,0 +1,180 @@
+//! The request and response types of every route: the serde types the handlers read and write,
+//! and the OpenAPI schemas generated from them (`/openapi.json`, docs/openapi.json).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use ssvp_detect::Detection;
+use utoipa::{IntoParams, ToSchema};
+
+/// Options of `POST /v1/detect`, as query parameters (or form fields of a multipart upload,
+/// which win over the query).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
+pub struct DetectQuery {
+    /// The class name of the prompts (default: the server's `--class-name`). A calibrated
+    /// server only takes the class it was calibrated for (409 otherwise).
+    pub class_name: Option<String>,
+    /// Return the anomaly map as a base64 16-bit PNG (`map_png`) on the scale `map_scale`.
+    pub map: Option<bool>,
+    /// Return the overlay (the image with the map blended in, regions outlined) as a base64
+    /// JPEG (`overlay_jpeg`).
+    pub overlay: Option<bool>,
+    /// Return the region list (default true).
+    pub regions: Option<bool>,
+    /// A raw-score threshold for this request's decision, instead of the calibrated one.
+    pub threshold: Option<f64>,
+}
+
+/// A multipart upload to `POST /v1/detect`: the image in the part `image`, options as fields.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DetectForm {
+    /// The encoded image (PNG, JPEG, TIFF or BMP).
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    class_name: Option<String>,
+    map: Option<bool>,
+    overlay: Option<bool>,
+    regions: Option<bool>,
+    threshold: Option<f64>,
+}
+
+/// The answer of `POST /v1/detect`: the `Detection` of `ssvp detect` (the same serde type, one
+/// line of its `detections.jsonl`) with the request's id and the pictures asked for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DetectResponse {
+    /// The request id (the `x-request-id` header sent, or one the server made).
+    pub id: String,
+    /// The model name.
+    pub model: String,
+    /// What the detector says about the image.
+    #[serde(flatten)]
+    pub detection: Detection,
+    /// How long the image waited for its batch, in milliseconds.
+    pub queue_ms: f64,
+    /// How many images its batch held.
+    pub batch_size: usize,
+    /// The anomaly map (`map=true`): a base64 16-bit grey PNG at the image's size, level =
+    /// round(clamp((v - lo) / (hi - lo), 0, 1) * 65535), as `ssvp detect` writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_png: Option<String>,
+    /// `[lo, hi]` of `map_png`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_scale: Option<[f32; 2]>,
+    /// The overlay (`overlay=true`): a base64 JPEG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_jpeg: Option<String>,
+}
+
+/// `GET /healthz`, `GET /v2/health/live`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Live {
+    pub live: bool,
+}
+
+/// `GET /readyz`, `GET /v2/health/ready` when ready.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Ready {
+    pub ready: bool,
+}
+
+/// `GET /v2/models/{name}/ready` when ready.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelReady {
+    pub name: String,
+    pub ready: bool,
+}
+
+/// `GET /v2`: server metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServerMetadata {
+    pub name: String,
+    pub version: String,
+    /// Protocol extensions supported (none: images travel as base64 BYTES in JSON).
+    pub extensions: Vec<String>,
+}
+
+/// A tensor's name, type and shape (-1: any size).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+/// `GET /v2/models/{name}`: model metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub platform: String,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// `POST /v2/models/{name}/infer`: an Open Inference Protocol request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InferRequest {
+    /// Echoed in the response.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `threshold` (number), `return_anomaly_map`, `return_mask` (bool), `map_format`
+    /// (`raw` or `png`), `class_name` (string).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Map<String, Value>>,
+    /// Exactly one input, `image`: BYTES of shape `[N]`, each element a base64-encoded
+    /// PNG/JPEG/TIFF/BMP file.
+    pub inputs: Vec<InferInput>,
+    /// The outputs to return (default: `pred_score`, `raw_score`, `pred_label` when a threshold
+    /// is known, the boxes, and the map and mask when their parameters ask for them).
+    #[serde(default)]
+    pub outputs: Option<Vec<RequestedOutput>>,
+}
+
+/// One input tensor of an [`InferRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InferInput {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub datatype: String,
+    /// `content_type`: `base64` (the default; the only encoding taken).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Map<String, Value>>,
+    /// The elements, row-major: base64 strings.
+    #[schema(value_type = Vec<String>)]
+    pub data: Value,
+}
+
+/// An output asked for by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestedOutput {
+    pub name: String,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// The answer of `POST /v2/models/{name}/infer`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InferResponse {
+    pub model_name: String,
+    /// The request's id, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `threshold` (when known), `mode`, `class_name`, `calibrated`.
+    #[schema(value_type = Object)]
+    pub parameters: Map<String, Value>,
+    pub outputs: Vec<InferOutput>,
+}
+
+/// One output tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InferOutput {
+    pub name: String,
+    pub shape: Vec<u64>,
+    pub datatype: String,
+    /// The elements, row-major and flat.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Value,
+}

@@ -1,0 +1,278 @@
+//! Dynamic batching, as Triton's dynamic batcher does it: requests put their decoded images in
+//! one bounded queue; a batcher task takes the oldest, gathers more until the batch is full or
+//! the oldest has waited `max_queue_delay`, and scores the batch in one backbone pass on a
+//! blocking thread, never on the async runtime's. The queue is the backpressure: when it is
+//! full a request is refused at once (503), so memory never climbs with the load.
+//!
+//! One batch runs at a time: the backbones already use every core, so two batches side by side
+//! would only share them and double the memory.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ssvp_detect::{Detection, Detector, InputImage};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// How images are gathered into batches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchOptions {
+    /// Most images per backbone pass.
+    pub max_batch_size: usize,
+    /// How long the oldest image may wait for others to join its batch (0: take what is
+    /// queued and go, Triton's default).
+    pub max_queue_delay: Duration,
+    /// Most images waiting; a request that finds the queue full gets 503 at once.
+    pub max_queue_size: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 4,
+            max_queue_delay: Duration::ZERO,
+            max_queue_size: 64,
+        }
+    }
+}
+
+/// A scored image, with the image itself back (for the overlay) and how long it waited.
+pub struct Scored {
+    pub detection: Detection,
+    pub image: InputImage,
+    pub queue_seconds: f64,
+    pub batch_size: usize,
+}
+
+/// One image waiting to be scored.
+pub struct Job {
+    pub image: InputImage,
+    pub class_name: String,
+    /// After this instant the job is answered 503 instead of being scored.
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Result<Scored, ApiError>>,
+    enqueued: Instant,
+}
+
+impl Job {
+    /// A job and the receiver of its answer.
+    pub fn new(
+        image: InputImage,
+        class_name: String,
+        deadline: Instant,
+    ) -> (Self, oneshot::Receiver<Result<Scored, ApiError>>) {
+        let (reply, answer) = oneshot::channel();
+        (
+            Self {
+                image,
+                class_name,
+                deadline,
+                reply,
+                enqueued: Instant::now(),
+            },
+            answer,
+        )
+    }
+}
+
+/// The queue's entrance and the batcher task behind it.
+pub struct Batcher {
+    intake: Mutex<Option<mpsc::Sender<Job>>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Batcher {
+    /// Starts the batcher task on the current runtime.
+    pub fn start(detector: Arc<Detector>, options: BatchOptions, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel(options.max_queue_size.max(1));
+        let task = tokio::spawn(run(detector, options, rx, metrics.clone()));
+        Self {
+            intake: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
+            metrics,
+        }
+    }
+
+    /// Puts a job in the queue, or refuses it at once when the queue is full or closed.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        let intake = self.intake.lock().map_err(|_| poisoned())?;
+        let Some(tx) = intake.as_ref() else {
+            return Err(ApiError::unavailable(
+                "the server is shutting down; send the request to another replica",
+                1,
+            ));
+        };
+        match tx.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ApiError::unavailable(
+                "the queue is full; retry later or send the request to another replica",
+                1,
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::unavailable(
+                "the server is shutting down; send the request to another replica",
+                1,
+            )),
+        }
+    }
+
+    /// Closes the intake and waits until every queued job has been answered.
+    pub async fn close(&self) {
+        if let Ok(mut intake) = self.intake.lock() {
+            intake.take();
+        }
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+fn poisoned() -> ApiError {
+    ApiError::internal("the batch queue's lock was poisoned")
+}
+
+async fn run(
+    detector: Arc<Detector>,
+    options: BatchOptions,
+    mut rx: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+) {
+    let max_batch = options.max_batch_size.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + options.max_queue_delay;
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => {
+                    batch.push(job);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if options.max_queue_delay.is_zero() {
+                break;
+            }
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(job)) => batch.push(job),
+                _ => break,
+            }
+        }
+        metrics.queue_depth.dec_by(batch.len() as i64);
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(batch.len());
+        for job in batch {
+            if job.reply.is_closed() {
+                // The client went away (or its request failed on another image): skip it.
+                continue;
+            }
+            if now > job.deadline {
+                let _ = job.reply.send(Err(ApiError::unavailable(
+                    "the request timed out in the queue; retry later",
+                    1,
+                )));
+                continue;
+            }
+            metrics
+                .queue_wait_seconds
+                .observe(now.duration_since(job.enqueued).as_secs_f64());
+            live.push(job);
+        }
+        if live.is_empty() {
+            continue;
+        }
+        metrics.batch_size.observe(live.len() as f64);
+        let detector = detector.clone();
+        let started = Instant::now();
+        let jobs = live.len();
+        let outcome = tokio::task::spawn_blocking(move || score_batch(&detector, live)).await;
+        metrics
+            .inference_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = outcome {
+            // score_batch catches panics of the model itself; this is the thread failing.
+            tracing::error!(jobs, "a batch's thread failed: {e}");
+        }
+    }
+}
+
+/// Scores the jobs of one batch and answers each. Jobs of one class name are scored together;
+/// when a batch fails, its images are scored one by one, so one image's failure is its own.
+fn score_batch(detector: &Detector, jobs: Vec<Job>) {
+    let size = jobs.len();
+    let mut groups: Vec<(String, Vec<Job>)> = Vec::new();
+    for job in jobs {
+        match groups.iter_mut().find(|(c, _)| *c == job.class_name) {
+            Some((_, group)) => group.push(job),
+            None => groups.push((job.class_name.clone(), vec![job])),
+        }
+    }
+    for (class_name, group) in groups {
+        let started = Instant::now();
+        let waits: Vec<f64> = group
+            .iter()
+            .map(|j| started.duration_since(j.enqueued).as_secs_f64())
+            .collect();
+        let (images, replies): (Vec<InputImage>, Vec<_>) =
+            group.into_iter().map(|j| (j.image, j.reply)).unzip();
+        match detect(detector, &images, &class_name) {
+            Ok(detections) => {
+                for (((detection, image), reply), queue_seconds) in
+                    detections.into_iter().zip(images).zip(replies).zip(waits)
+                {
+                    let _ = reply.send(Ok(Scored {
+                        detection,
+                        image,
+                        queue_seconds,
+                        batch_size: size,
+                    }));
+                }
+            }
+            Err(err) if images.len() == 1 => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+            Err(_) => {
+                for ((image, reply), queue_seconds) in images.into_iter().zip(replies).zip(waits) {
+                    let answer = detect(detector, std::slice::from_ref(&image), &class_name)
+                        .map(|mut d| Scored {
+                            detection: d.remove(0),
+                            image,
+                            queue_seconds,
+                            batch_size: size,
+                        });
+                    let _ = reply.send(answer);
+                }
+            }
+        }
+    }
+}
+
+/// [`Detector::detect_as`], with a panic of the model turned into a 500 so that the batcher
+/// lives on.
+fn detect(
+    detector: &Detector,
+    images: &[InputImage],
+    class_name: &str,
+) -> Result<Vec<Detection>, ApiError> {
+    match catch_unwind(AssertUnwindSafe(|| detector.detect_as(images, class_name))) {
+        Ok(Ok(detections)) if detections.len() == images.len() => Ok(detections),
+        Ok(Ok(_)) => Err(ApiError::internal(
+            "the model answered a different number of images than it was given",
+        )),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => {
+            tracing::error!(images = images.len(), class_name, "the model panicked");
+            Err(ApiError::internal("the model failed on this batch"))
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The server's life: bind, answer probes while the model loads, serve, and on SIGTERM drain
+//! and stop the way Kubernetes expects (docs/serve.md, "Shutdown").
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ssvp_detect::Detector;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::state::{ServeOptions, Service};
+
+/// How the log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Installs the global logger (stderr; the level from `RUST_LOG`, default `info`). Calling it
+/// twice keeps the first.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains and stops:
+/// 1. readiness turns 503 (requests are still answered) for `drain_delay`, so that load
+///    balancers take the replica out before it stops listening;
+/// 2. the listener closes; requests in flight finish, for at most `shutdown_timeout`;
+/// 3. the batch queue closes once every queued image is answered.
+///
+/// `load` runs on a blocking thread while probes are already answered (live, not ready). If it
+/// fails, the server stops and the error is returned.
+pub async fn serve<L, S>(
+    listener: TcpListener,
+    service: Service,
+    load: L,
+    shutdown: S,
+) -> anyhow::Result<()>
+where
+    L: FnOnce() -> anyhow::Result<Detector> + Send + 'static,
+    S: Future<Output = ()> + Send + 'static,
+{
+    let (failed_tx, failed_rx) = oneshot::channel::<anyhow::Error>();
+    {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let loaded = match tokio::task::spawn_blocking(load).await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("loading the model failed: {e}")),
+            };
+            let installed = loaded.and_then(|detector| {
+                let mode = detector.mode();
+                service
+                    .install(detector, started.elapsed().as_secs_f64())
+                    .map_err(anyhow::Error::msg)
+                    .map(|()| mode)
+            });
+            match installed {
+                Ok(mode) => tracing::info!(
+                    seconds = started.elapsed().as_secs_f64(),
+                    mode,
+                    "model loaded; ready"
+                ),
+                Err(e) => {
+                    let _ = failed_tx.send(e);
+                }
+            }
+        });
+    }
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let draining = {
+        let service = service.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop_rx => return,
+            }
+            tracing::info!(
+                drain_delay_s = service.options().drain_delay.as_secs_f64(),
+                "shutting down: readiness is 503; still serving during the drain delay"
+            );
+            service.begin_drain();
+            tokio::time::sleep(service.options().drain_delay).await;
+            tracing::info!("the listener closes; finishing the requests in flight");
+        }
+    };
+    let (began_tx, began_rx) = oneshot::channel::<()>();
+    let graceful = async move {
+        draining.await;
+        let _ = began_tx.send(());
+    };
+    let app = service.router();
+    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
+    let timeout = service.options().shutdown_timeout;
+    let load_error = tokio::select! {
+        served = server => {
+            served?;
+            None
+        }
+        Ok(err) = failed_rx => Some(err),
+        _ = async {
+            // The hard deadline counts from the listener's close.
+            if began_rx.await.is_ok() {
+                tokio::time::sleep(timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(
+                timeout_s = timeout.as_secs_f64(),
+                "requests still in flight after the shutdown timeout; stopping anyway"
+            );
+            None
+        }
+    };
+    let _ = stop_tx.send(());
+    service.close().await;
+    match load_error {
+        Some(err) => Err(err.context("the model could not be loaded")),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn termination() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// `ssvp serve`: a runtime, the listener on `addr`, the model from `load`, until SIGTERM or
+/// Ctrl-C.
+pub fn run<L>(addr: SocketAddr, options: ServeOptions, log: LogFormat, load: L) -> anyhow::Result<()>
+where
+    L: FnOnce() -> anyhow::Result<Detector> + Send + 'static,
+{
+    init_logging(log);
+    let service = Service::new(options).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ssvp-serve")
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            model = %service.options().model_name,
+            "listening; loading the model"
+        );
+        serve(listener, service, load, termination()).await
+    })
+}
