@@ -1,7 +1,7 @@
 //! `ssvp`: a thin command-line front over the ssvp library crates.
 //!
 //! Every subcommand lives in `cmd/<name>.rs` as an argument struct plus a `run` function; the
-//! work itself is done by the library crates so that the CLI and the (coming) server share it.
+//! work itself is done by the library crates so that the CLI and the server (`ssvp serve`) share it.
 
 use std::process::ExitCode;
 
@@ -42,6 +42,8 @@ enum Command {
     Calibrate(cmd::calibrate::CalibrateArgs),
     /// Merge the outputs of several `ssvp detect` runs (e.g. shards) into one report.
     Report(cmd::report::ReportArgs),
+    /// Serve the detector over HTTP: a native route and the Open Inference Protocol (KServe v2).
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Calibrate(args) => done(cmd::calibrate::run(args)),
         Command::Bank(args) => done(cmd::bank::run(args)),
         Command::Report(args) => done(cmd::report::run(args)),
+        Command::Serve(args) => done(cmd::serve::run(args)),
     };
     match result {
         Ok(code) => code,

@@ -548,7 +548,9 @@ impl Detector {
     }
 
     /// Sets the images (or tiles) per backbone pass: a server gathers requests into batches of
-    /// its own size. It changes the grouping only, not what an image scores.
+    /// its own size. Like `--batch-size`, it changes how images are grouped; an image's score
+    /// can then differ in the last float bits (batched matrix products round differently), not
+    /// beyond.
     pub fn set_batch_size(&mut self, batch_size: usize) {
         self.options.batch_size = batch_size.max(1);
     }

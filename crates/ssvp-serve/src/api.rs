@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 /// which win over the query).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct DetectQuery {
     /// The class name of the prompts (default: the server's `--class-name`). A calibrated
     /// server only takes the class it was calibrated for (409 otherwise).

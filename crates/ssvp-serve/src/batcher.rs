@@ -243,12 +243,14 @@ fn score_batch(detector: &Detector, jobs: Vec<Job>) {
             }
             Err(_) => {
                 for ((image, reply), queue_seconds) in images.into_iter().zip(replies).zip(waits) {
-                    let answer = detect(detector, std::slice::from_ref(&image), &class_name)
-                        .map(|mut d| Scored {
-                            detection: d.remove(0),
-                            image,
-                            queue_seconds,
-                            batch_size: size,
+                    let answer =
+                        detect(detector, std::slice::from_ref(&image), &class_name).map(|mut d| {
+                            Scored {
+                                detection: d.remove(0),
+                                image,
+                                queue_seconds,
+                                batch_size: size,
+                            }
                         });
                     let _ = reply.send(answer);
                 }

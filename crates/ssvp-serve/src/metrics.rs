@@ -105,11 +105,7 @@ impl Metrics {
             inference_seconds.clone(),
         );
         let batch_size = Histogram::new(BATCH_BUCKETS);
-        registry.register(
-            "batch_size",
-            "Images per scored batch",
-            batch_size.clone(),
-        );
+        registry.register("batch_size", "Images per scored batch", batch_size.clone());
         let in_flight = Gauge::default();
         registry.register(
             "http_requests_in_flight",

@@ -5,9 +5,8 @@
 use utoipa::OpenApi;
 
 use crate::api::{
-    DetectForm, DetectQuery, DetectResponse, InferInput, InferOutput, InferRequest,
-    InferResponse, Live, ModelMetadata, ModelReady, Ready, RequestedOutput, ServerMetadata,
-    TensorMetadata,
+    DetectForm, DetectQuery, DetectResponse, InferInput, InferOutput, InferRequest, InferResponse,
+    Live, ModelMetadata, ModelReady, Ready, RequestedOutput, ServerMetadata, TensorMetadata,
 };
 use crate::error::ErrorBody;
 use crate::routes::{health, oip, ops, v1};

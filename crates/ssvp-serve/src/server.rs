@@ -28,6 +28,7 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -162,7 +163,12 @@ pub async fn termination() {
 
 /// `ssvp serve`: a runtime, the listener on `addr`, the model from `load`, until SIGTERM or
 /// Ctrl-C.
-pub fn run<L>(addr: SocketAddr, options: ServeOptions, log: LogFormat, load: L) -> anyhow::Result<()>
+pub fn run<L>(
+    addr: SocketAddr,
+    options: ServeOptions,
+    log: LogFormat,
+    load: L,
+) -> anyhow::Result<()>
 where
     L: FnOnce() -> anyhow::Result<Detector> + Send + 'static,
 {

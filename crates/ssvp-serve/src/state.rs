@@ -290,10 +290,12 @@ impl Service {
     /// against each other, which a stream of single requests is not.
     pub fn install(&self, mut detector: Detector, load_seconds: f64) -> Result<(), String> {
         if matches!(detector.memory(), Some(Memory::Mutual(_))) {
-            return Err("`ssvp serve` cannot score mutually: mutual scoring needs a set of \
+            return Err(
+                "`ssvp serve` cannot score mutually: mutual scoring needs a set of \
                         images scored together. Serve a trained head (--checkpoint) or good \
                         references (--normal, --bank), or score sets with `ssvp detect --mutual`"
-                .into());
+                    .into(),
+            );
         }
         let state = &self.state;
         // One gathered batch is one backbone pass.

@@ -1,4 +1,4 @@
-//! The model options `ssvp detect` and `ssvp calibrate` share (and the server will): which
+//! The model options `ssvp detect`, `ssvp calibrate` and `ssvp serve` share: which
 //! trained run and/or training-free scorer, which backbones, which class name, how images are
 //! decoded and tiled.
 

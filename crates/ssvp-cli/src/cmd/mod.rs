@@ -9,5 +9,6 @@ pub mod metrics;
 pub mod model_common;
 pub mod report;
 pub mod report_files;
+pub mod serve;
 pub mod synth;
 pub mod train;

@@ -69,7 +69,11 @@ fn sane_request_id(value: &HeaderValue) -> Option<String> {
 }
 
 fn bearer(request: &Request) -> Option<&str> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -126,13 +130,21 @@ async fn observe(State(state): State<Arc<AppState>>, mut request: Request, next:
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::not_found(format!("no route {} {}", request.method(), request.uri().path()))
+    ApiError::not_found(format!(
+        "no route {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }
 
@@ -166,8 +178,14 @@ mod tests {
 
     #[test]
     fn route_labels_are_patterns() {
-        assert_eq!(route_label("/v2/models/ssvp/infer"), "/v2/models/{name}/infer");
-        assert_eq!(route_label("/v2/models/other/ready/"), "/v2/models/{name}/ready");
+        assert_eq!(
+            route_label("/v2/models/ssvp/infer"),
+            "/v2/models/{name}/infer"
+        );
+        assert_eq!(
+            route_label("/v2/models/other/ready/"),
+            "/v2/models/{name}/ready"
+        );
         assert_eq!(route_label("/v2/models/x"), "/v2/models/{name}");
         assert_eq!(route_label("/v1/detect"), "/v1/detect");
         assert_eq!(route_label("/etc/passwd"), "unmatched");

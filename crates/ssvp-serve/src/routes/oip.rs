@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use ssvp_detect::output::encode::{map_bytes, region_mask, MapFormat};
 
 use crate::api::{
-    InferRequest, InferResponse, InferOutput, ModelMetadata, ModelReady, ServerMetadata,
+    InferOutput, InferRequest, InferResponse, ModelMetadata, ModelReady, ServerMetadata,
     TensorMetadata,
 };
 use crate::batcher::Scored;
@@ -165,16 +165,13 @@ fn parse_parameters(request: &InferRequest, model: &LoadedModel) -> Result<Asked
         Some(list) => {
             let mut names = Vec::new();
             for o in list {
-                let name = OUTPUTS
-                    .iter()
-                    .find(|n| **n == o.name)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "unknown output `{}` (outputs: {})",
-                            o.name,
-                            OUTPUTS.join(", ")
-                        ))
-                    })?;
+                let name = OUTPUTS.iter().find(|n| **n == o.name).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "unknown output `{}` (outputs: {})",
+                        o.name,
+                        OUTPUTS.join(", ")
+                    ))
+                })?;
                 if !names.contains(name) {
                     names.push(*name);
                 }
@@ -219,7 +216,11 @@ fn parse_parameters(request: &InferRequest, model: &LoadedModel) -> Result<Asked
 fn image_elements(request: &InferRequest, max_images: usize) -> Result<Vec<Bytes>, ApiError> {
     let input = match request.inputs.as_slice() {
         [one] => one,
-        [] => return Err(ApiError::bad_request("the request has no input; send `image`")),
+        [] => {
+            return Err(ApiError::bad_request(
+                "the request has no input; send `image`",
+            ))
+        }
         _ => {
             return Err(ApiError::bad_request(format!(
                 "the model takes one input, `image`; the request has {}",
@@ -350,11 +351,7 @@ pub async fn infer(
     let files = image_elements(&request, state.options.max_images_per_request)?;
     let mut images = Vec::with_capacity(files.len());
     for (i, bytes) in files.into_iter().enumerate() {
-        images.push(
-            state
-                .decode(bytes, format!("image {i}"))
-                .await?,
-        );
+        images.push(state.decode(bytes, format!("image {i}")).await?);
     }
     let detector = model.detector.clone();
     let class_name = asked
@@ -463,7 +460,9 @@ fn output(
         }
         "anomaly_map" => {
             let (h, w) = common_size(scored, name)?;
-            let data: Vec<f32> = detections.flat_map(|d| d.map.data.iter().copied()).collect();
+            let data: Vec<f32> = detections
+                .flat_map(|d| d.map.data.iter().copied())
+                .collect();
             tensor(vec![n, h as u64, w as u64], "FP32", json!(data))
         }
         "pred_mask" => {

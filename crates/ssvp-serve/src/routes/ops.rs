@@ -14,7 +14,10 @@ use crate::state::AppState;
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses(
     (status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], state.metrics.render())
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        state.metrics.render(),
+    )
 }
 
 /// This API's OpenAPI 3.1 description (also committed as docs/openapi.json).

@@ -217,7 +217,9 @@ async fn read_form(
             "regions" => options.regions = Some(flag(text)?),
             "threshold" => {
                 options.threshold = Some(text.parse().map_err(|_| {
-                    ApiError::bad_request(format!("the form field `threshold` is not a number: `{text}`"))
+                    ApiError::bad_request(format!(
+                        "the form field `threshold` is not a number: `{text}`"
+                    ))
                 })?)
             }
             other => {
