@@ -308,7 +308,7 @@ async fn not_ready_and_overload_answer_503_with_retry_after() {
     assert_eq!(h["retry-after"], "1");
     // The server lives on: once the batcher has taken the abandoned image, one image fits.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let body = infer_body(&[img.clone()], json!({}));
+    let body = infer_body(std::slice::from_ref(&img), json!({}));
     let (s, _, b) = call(
         &service,
         post("/v2/models/ssvp/infer", "application/json", body),

@@ -135,7 +135,7 @@ async fn mutated_requests_end_in_2xx_or_4xx() {
             }
             _ => {
                 let body = infer_body(
-                    &[file.clone()],
+                    std::slice::from_ref(file),
                     json!({"threshold": 0.3, "map_format": "png", "return_anomaly_map": true}),
                 );
                 post(

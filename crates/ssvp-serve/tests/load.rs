@@ -91,7 +91,7 @@ async fn sixty_four_clients_get_their_own_answers() {
                 let t = Instant::now();
                 let (status, answer) = match kind {
                     // Valid: raw PNG on the native route.
-                    0 | 1 | 2 => {
+                    0..=2 => {
                         let a = http(addr, "POST", "/v1/detect", &[("content-type", "image/png"), ("x-request-id", &id)], &images[which]).await;
                         (200, a)
                     }
