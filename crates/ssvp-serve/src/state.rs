@@ -7,12 +7,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 use ssvp_detect::input::{decode_image, DecodeOptions};
 use ssvp_detect::memory::Memory;
 use ssvp_detect::output::encode::ColorScale;
 use ssvp_detect::{Detector, ErrorKind, InputImage};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::batcher::{BatchOptions, Batcher, Job, Scored};
 use crate::error::{status_of, ApiError};
@@ -116,6 +118,8 @@ pub struct AppState {
     draining: AtomicBool,
     key_digest: Option<[u8; 32]>,
     decode_slots: Semaphore,
+    /// Inference requests in flight, bodies included: bounds the memory of uploads.
+    admission: Semaphore,
     next_id: AtomicU64,
     id_prefix: String,
 }
@@ -127,6 +131,10 @@ impl AppState {
             .as_ref()
             .map(|k| Sha256::digest(k.trim().as_bytes()).into());
         let decode_slots = Semaphore::new(options.decode_concurrency.max(1));
+        // Enough for a full queue plus the batch being scored; beyond that a request would
+        // only wait for a queue slot while holding its body in memory.
+        let admission =
+            Semaphore::new(options.batching.max_queue_size + options.batching.max_batch_size);
         // Request ids unique across restarts without a random source: the start time in
         // microseconds, then a counter.
         let id_prefix = format!(
@@ -143,6 +151,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             key_digest,
             decode_slots,
+            admission,
             next_id: AtomicU64::new(0),
             id_prefix,
         }
@@ -187,6 +196,55 @@ impl AppState {
     /// Whether an API key is configured.
     pub fn requires_key(&self) -> bool {
         self.key_digest.is_some()
+    }
+
+    /// Admits an inference request, or refuses it at once (503) when as many are in flight as
+    /// the queue and a batch can hold: uploads are buffered in memory, so their number is
+    /// bounded too, not only the queue's.
+    pub fn admit(&self) -> Result<SemaphorePermit<'_>, ApiError> {
+        self.admission.try_acquire().map_err(|_| {
+            ApiError::unavailable(
+                "too many requests in flight; retry later or send the request to another replica",
+                1,
+            )
+        })
+    }
+
+    /// Reads a request's body: over `--max-body-bytes` is 413; an upload still arriving when
+    /// the request timeout runs out is 408.
+    pub async fn read_body(&self, request: Request, arrived: Instant) -> Result<Bytes, ApiError> {
+        let deadline = arrived + self.options.request_timeout;
+        match tokio::time::timeout_at(deadline.into(), Bytes::from_request(request, &())).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(e)) => Err(self.body_error(e.status(), e.body_text())),
+            Err(_) => Err(self.upload_timeout()),
+        }
+    }
+
+    /// 408 for an upload that outlasted the request timeout.
+    pub fn upload_timeout(&self) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the upload took longer than the request timeout of {} s",
+                self.options.request_timeout.as_secs_f64()
+            ),
+        )
+    }
+
+    /// The error of a body that could not be read; 413 names the limit.
+    pub fn body_error(&self, status: StatusCode, text: String) -> ApiError {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!(
+                    "the body is larger than the limit of {} bytes (--max-body-bytes)",
+                    self.options.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::new(status, text)
+        }
     }
 
     /// Decodes an upload on a blocking thread, under the decode concurrency limit, counting it

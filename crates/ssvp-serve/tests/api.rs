@@ -926,3 +926,65 @@ fn options_are_checked() {
         assert!(Service::new(options).is_err());
     }
 }
+
+/// A body whose bytes never come (a stalled upload).
+fn stalled() -> Body {
+    Body::from_stream(futures_util::stream::pending::<
+        Result<Vec<u8>, std::io::Error>,
+    >())
+}
+
+#[tokio::test]
+async fn stalled_uploads_time_out_and_are_bounded_in_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServeOptions {
+        request_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    options.batching.max_queue_size = 1;
+    options.batching.max_batch_size = 1;
+    let service = common::service(references_detector(dir.path(), common::options()), options);
+    // Two uploads in flight fill the admission (a full queue plus a batch)...
+    let mut stalls = Vec::new();
+    for _ in 0..2 {
+        let service = service.clone();
+        stalls.push(tokio::spawn(async move {
+            call(&service, post("/v1/detect", "image/png", stalled())).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...so a third is refused at once, before its body is read.
+    let (s, h, b) = call(
+        &service,
+        post("/v1/detect", "image/png", png(&part(1, false))),
+    )
+    .await;
+    error_of(
+        s,
+        &b,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many requests in flight",
+    );
+    assert!(h.contains_key("retry-after"));
+    // The stalled uploads end in 408 at the request timeout, and free their places.
+    for stall in stalls {
+        let (s, _, b) = stall.await.unwrap();
+        error_of(s, &b, StatusCode::REQUEST_TIMEOUT, "upload took longer");
+    }
+    let (s, _, _) = call(
+        &service,
+        post("/v1/detect", "image/png", png(&part(1, false))),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    // A stalled multipart form and a stalled inference request time out the same way.
+    let ct = "multipart/form-data; boundary=x";
+    let (s, _, b) = call(&service, post("/v1/detect", ct, stalled())).await;
+    error_of(s, &b, StatusCode::REQUEST_TIMEOUT, "upload took longer");
+    let (s, _, b) = call(
+        &service,
+        post("/v2/models/ssvp/infer", "application/json", stalled()),
+    )
+    .await;
+    error_of(s, &b, StatusCode::REQUEST_TIMEOUT, "upload took longer");
+}

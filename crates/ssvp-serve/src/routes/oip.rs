@@ -5,9 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
 use axum::{Extension, Json};
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -317,33 +315,23 @@ fn image_elements(request: &InferRequest, max_images: usize) -> Result<Vec<Bytes
         (status = 400, description = "The request does not follow the protocol or the model's contract", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 408, description = "The upload outlasted --request-timeout", body = ErrorBody),
         (status = 409, description = "A class name the calibration was not made for", body = ErrorBody),
         (status = 413, description = "The body is over --max-body-bytes", body = ErrorBody),
         (status = 415, description = "An image in a format this server does not read", body = ErrorBody),
         (status = 422, description = "An image cannot be decoded, is over the pixel budget, or too many images", body = ErrorBody),
-        (status = 503, description = "Loading, draining, queue full or timed out (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "Loading, draining, too many requests in flight, queue full or timed out (see Retry-After)", body = ErrorBody),
         (status = 500, description = "The model failed", body = ErrorBody)))]
 pub async fn infer(
     State(state): State<Arc<AppState>>,
     Extension(context): Extension<RequestContext>,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Json<InferResponse>, ApiError> {
     check_model(&state, &name)?;
     let model = state.model()?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                e.status(),
-                format!(
-                    "the body is larger than the limit of {} bytes (--max-body-bytes)",
-                    state.options.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::new(e.status(), e.body_text())
-        }
-    })?;
+    let _admitted = state.admit()?;
+    let body = state.read_body(request, context.arrived).await?;
     let request: InferRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("the body is not an inference request: {e}")))?;
     drop(body);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::{Extension, Json};
 use base64::Engine;
 use ssvp_detect::output::encode::{map_bytes, overlay_jpeg, MapFormat};
@@ -42,11 +42,12 @@ const OVERLAY_QUALITY: u8 = 90;
         (status = 200, description = "The detection", body = DetectResponse),
         (status = 400, description = "A malformed option or form", body = ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 408, description = "The upload outlasted --request-timeout", body = ErrorBody),
         (status = 409, description = "A class name the calibration was not made for", body = ErrorBody),
         (status = 413, description = "The body is over --max-body-bytes", body = ErrorBody),
         (status = 415, description = "Not an image type this server reads", body = ErrorBody),
         (status = 422, description = "The image cannot be decoded or is over the pixel budget", body = ErrorBody),
-        (status = 503, description = "Loading, draining, queue full or timed out (see Retry-After)", body = ErrorBody),
+        (status = 503, description = "Loading, draining, too many requests in flight, queue full or timed out (see Retry-After)", body = ErrorBody),
         (status = 500, description = "The model failed", body = ErrorBody)))]
 pub async fn detect(
     State(state): State<Arc<AppState>>,
@@ -55,8 +56,9 @@ pub async fn detect(
     request: Request,
 ) -> Result<Json<DetectResponse>, ApiError> {
     let Query(mut options) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    // Refuse before reading the body when there is no model yet.
+    // Refuse before reading the body when there is no model yet, or too many uploads.
     let model = state.model()?;
+    let _admitted = state.admit()?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -70,11 +72,12 @@ pub async fn detect(
         })
         .unwrap_or_default();
     let (bytes, name) = if content_type == "multipart/form-data" {
-        read_form(&state, request, &mut options).await?
-    } else if IMAGE_TYPES.contains(&content_type.as_str()) {
-        let bytes = Bytes::from_request(request, &state)
+        let deadline = context.arrived + state.options.request_timeout;
+        tokio::time::timeout_at(deadline.into(), read_form(&state, request, &mut options))
             .await
-            .map_err(|e| body_error(e.status(), e.body_text(), &state))?;
+            .map_err(|_| state.upload_timeout())??
+    } else if IMAGE_TYPES.contains(&content_type.as_str()) {
+        let bytes = state.read_body(request, context.arrived).await?;
         (bytes, "upload".to_string())
     } else {
         return Err(ApiError::unsupported_media_type(format!(
@@ -145,21 +148,6 @@ pub async fn detect(
     }))
 }
 
-/// The error of a body that could not be read: 413 names the limit.
-fn body_error(status: StatusCode, text: String, state: &AppState) -> ApiError {
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            format!(
-                "the body is larger than the limit of {} bytes (--max-body-bytes)",
-                state.options.max_body_bytes
-            ),
-        )
-    } else {
-        ApiError::new(status, text)
-    }
-}
-
 /// The image and options of a multipart upload; the form's options replace the query's.
 async fn read_form(
     state: &Arc<AppState>,
@@ -174,7 +162,7 @@ async fn read_form(
         let field = form
             .next_field()
             .await
-            .map_err(|e| body_error(e.status(), e.body_text(), state))?;
+            .map_err(|e| state.body_error(e.status(), e.body_text()))?;
         let Some(field) = field else { break };
         let name = field.name().unwrap_or_default().to_string();
         if name == "image" {
@@ -194,14 +182,14 @@ async fn read_form(
             let bytes = field
                 .bytes()
                 .await
-                .map_err(|e| body_error(e.status(), e.body_text(), state))?;
+                .map_err(|e| state.body_error(e.status(), e.body_text()))?;
             image = Some((bytes, file));
             continue;
         }
         let text = field
             .text()
             .await
-            .map_err(|e| body_error(e.status(), e.body_text(), state))?;
+            .map_err(|e| state.body_error(e.status(), e.body_text()))?;
         let text = text.trim();
         let flag = |v: &str| match v {
             "true" | "1" | "yes" => Ok(true),
