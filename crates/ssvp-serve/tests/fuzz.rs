@@ -17,17 +17,14 @@ use common::*;
 use image::ImageFormat;
 use serde_json::json;
 use ssvp_serve::ServeOptions;
+use ssvp_util::rng::SplitMix64;
 
-/// SplitMix64: small, seeded, the same everywhere.
-struct Rng(u64);
+/// Seeded draws (the workspace's SplitMix64).
+struct Rng(SplitMix64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
@@ -110,7 +107,7 @@ async fn mutated_requests_end_in_2xx_or_4xx() {
             "image/png",
         ),
     ];
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64::new(seed));
     let mut counts = std::collections::BTreeMap::<u16, usize>::new();
     let started = Instant::now();
     for i in 0..iterations {

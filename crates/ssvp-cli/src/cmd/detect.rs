@@ -4,15 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ssvp_detect::inputs::{collect, glob_set, outside, require_some, Shard};
 use ssvp_detect::job::{run_detect, DetectJob};
 use ssvp_detect::output::files::FileOptions;
 use ssvp_eval::maps::io::MapFormat;
-use ssvp_image::ColorScale;
 
-use super::detector_args::{expand_inputs, load_detector, ModelArgs};
+use super::detector_args::{expand_inputs, load_detector, DecisionArgs, ModelArgs};
 
 const DETECT_HELP: &str = "\
 Inputs: image files (PNG, JPEG, BMP, TIFF; 8/16-bit, grey, RGB(A), palette), directories (walked
@@ -71,22 +69,11 @@ pub struct DetectArgs {
     /// Score only the K-th of N slices of the sorted inputs (0-based: 0/4 .. 3/4).
     #[arg(long, value_name = "K/N")]
     pub shard: Option<Shard>,
-    /// Raw-score threshold of the decision (overrides the calibration's).
-    #[arg(long)]
-    pub threshold: Option<f64>,
-    /// Map threshold of the regions (overrides the calibration's).
-    #[arg(long)]
-    pub pixel_threshold: Option<f32>,
-    /// Drop regions smaller than this many pixels.
-    #[arg(long, default_value_t = 1)]
-    pub min_region_area: usize,
+    #[command(flatten)]
+    pub decision: DecisionArgs,
     /// Map file format: png (16-bit, scaled), npy or tiff (float32).
     #[arg(long, default_value = "png")]
     pub map_format: MapFormat,
-    /// Value range LO,HI of map PNGs and overlay colours (default: the calibration's display
-    /// range, else 0,1).
-    #[arg(long, value_name = "LO,HI", value_delimiter = ',', num_args = 2)]
-    pub map_scale: Option<Vec<f32>>,
     /// Do not write maps.
     #[arg(long)]
     pub no_maps: bool,
@@ -104,15 +91,7 @@ pub struct DetectArgs {
 pub fn run(mut args: DetectArgs) -> anyhow::Result<ExitCode> {
     args.model.memory.normal = std::mem::take(&mut args.normal);
     let mut options = args.model.options();
-    options.image_threshold = args.threshold;
-    options.pixel_threshold = args.pixel_threshold;
-    options.min_region_area = args.min_region_area;
-    options.map_scale = args
-        .map_scale
-        .as_ref()
-        .map(|v| ColorScale::new(v[0], v[1]))
-        .transpose()
-        .context("--map-scale")?;
+    args.decision.apply(&mut options)?;
     let globs = glob_set(&args.glob)?;
     let paths = expand_inputs(&args.inputs)?;
     let mut inputs = outside(collect(&paths, globs.as_ref())?, &args.out);

@@ -102,6 +102,41 @@ impl ModelArgs {
     }
 }
 
+/// How detections are decided and drawn: thresholds and the map's colour range (`detect`,
+/// `serve`).
+#[derive(clap::Args, Clone)]
+pub struct DecisionArgs {
+    /// Raw-score threshold of the decision (overrides the calibration's).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Map threshold of the regions (overrides the calibration's).
+    #[arg(long)]
+    pub pixel_threshold: Option<f32>,
+    /// Drop regions smaller than this many pixels.
+    #[arg(long, default_value_t = 1)]
+    pub min_region_area: usize,
+    /// Value range LO,HI of map PNGs and overlay colours (default: the calibration's display
+    /// range, else 0,1).
+    #[arg(long, value_name = "LO,HI", value_delimiter = ',', num_args = 2)]
+    pub map_scale: Option<Vec<f32>>,
+}
+
+impl DecisionArgs {
+    /// Sets the decision options of `options`.
+    pub fn apply(&self, options: &mut DetectorOptions) -> anyhow::Result<()> {
+        options.image_threshold = self.threshold;
+        options.pixel_threshold = self.pixel_threshold;
+        options.min_region_area = self.min_region_area;
+        options.map_scale = self
+            .map_scale
+            .as_ref()
+            .map(|v| ssvp_image::ColorScale::new(v[0], v[1]))
+            .transpose()
+            .context("--map-scale")?;
+        Ok(())
+    }
+}
+
 /// The training-free scorers: good reference images (few-shot), a bank built from them, or
 /// mutual scoring of the inputs (zero-shot).
 #[derive(clap::Args, Clone)]

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use ssvp_image::ColorScale;
 use ssvp_serve::{BatchOptions, LogFormat, ServeOptions};
 
-use super::detector_args::{load_detector, ModelArgs};
+use super::detector_args::{load_detector, DecisionArgs, ModelArgs};
 
 const SERVE_HELP: &str = "\
 Routes (docs/serve.md has the schemas and examples; GET /openapi.json the OpenAPI document):
@@ -54,20 +53,8 @@ pub struct ServeArgs {
     /// Calibration file of `ssvp calibrate` (threshold, calibrated scores, pixel threshold).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
-    /// Raw-score threshold of the decision (overrides the calibration's; a request's
-    /// `threshold` overrides both).
-    #[arg(long)]
-    pub threshold: Option<f64>,
-    /// Map threshold of the regions (overrides the calibration's).
-    #[arg(long)]
-    pub pixel_threshold: Option<f32>,
-    /// Drop regions smaller than this many pixels.
-    #[arg(long, default_value_t = 1)]
-    pub min_region_area: usize,
-    /// Value range LO,HI of map PNGs and overlay colours (default: the calibration's display
-    /// range, else the mode's).
-    #[arg(long, value_name = "LO,HI", value_delimiter = ',', num_args = 2)]
-    pub map_scale: Option<Vec<f32>>,
+    #[command(flatten)]
+    pub decision: DecisionArgs,
     /// Address to listen on (0.0.0.0 for every interface, as in a container).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -149,15 +136,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     }
     args.model.memory.normal = std::mem::take(&mut args.normal);
     let mut detector_options = args.model.options();
-    detector_options.image_threshold = args.threshold;
-    detector_options.pixel_threshold = args.pixel_threshold;
-    detector_options.min_region_area = args.min_region_area;
-    detector_options.map_scale = args
-        .map_scale
-        .as_ref()
-        .map(|v| ColorScale::new(v[0], v[1]))
-        .transpose()
-        .context("--map-scale")?;
+    args.decision.apply(&mut detector_options)?;
     let spec = args
         .model
         .spec(detector_options, args.calibration.clone())?;
