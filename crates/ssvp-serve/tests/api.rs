@@ -988,3 +988,52 @@ async fn stalled_uploads_time_out_and_are_bounded_in_number() {
     .await;
     error_of(s, &b, StatusCode::REQUEST_TIMEOUT, "upload took longer");
 }
+
+#[tokio::test]
+async fn concurrent_images_are_gathered_into_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let detector = references_detector(dir.path(), common::options());
+    let images: Vec<Vec<u8>> = (0..4).map(|i| png(&part(30 + i, i == 0))).collect();
+    // Scored together, as the server will batch them.
+    let decoded: Vec<_> = images
+        .iter()
+        .map(|b| decode_image(b, "x", &DecodeOptions::default()).unwrap())
+        .collect();
+    let together = detector.detect(&decoded[..3]).unwrap();
+    // The oldest image waits up to 2 s for others: three concurrent requests make one batch.
+    let mut options = ServeOptions::default();
+    options.batching.max_queue_delay = Duration::from_secs(2);
+    let service = common::service(detector, options);
+    let one = |i: usize| {
+        let service = service.clone();
+        let body = images[i].clone();
+        async move { call(&service, post("/v1/detect", "image/png", body)).await }
+    };
+    let started = std::time::Instant::now();
+    let (a, b, c) = tokio::join!(one(0), one(1), one(2));
+    for ((s, _, body), expected) in [a, b, c].into_iter().zip(&together) {
+        assert_eq!(s, StatusCode::OK);
+        let v = json(&body);
+        assert_eq!(v["batch_size"], json!(3), "{v}");
+        assert_eq!(v["score"].as_f64().unwrap(), expected.score, "as scored together");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(2), "the batch waited for the delay");
+    // A full batch (4 = --batch-size) goes at once, without waiting for the delay (a minute
+    // here, so that waiting could not pass for slowness).
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = ServeOptions::default();
+    options.batching.max_queue_delay = Duration::from_secs(60);
+    let service = common::service(references_detector(dir.path(), common::options()), options);
+    let one = |i: usize| {
+        let service = service.clone();
+        let body = images[i].clone();
+        async move { call(&service, post("/v1/detect", "image/png", body)).await }
+    };
+    let started = std::time::Instant::now();
+    let (a, b, c, d) = tokio::join!(one(0), one(1), one(2), one(3));
+    for (s, _, body) in [a, b, c, d] {
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(json(&body)["batch_size"], json!(4));
+    }
+    assert!(started.elapsed() < Duration::from_secs(30), "a full batch does not wait");
+}
