@@ -1015,9 +1015,16 @@ async fn concurrent_images_are_gathered_into_one_batch() {
         assert_eq!(s, StatusCode::OK);
         let v = json(&body);
         assert_eq!(v["batch_size"], json!(3), "{v}");
-        assert_eq!(v["score"].as_f64().unwrap(), expected.score, "as scored together");
+        assert_eq!(
+            v["score"].as_f64().unwrap(),
+            expected.score,
+            "as scored together"
+        );
     }
-    assert!(started.elapsed() >= Duration::from_secs(2), "the batch waited for the delay");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the batch waited for the delay"
+    );
     // A full batch (4 = --batch-size) goes at once, without waiting for the delay (a minute
     // here, so that waiting could not pass for slowness).
     let dir = tempfile::tempdir().unwrap();
@@ -1035,5 +1042,8 @@ async fn concurrent_images_are_gathered_into_one_batch() {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(json(&body)["batch_size"], json!(4));
     }
-    assert!(started.elapsed() < Duration::from_secs(30), "a full batch does not wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a full batch does not wait"
+    );
 }
