@@ -116,7 +116,7 @@ pub struct DecisionArgs {
     #[arg(long, default_value_t = 1)]
     pub min_region_area: usize,
     /// Value range LO,HI of map PNGs and overlay colours (default: the calibration's display
-    /// range, else 0,1).
+    /// range, else 0,0.5 for references and 0,1 otherwise).
     #[arg(long, value_name = "LO,HI", value_delimiter = ',', num_args = 2)]
     pub map_scale: Option<Vec<f32>>,
 }
