@@ -91,7 +91,7 @@ pub struct ModelReady {
 pub struct ServerMetadata {
     pub name: String,
     pub version: String,
-    /// Protocol extensions supported (none: images travel as base64 BYTES in JSON).
+    /// Protocol extensions supported: `binary_tensor_data`.
     pub extensions: Vec<String>,
 }
 
@@ -138,13 +138,15 @@ pub struct InferInput {
     pub name: String,
     pub shape: Vec<u64>,
     pub datatype: String,
-    /// `content_type`: `base64` (the default; the only encoding taken).
+    /// `content_type`: `base64` (the default) for JSON data; `binary_data_size`: the input's
+    /// bytes follow the JSON (the binary tensor data extension).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
-    /// The elements, row-major: base64 strings.
-    #[schema(value_type = Vec<String>)]
-    pub data: Value,
+    /// The elements, row-major: base64 strings (absent when the input is binary).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub data: Option<Value>,
 }
 
 /// An output asked for by name.
@@ -175,7 +177,12 @@ pub struct InferOutput {
     pub name: String,
     pub shape: Vec<u64>,
     pub datatype: String,
-    /// The elements, row-major and flat.
-    #[schema(value_type = Vec<Object>)]
-    pub data: Value,
+    /// `binary_data_size` when the output's bytes follow the JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Map<String, Value>>,
+    /// The elements, row-major and flat (absent when the output is binary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub data: Option<Value>,
 }

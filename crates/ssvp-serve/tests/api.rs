@@ -414,13 +414,21 @@ async fn open_inference_protocol_routes_and_outputs() {
         (vec![2], "FP32")
     );
     for (i, e) in expected.iter().enumerate() {
-        assert_eq!(raw.data[i].as_f64().unwrap() as f32, e.score as f32);
-        assert_eq!(out("pred_label").data[i], json!(e.score > 0.1));
+        assert_eq!(
+            raw.data.as_ref().unwrap()[i].as_f64().unwrap() as f32,
+            e.score as f32
+        );
+        assert_eq!(
+            out("pred_label").data.as_ref().unwrap()[i],
+            json!(e.score > 0.1)
+        );
     }
     let map = out("anomaly_map");
     assert_eq!(map.shape, vec![2, 96, 96]);
     let values: Vec<f32> = map
         .data
+        .as_ref()
+        .unwrap()
         .as_array()
         .unwrap()
         .iter()
@@ -440,6 +448,8 @@ async fn open_inference_protocol_routes_and_outputs() {
     assert_eq!(out("box_batch_index").datatype, "INT32");
     let mask_ones = mask
         .data
+        .as_ref()
+        .unwrap()
         .as_array()
         .unwrap()
         .iter()
@@ -458,7 +468,7 @@ async fn open_inference_protocol_routes_and_outputs() {
     {
         let [x, y, w, h] = r.bbox;
         assert_eq!(
-            boxes.data.as_array().unwrap()[..4],
+            boxes.data.as_ref().unwrap().as_array().unwrap()[..4],
             [
                 json!(x as f32),
                 json!(y as f32),
@@ -466,7 +476,7 @@ async fn open_inference_protocol_routes_and_outputs() {
                 json!((y + h) as f32)
             ]
         );
-        assert_eq!(out("box_batch_index").data[0], json!(i));
+        assert_eq!(out("box_batch_index").data.as_ref().unwrap()[0], json!(i));
     }
 
     // Maps as 16-bit PNGs, asked by name; no threshold: no pred_label by default.
@@ -643,7 +653,7 @@ async fn open_inference_protocol_errors() {
         (
             json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 10}, "data": [b64(&img)]}]}),
             StatusCode::BAD_REQUEST,
-            "binary tensor data",
+            "both `data` and `binary_data_size`",
         ),
     ];
     for (body, status, needle) in cases {
@@ -1046,4 +1056,168 @@ async fn concurrent_images_are_gathered_into_one_batch() {
         started.elapsed() < Duration::from_secs(30),
         "a full batch does not wait"
     );
+}
+
+/// A request of the binary tensor data extension: the JSON header, then each image as a
+/// little-endian u32 length and its bytes.
+fn binary_request(
+    header: serde_json::Value,
+    images: &[Vec<u8>],
+    size_override: Option<usize>,
+) -> Request<Body> {
+    let mut tail = Vec::new();
+    for img in images {
+        tail.extend((img.len() as u32).to_le_bytes());
+        tail.extend(img);
+    }
+    let mut header = header;
+    header["inputs"][0]["parameters"] =
+        json!({"binary_data_size": size_override.unwrap_or(tail.len())});
+    let json_bytes = serde_json::to_vec(&header).unwrap();
+    let length = json_bytes.len();
+    let mut body = json_bytes;
+    body.extend(tail);
+    Request::post("/v2/models/ssvp/infer")
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", length.to_string())
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// The JSON part and the binary part of an answer of the extension.
+fn split_binary(headers: &axum::http::HeaderMap, body: &[u8]) -> (serde_json::Value, Vec<u8>) {
+    let n: usize = headers["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (json(&body[..n]), body[n..].to_vec())
+}
+
+#[tokio::test]
+async fn the_binary_tensor_data_extension_in_and_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = common::service(
+        references_detector(dir.path(), common::options()),
+        ServeOptions::default(),
+    );
+    let (_, _, b) = call(&service, get("/v2")).await;
+    assert_eq!(json(&b)["extensions"], json!(["binary_tensor_data"]));
+    let images = [png(&part(41, true)), png(&part(42, false))];
+    let header = json!({
+        "id": "bin-1",
+        "parameters": {"map_format": "png"},
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2]}],
+        "outputs": [
+            {"name": "raw_score", "parameters": {"binary_data": true}},
+            {"name": "anomaly_map", "parameters": {"binary_data": true}},
+            {"name": "pred_score"}
+        ]
+    });
+    // Binary in, binary out.
+    let (s, h, b) = call(&service, binary_request(header.clone(), &images, None)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(h["content-type"], "application/octet-stream");
+    let (r, tail) = split_binary(&h, &b);
+    assert_eq!(r["id"], "bin-1");
+    let outputs = r["outputs"].as_array().unwrap();
+    assert_eq!(outputs[0]["parameters"]["binary_data_size"], json!(8));
+    assert!(outputs[0].get("data").is_none());
+    assert!(outputs[2]["data"].is_array(), "pred_score stays JSON");
+    let scores: Vec<f32> = tail[..8]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let mut at = 8;
+    let mut pngs = Vec::new();
+    for _ in 0..2 {
+        let len = u32::from_le_bytes(tail[at..at + 4].try_into().unwrap()) as usize;
+        pngs.push(tail[at + 4..at + 4 + len].to_vec());
+        at += 4 + len;
+    }
+    assert_eq!(at, tail.len());
+    assert_eq!(
+        outputs[1]["parameters"]["binary_data_size"],
+        json!(tail.len() - 8)
+    );
+    // The same request as base64 JSON gives the same numbers and PNGs.
+    let mut plain = header.clone();
+    plain["inputs"][0]["data"] = json!(images.iter().map(|i| b64(i)).collect::<Vec<_>>());
+    plain["outputs"] = json!([{"name": "raw_score"}, {"name": "anomaly_map"}]);
+    let (s, _, b) = call(
+        &service,
+        post(
+            "/v2/models/ssvp/infer",
+            "application/json",
+            serde_json::to_vec(&plain).unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let r = json(&b);
+    for i in 0..2 {
+        assert_eq!(
+            r["outputs"][0]["data"][i].as_f64().unwrap() as f32,
+            scores[i]
+        );
+        assert_eq!(unb64(r["outputs"][1]["data"][i].as_str().unwrap()), pngs[i]);
+    }
+    // The request-wide switch makes every output binary; an empty tensor has 0 bytes.
+    let all = json!({
+        "parameters": {"binary_data_output": true, "threshold": 0.5},
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]
+    });
+    let (s, h, b) = call(&service, binary_request(all, &images[1..], None)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (r, tail) = split_binary(&h, &b);
+    let sizes: usize = r["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["parameters"]["binary_data_size"].as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(sizes, tail.len());
+    assert_eq!(r["outputs"][2]["name"], "pred_label");
+    assert_eq!(r["outputs"][2]["parameters"]["binary_data_size"], json!(1));
+
+    // Malformed binary requests.
+    let header = json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]});
+    let (s, _, b) = call(
+        &service,
+        binary_request(header.clone(), &images[..1], Some(5)),
+    )
+    .await;
+    error_of(
+        s,
+        &b,
+        StatusCode::BAD_REQUEST,
+        "binary_data_size` says 5 bytes",
+    );
+    let mut lying = Vec::from(1_000_000u32.to_le_bytes());
+    lying.extend(&images[0][..100]);
+    let body_json = serde_json::to_vec(&json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": lying.len()}}]})).unwrap();
+    let send = |length: &str, body: Vec<u8>| {
+        Request::post("/v2/models/ssvp/infer")
+            .header("inference-header-content-length", length)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let mut body = body_json.clone();
+    body.extend(&lying);
+    let (s, _, b) = call(&service, send(&body_json.len().to_string(), body.clone())).await;
+    error_of(s, &b, StatusCode::BAD_REQUEST, "claims 1000000 bytes");
+    let (s, _, b) = call(&service, send("99999999", body.clone())).await;
+    error_of(s, &b, StatusCode::BAD_REQUEST, "says 99999999 bytes");
+    let (s, _, b) = call(&service, send("ten", body.clone())).await;
+    error_of(s, &b, StatusCode::BAD_REQUEST, "byte count");
+    let (s, _, b) = call(&service, send(&(body_json.len() - 1).to_string(), body)).await;
+    error_of(s, &b, StatusCode::BAD_REQUEST, "not an inference request");
+    let mut plain_with_tail = serde_json::to_vec(&json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(&images[0])]}]})).unwrap();
+    let n = plain_with_tail.len();
+    plain_with_tail.extend(b"extra");
+    let (s, _, b) = call(&service, send(&n.to_string(), plain_with_tail)).await;
+    error_of(s, &b, StatusCode::BAD_REQUEST, "no input declares");
+    let bad_switch = json!({"parameters": {"binary_data_output": "yes"}, "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]});
+    let (s, _, b) = call(&service, binary_request(bad_switch, &images[..1], None)).await;
+    error_of(s, &b, StatusCode::BAD_REQUEST, "binary_data_output");
 }

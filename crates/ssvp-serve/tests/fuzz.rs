@@ -1,6 +1,7 @@
 //! A seeded mutation fuzzer over the request path: mutated PNG, JPEG, TIFF and BMP files as raw
 //! bodies, mutated multipart forms, and mutated Open Inference Protocol bodies (mutated images
-//! inside valid JSON, and mutated JSON text). Every input must end in a 2xx or a 4xx with a
+//! inside valid JSON, mutated JSON text, and mutated bodies of the binary tensor data
+//! extension). Every input must end in a 2xx or a 4xx with a
 //! JSON error, and the server must answer the next request. `SSVP_FUZZ_ITERS` (default 2000)
 //! and `SSVP_FUZZ_SEED` set the run; a long run:
 //!
@@ -112,7 +113,7 @@ async fn mutated_requests_end_in_2xx_or_4xx() {
     let started = Instant::now();
     for i in 0..iterations {
         let (file, mime) = &files[rng.below(files.len())];
-        let request = match rng.below(5) {
+        let request = match rng.below(6) {
             0 | 1 => post("/v1/detect", mime, mutate(&mut rng, file)),
             2 => {
                 let (ct, form) = multipart(&[
@@ -129,6 +130,23 @@ async fn mutated_requests_end_in_2xx_or_4xx() {
                     "application/json",
                     infer_body(&[bad], json!({"return_anomaly_map": rng.below(2) == 0})),
                 )
+            }
+            4 => {
+                // The binary tensor data extension: JSON header, then length-prefixed files.
+                let header = serde_json::to_vec(&json!({
+                    "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                "parameters": {"binary_data_size": file.len() + 4}}],
+                    "parameters": {"binary_data_output": true}
+                }))
+                .unwrap();
+                let length = header.len();
+                let mut body = header;
+                body.extend((file.len() as u32).to_le_bytes());
+                body.extend(file);
+                axum::http::Request::post("/v2/models/ssvp/infer")
+                    .header("inference-header-content-length", length.to_string())
+                    .body(axum::body::Body::from(mutate(&mut rng, &body)))
+                    .unwrap()
             }
             _ => {
                 let body = infer_body(

@@ -16,8 +16,9 @@ Routes (docs/serve.md has the schemas and examples; GET /openapi.json the OpenAP
                                   options class_name, map, overlay, regions, threshold. Answer:
                                   the Detection JSON of `ssvp detect`.
   POST /v2/models/NAME/infer      Open Inference Protocol (KServe v2): input `image`, BYTES [N],
-                                  base64 files; outputs pred_score, raw_score, pred_label,
-                                  anomaly_map, pred_mask, pred_boxes, box_scores, box_batch_index
+                                  base64 files or the binary tensor data extension; outputs
+                                  pred_score, raw_score, pred_label, anomaly_map, pred_mask,
+                                  pred_boxes, box_scores, box_batch_index (JSON or binary)
   GET  /v2, /v2/models/NAME, /v2/models/NAME/ready, /v2/health/live, /v2/health/ready
   GET  /healthz, /readyz, /metrics (Prometheus), /openapi.json
 

@@ -1,11 +1,15 @@
 //! The Open Inference Protocol (KServe v2) REST routes. Images travel as one BYTES input
-//! `image` of shape `[N]`, each element a base64-encoded file (MLServer's `base64` content
-//! type); outputs follow anomalib's names. docs/serve.md gives the contract with examples.
+//! `image` of shape `[N]`, each element an encoded file: base64 strings in the JSON (MLServer's
+//! `base64` content type), or raw bytes after it (the binary tensor data extension, which
+//! tritonclient uses by default). Outputs follow anomalib's names and come back as JSON or, on
+//! request, binary. docs/serve.md gives the contract with examples.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -20,6 +24,9 @@ use crate::error::{ApiError, ErrorBody};
 use crate::routes::health::readiness;
 use crate::routes::RequestContext;
 use crate::state::{AppState, LoadedModel};
+
+/// The header of the binary tensor data extension: the length of the JSON part of the body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// The `platform` of the model metadata.
 pub const PLATFORM: &str = "ssvp_rust";
@@ -54,7 +61,7 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "ssvp".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        extensions: Vec::new(),
+        extensions: vec!["binary_tensor_data".into()],
     })
 }
 
@@ -210,8 +217,14 @@ fn parse_parameters(request: &InferRequest, model: &LoadedModel) -> Result<Asked
     })
 }
 
-/// The encoded images of the request's one input.
-fn image_elements(request: &InferRequest, max_images: usize) -> Result<Vec<Bytes>, ApiError> {
+/// The encoded images of the request's one input: base64 strings in its JSON `data`, or, with
+/// the binary tensor data extension, `binary_data_size` bytes after the JSON, each element a
+/// little-endian u32 length and that many bytes.
+fn image_elements(
+    request: &InferRequest,
+    binary: &Bytes,
+    max_images: usize,
+) -> Result<Vec<Bytes>, ApiError> {
     let input = match request.inputs.as_slice() {
         [one] => one,
         [] => {
@@ -238,22 +251,8 @@ fn image_elements(request: &InferRequest, max_images: usize) -> Result<Vec<Bytes
             input.datatype
         )));
     }
-    if let Some(params) = &input.parameters {
-        if params.contains_key("binary_data_size") {
-            return Err(ApiError::bad_request(
-                "the binary tensor data extension is not supported; send base64 strings in JSON",
-            ));
-        }
-        match params.get("content_type") {
-            None => {}
-            Some(Value::String(s)) if s == "base64" => {}
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "the input's content_type must be \"base64\", not {other}"
-                )))
-            }
-        }
-    }
+    let empty = Map::new();
+    let params = input.parameters.as_ref().unwrap_or(&empty);
     let n = match input.shape.as_slice() {
         [n] | [n, 1] => *n,
         other => {
@@ -262,12 +261,94 @@ fn image_elements(request: &InferRequest, max_images: usize) -> Result<Vec<Bytes
             )))
         }
     };
-    let Value::Array(data) = &input.data else {
+    if n == 0 {
+        return Err(ApiError::bad_request("the request holds no image"));
+    }
+    if n > max_images as u64 {
+        return Err(ApiError::unprocessable(format!(
+            "the request holds {n} images, over the limit of {max_images} (--max-images-per-request)"
+        )));
+    }
+    let elements = match params.get("binary_data_size") {
+        Some(size) => {
+            let size = size.as_u64().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`binary_data_size` must be a byte count, not {size}"
+                ))
+            })?;
+            if input.data.is_some() {
+                return Err(ApiError::bad_request(
+                    "the input has both `data` and `binary_data_size`; send one",
+                ));
+            }
+            if size != binary.len() as u64 {
+                return Err(ApiError::bad_request(format!(
+                    "`binary_data_size` says {size} bytes but {} follow the JSON header",
+                    binary.len()
+                )));
+            }
+            binary_elements(binary)?
+        }
+        None => {
+            if !binary.is_empty() {
+                return Err(ApiError::bad_request(
+                    "bytes follow the JSON header but no input declares `binary_data_size`",
+                ));
+            }
+            match params.get("content_type") {
+                None => {}
+                Some(Value::String(s)) if s == "base64" => {}
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "the input's content_type must be \"base64\", not {other}"
+                    )))
+                }
+            }
+            base64_elements(input.data.as_ref())?
+        }
+    };
+    if elements.len() as u64 != n {
+        return Err(ApiError::bad_request(format!(
+            "the input's shape says {n} images but its data holds {}",
+            elements.len()
+        )));
+    }
+    Ok(elements)
+}
+
+/// BYTES elements of the binary extension: a little-endian u32 length, then the bytes.
+fn binary_elements(binary: &Bytes) -> Result<Vec<Bytes>, ApiError> {
+    let mut elements = Vec::new();
+    let mut at = 0usize;
+    while at < binary.len() {
+        let Some(len) = binary.get(at..at + 4) else {
+            return Err(ApiError::bad_request(format!(
+                "image {}: the binary data ends inside an element's 4-byte length",
+                elements.len()
+            )));
+        };
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        at += 4;
+        if len > binary.len() - at {
+            return Err(ApiError::bad_request(format!(
+                "image {}: the element claims {len} bytes but {} remain",
+                elements.len(),
+                binary.len() - at
+            )));
+        }
+        elements.push(binary.slice(at..at + len));
+        at += len;
+    }
+    Ok(elements)
+}
+
+/// BYTES elements as base64 strings in JSON, flat or nested one level (`[N, 1]`).
+fn base64_elements(data: Option<&Value>) -> Result<Vec<Bytes>, ApiError> {
+    let Some(Value::Array(data)) = data else {
         return Err(ApiError::bad_request(
             "the input's data must be an array of base64 strings",
         ));
     };
-    // Nested data of shape [N, 1] is allowed; the protocol takes flat or nested row-major.
     let flat: Vec<&Value> = data
         .iter()
         .flat_map(|v| match v {
@@ -275,21 +356,6 @@ fn image_elements(request: &InferRequest, max_images: usize) -> Result<Vec<Bytes
             other => vec![other],
         })
         .collect();
-    if flat.len() as u64 != n {
-        return Err(ApiError::bad_request(format!(
-            "the input's shape says {n} images but its data holds {}",
-            flat.len()
-        )));
-    }
-    if flat.is_empty() {
-        return Err(ApiError::bad_request("the request holds no image"));
-    }
-    if flat.len() > max_images {
-        return Err(ApiError::unprocessable(format!(
-            "the request holds {} images, over the limit of {max_images} (--max-images-per-request)",
-            flat.len()
-        )));
-    }
     flat.into_iter()
         .enumerate()
         .map(|(i, v)| {
@@ -327,16 +393,38 @@ pub async fn infer(
     Extension(context): Extension<RequestContext>,
     Path(name): Path<String>,
     request: Request,
-) -> Result<Json<InferResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     check_model(&state, &name)?;
     let model = state.model()?;
     let _admitted = state.admit()?;
+    let header_length = match request.headers().get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("`{HEADER_LENGTH}` must be a byte count"))
+                })?,
+        ),
+    };
     let body = state.read_body(request, context.arrived).await?;
-    let request: InferRequest = serde_json::from_slice(&body)
+    // The binary tensor data extension: the JSON header, then the inputs' bytes.
+    let (header, binary) = match header_length {
+        None => (body, Bytes::new()),
+        Some(n) if n <= body.len() => (body.slice(..n), body.slice(n..)),
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "`{HEADER_LENGTH}` says {n} bytes but the body has {}",
+                body.len()
+            )))
+        }
+    };
+    let request: InferRequest = serde_json::from_slice(&header)
         .map_err(|e| ApiError::bad_request(format!("the body is not an inference request: {e}")))?;
-    drop(body);
     let asked = parse_parameters(&request, model)?;
-    let files = image_elements(&request, state.options.max_images_per_request)?;
+    let files = image_elements(&request, &binary, state.options.max_images_per_request)?;
+    drop((header, binary));
     let mut images = Vec::with_capacity(files.len());
     for (i, bytes) in files.into_iter().enumerate() {
         images.push(state.decode(bytes, format!("image {i}")).await?);
@@ -360,7 +448,12 @@ pub async fn infer(
     parameters.insert("class_name".into(), json!(class_name));
     parameters.insert("calibrated".into(), json!(detector.calibration().is_some()));
     let scale = model.map_scale;
-    let outputs = tokio::task::spawn_blocking(move || {
+    let binary_outputs: Vec<bool> = asked
+        .outputs
+        .iter()
+        .map(|name| wants_binary(&request, name))
+        .collect::<Result<_, _>>()?;
+    let tensors = tokio::task::spawn_blocking(move || {
         let min_area = detector.options().min_region_area;
         asked
             .outputs
@@ -370,12 +463,143 @@ pub async fn infer(
     })
     .await
     .map_err(|_| ApiError::internal("assembling the outputs failed"))??;
-    Ok(Json(InferResponse {
+    let mut outputs = Vec::with_capacity(tensors.len());
+    let mut tail = Vec::new();
+    for (tensor, binary) in tensors.into_iter().zip(&binary_outputs) {
+        outputs.push(if *binary {
+            let bytes = tensor.data.to_binary();
+            let mut params = Map::new();
+            params.insert("binary_data_size".into(), json!(bytes.len()));
+            tail.extend(bytes);
+            InferOutput {
+                name: tensor.name,
+                shape: tensor.shape,
+                datatype: tensor.data.datatype().into(),
+                parameters: Some(params),
+                data: None,
+            }
+        } else {
+            InferOutput {
+                name: tensor.name,
+                shape: tensor.shape,
+                datatype: tensor.data.datatype().into(),
+                parameters: None,
+                data: Some(tensor.data.to_json()),
+            }
+        });
+    }
+    let response = InferResponse {
         model_name: state.options.model_name.clone(),
         id: request.id,
         parameters,
         outputs,
-    }))
+    };
+    if !binary_outputs.contains(&true) {
+        return Ok(Json(response).into_response());
+    }
+    let mut body = serde_json::to_vec(&response)
+        .map_err(|e| ApiError::internal(format!("serialising the response: {e}")))?;
+    let json_length = body.len();
+    body.extend(tail);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::HeaderName::from_static(HEADER_LENGTH),
+                json_length.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Whether an output goes back as binary data: the output's own `binary_data` parameter, else
+/// the request's `binary_data_output` (the extension's two switches; JSON by default).
+fn wants_binary(request: &InferRequest, name: &str) -> Result<bool, ApiError> {
+    let flag = |params: Option<&Map<String, Value>>, key: &str| -> Result<Option<bool>, ApiError> {
+        match params.and_then(|p| p.get(key)) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "the parameter `{key}` must be a bool, not {other}"
+            ))),
+        }
+    };
+    let own = request
+        .outputs
+        .iter()
+        .flatten()
+        .find(|o| o.name == name)
+        .map(|o| flag(o.parameters.as_ref(), "binary_data"))
+        .transpose()?
+        .flatten();
+    Ok(match own {
+        Some(b) => b,
+        None => flag(request.parameters.as_ref(), "binary_data_output")?.unwrap_or(false),
+    })
+}
+
+/// The elements of an output tensor.
+enum TensorData {
+    F32(Vec<f32>),
+    I32(Vec<i32>),
+    U8(Vec<u8>),
+    Bool(Vec<bool>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+impl TensorData {
+    fn datatype(&self) -> &'static str {
+        match self {
+            TensorData::F32(_) => "FP32",
+            TensorData::I32(_) => "INT32",
+            TensorData::U8(_) => "UINT8",
+            TensorData::Bool(_) => "BOOL",
+            TensorData::Bytes(_) => "BYTES",
+        }
+    }
+
+    /// JSON elements; BYTES as base64 strings.
+    fn to_json(&self) -> Value {
+        match self {
+            TensorData::F32(v) => json!(v),
+            TensorData::I32(v) => json!(v),
+            TensorData::U8(v) => json!(v),
+            TensorData::Bool(v) => json!(v),
+            TensorData::Bytes(v) => json!(v
+                .iter()
+                .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+                .collect::<Vec<_>>()),
+        }
+    }
+
+    /// The extension's binary layout: little-endian numbers, one byte per BOOL, and BYTES as a
+    /// u32 length before each element.
+    fn to_binary(&self) -> Vec<u8> {
+        match self {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::U8(v) => v.clone(),
+            TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+            TensorData::Bytes(v) => v
+                .iter()
+                .flat_map(|b| {
+                    (b.len() as u32)
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain(b.iter().copied())
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A named output tensor before it is encoded.
+struct Tensor {
+    name: String,
+    shape: Vec<u64>,
+    data: TensorData,
 }
 
 /// The one size of all maps, for `[N, H, W]` outputs.
@@ -404,13 +628,12 @@ fn output(
     asked: &Asked,
     scale: ssvp_detect::output::encode::ColorScale,
     min_area: usize,
-) -> Result<InferOutput, ApiError> {
+) -> Result<Tensor, ApiError> {
     let n = scored.len() as u64;
     let detections = scored.iter().map(|s| &s.detection);
-    let tensor = |shape: Vec<u64>, datatype: &str, data: Value| InferOutput {
+    let tensor = |shape: Vec<u64>, data: TensorData| Tensor {
         name: name.to_string(),
         shape,
-        datatype: datatype.into(),
         data,
     };
     let boxes = || {
@@ -422,36 +645,32 @@ fn output(
     Ok(match name {
         "pred_score" => tensor(
             vec![n],
-            "FP32",
-            json!(detections
-                .map(|d| d.calibrated_score.unwrap_or(d.score) as f32)
-                .collect::<Vec<_>>()),
+            TensorData::F32(
+                detections
+                    .map(|d| d.calibrated_score.unwrap_or(d.score) as f32)
+                    .collect(),
+            ),
         ),
         "raw_score" => tensor(
             vec![n],
-            "FP32",
-            json!(detections.map(|d| d.score as f32).collect::<Vec<_>>()),
+            TensorData::F32(detections.map(|d| d.score as f32).collect()),
         ),
         "pred_label" => tensor(
             vec![n],
-            "BOOL",
-            json!(detections
-                .map(|d| d.anomalous.unwrap_or(false))
-                .collect::<Vec<_>>()),
+            TensorData::Bool(detections.map(|d| d.anomalous.unwrap_or(false)).collect()),
         ),
         "anomaly_map" if asked.map_png => {
-            let b64 = base64::engine::general_purpose::STANDARD;
             let pngs = detections
-                .map(|d| map_bytes(d, MapFormat::Png16, scale).map(|b| b64.encode(b)))
+                .map(|d| map_bytes(d, MapFormat::Png16, scale))
                 .collect::<Result<Vec<_>, _>>()?;
-            tensor(vec![n], "BYTES", json!(pngs))
+            tensor(vec![n], TensorData::Bytes(pngs))
         }
         "anomaly_map" => {
             let (h, w) = common_size(scored, name)?;
             let data: Vec<f32> = detections
                 .flat_map(|d| d.map.data.iter().copied())
                 .collect();
-            tensor(vec![n, h as u64, w as u64], "FP32", json!(data))
+            tensor(vec![n, h as u64, w as u64], TensorData::F32(data))
         }
         "pred_mask" => {
             let (h, w) = common_size(scored, name)?;
@@ -460,7 +679,7 @@ fn output(
                 let mask = region_mask(d, min_area).unwrap_or_else(|| vec![false; h * w]);
                 data.extend(mask.into_iter().map(u8::from));
             }
-            tensor(vec![n, h as u64, w as u64], "UINT8", json!(data))
+            tensor(vec![n, h as u64, w as u64], TensorData::U8(data))
         }
         "pred_boxes" => {
             let data: Vec<f32> = boxes()
@@ -469,15 +688,15 @@ fn output(
                     [x as f32, y as f32, (x + w) as f32, (y + h) as f32]
                 })
                 .collect();
-            tensor(vec![data.len() as u64 / 4, 4], "FP32", json!(data))
+            tensor(vec![data.len() as u64 / 4, 4], TensorData::F32(data))
         }
         "box_scores" => {
             let data: Vec<f32> = boxes().map(|(_, r)| r.peak).collect();
-            tensor(vec![data.len() as u64], "FP32", json!(data))
+            tensor(vec![data.len() as u64], TensorData::F32(data))
         }
         "box_batch_index" => {
             let data: Vec<i32> = boxes().map(|(i, _)| i as i32).collect();
-            tensor(vec![data.len() as u64], "INT32", json!(data))
+            tensor(vec![data.len() as u64], TensorData::I32(data))
         }
         other => return Err(ApiError::internal(format!("no output `{other}`"))),
     })
