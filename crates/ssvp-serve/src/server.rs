@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use ssvp_detect::Detector;
@@ -40,7 +41,7 @@ pub fn init_logging(format: LogFormat) {
 /// 1. readiness turns 503 (requests are still answered) for `drain_delay`, so that load
 ///    balancers take the replica out before it stops listening;
 /// 2. the listener closes; requests in flight finish, for at most `shutdown_timeout`;
-/// 3. the batch queue closes once every queued image is answered.
+/// 3. the batch queue closes once every queued image is answered, within the same deadline.
 ///
 /// `load` runs on a blocking thread while probes are already answered (live, not ready). If it
 /// fails, the server stops and the error is returned.
@@ -82,14 +83,11 @@ where
             }
         });
     }
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    // Dropped with the server future when the load fails, so it needs no stop of its own.
     let draining = {
         let service = service.clone();
         async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stop_rx => return,
-            }
+            shutdown.await;
             tracing::info!(
                 drain_delay_s = service.options().drain_delay.as_secs_f64(),
                 "shutting down: readiness is 503; still serving during the drain delay"
@@ -100,9 +98,14 @@ where
         }
     };
     let (began_tx, began_rx) = oneshot::channel::<()>();
-    let graceful = async move {
-        draining.await;
-        let _ = began_tx.send(());
+    let closed_at = Arc::new(OnceLock::new());
+    let graceful = {
+        let closed_at = closed_at.clone();
+        async move {
+            draining.await;
+            let _ = closed_at.set(tokio::time::Instant::now());
+            let _ = began_tx.send(());
+        }
     };
     let app = service.router();
     let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
@@ -128,8 +131,20 @@ where
             None
         }
     };
-    let _ = stop_tx.send(());
-    service.close().await;
+    // Every handler has answered by now; what is left in the queue is abandoned work. A batch
+    // still on the model (tens of seconds at ViT-L sizes) must not hold the exit past the
+    // deadline, which counts from the listener's close.
+    let deadline = closed_at
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now)
+        + timeout;
+    if tokio::time::timeout_at(deadline, service.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("a batch was still running at exit");
+    }
     match load_error {
         Some(err) => Err(err.context("the model could not be loaded")),
         None => {

@@ -47,9 +47,6 @@ pub struct DetectArgs {
     /// enough; for hundreds, build a bank with a coreset once (`ssvp bank build`).
     #[arg(long, value_name = "PATH")]
     pub normal: Vec<PathBuf>,
-    /// Calibration file of `ssvp calibrate` (threshold, calibrated scores, pixel threshold).
-    #[arg(long)]
-    pub calibration: Option<PathBuf>,
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
@@ -99,7 +96,11 @@ pub fn run(mut args: DetectArgs) -> anyhow::Result<ExitCode> {
     if let Some(shard) = &args.shard {
         inputs = shard.select(&inputs);
     }
-    let detector = load_detector(&args.model.spec(options, args.calibration.clone())?)?;
+    let detector = load_detector(
+        &args
+            .model
+            .spec(options, args.decision.calibration.clone())?,
+    )?;
     let job = DetectJob {
         out_dir: args.out.clone(),
         files: FileOptions {

@@ -102,10 +102,13 @@ impl ModelArgs {
     }
 }
 
-/// How detections are decided and drawn: thresholds and the map's colour range (`detect`,
-/// `serve`).
+/// How detections are decided and drawn: the calibration, thresholds and the map's colour
+/// range (`detect`, `serve`).
 #[derive(clap::Args, Clone)]
 pub struct DecisionArgs {
+    /// Calibration file of `ssvp calibrate` (threshold, calibrated scores, pixel threshold).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
     /// Raw-score threshold of the decision (overrides the calibration's).
     #[arg(long)]
     pub threshold: Option<f64>,

@@ -51,9 +51,6 @@ pub struct ServeArgs {
     /// `ssvp detect --normal`.
     #[arg(long, value_name = "PATH")]
     pub normal: Vec<PathBuf>,
-    /// Calibration file of `ssvp calibrate` (threshold, calibrated scores, pixel threshold).
-    #[arg(long)]
-    pub calibration: Option<PathBuf>,
     #[command(flatten)]
     pub decision: DecisionArgs,
     /// Address to listen on (0.0.0.0 for every interface, as in a container).
@@ -140,7 +137,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     args.decision.apply(&mut detector_options)?;
     let spec = args
         .model
-        .spec(detector_options, args.calibration.clone())?;
+        .spec(detector_options, args.decision.calibration.clone())?;
     let options = ServeOptions {
         model_name: args.model_name.clone(),
         batching: BatchOptions {

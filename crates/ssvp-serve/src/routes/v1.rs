@@ -10,6 +10,7 @@ use axum::http::header;
 use axum::{Extension, Json};
 use base64::Engine;
 use ssvp_detect::output::encode::{map_bytes, overlay_jpeg, MapFormat};
+use ssvp_detect::output::files::FileOptions;
 
 use crate::api::{DetectForm, DetectQuery, DetectResponse};
 use crate::error::{ApiError, ErrorBody};
@@ -26,10 +27,6 @@ pub const IMAGE_TYPES: [&str; 7] = [
     "image/x-bmp",
     "image/x-ms-bmp",
 ];
-
-/// Weight of the heat map in the overlay, and its JPEG quality (as `ssvp detect`'s overlays).
-const OVERLAY_ALPHA: f32 = 0.5;
-const OVERLAY_QUALITY: u8 = 90;
 
 /// Scores one image.
 #[utoipa::path(post, path = "/v1/detect", tag = "detect",
@@ -115,15 +112,17 @@ pub async fn detect(
             .then(|| map_bytes(&d, MapFormat::Png16, scale).map(b64))
             .transpose()?;
         let min_area = detector.options().min_region_area;
+        // The blend weight and JPEG quality of `ssvp detect`'s overlays.
+        let files = FileOptions::default();
         let overlay = want_overlay
             .then(|| {
                 overlay_jpeg(
                     &scored.image.image,
                     &d,
                     scale,
-                    OVERLAY_ALPHA,
+                    files.overlay_alpha,
                     min_area,
-                    OVERLAY_QUALITY,
+                    files.jpeg_quality,
                 )
                 .map(b64)
             })
