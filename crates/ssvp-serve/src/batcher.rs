@@ -191,12 +191,10 @@ async fn run(
         }
         metrics.batch_size.observe(live.len() as f64);
         let detector = detector.clone();
-        let started = Instant::now();
+        let batch_metrics = metrics.clone();
         let jobs = live.len();
-        let outcome = tokio::task::spawn_blocking(move || score_batch(&detector, live)).await;
-        metrics
-            .inference_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let outcome =
+            tokio::task::spawn_blocking(move || score_batch(&detector, live, &batch_metrics)).await;
         if let Err(e) = outcome {
             // score_batch catches panics of the model itself; this is the thread failing.
             tracing::error!(jobs, "a batch's thread failed: {e}");
@@ -206,7 +204,10 @@ async fn run(
 
 /// Scores the jobs of one batch and answers each. Jobs of one class name are scored together;
 /// when a batch fails, its images are scored one by one, so one image's failure is its own.
-fn score_batch(detector: &Detector, jobs: Vec<Job>) {
+/// The batch's time is recorded before any answer goes out, so a client that reads the metrics
+/// after its answer finds its batch counted.
+fn score_batch(detector: &Detector, jobs: Vec<Job>, metrics: &Metrics) {
+    let started = Instant::now();
     let size = jobs.len();
     let mut groups: Vec<(String, Vec<Job>)> = Vec::new();
     for job in jobs {
@@ -215,47 +216,45 @@ fn score_batch(detector: &Detector, jobs: Vec<Job>) {
             None => groups.push((job.class_name.clone(), vec![job])),
         }
     }
+    let mut answers = Vec::with_capacity(size);
     for (class_name, group) in groups {
-        let started = Instant::now();
         let waits: Vec<f64> = group
             .iter()
             .map(|j| started.duration_since(j.enqueued).as_secs_f64())
             .collect();
         let (images, replies): (Vec<InputImage>, Vec<_>) =
             group.into_iter().map(|j| (j.image, j.reply)).unzip();
+        let scored = |detection, image, queue_seconds| Scored {
+            detection,
+            image,
+            queue_seconds,
+            batch_size: size,
+        };
         match detect(detector, &images, &class_name) {
             Ok(detections) => {
-                for (((detection, image), reply), queue_seconds) in
+                for (((detection, image), reply), wait) in
                     detections.into_iter().zip(images).zip(replies).zip(waits)
                 {
-                    let _ = reply.send(Ok(Scored {
-                        detection,
-                        image,
-                        queue_seconds,
-                        batch_size: size,
-                    }));
+                    answers.push((reply, Ok(scored(detection, image, wait))));
                 }
             }
             Err(err) if images.len() == 1 => {
-                for reply in replies {
-                    let _ = reply.send(Err(err.clone()));
-                }
+                answers.extend(replies.into_iter().map(|r| (r, Err(err.clone()))));
             }
             Err(_) => {
-                for ((image, reply), queue_seconds) in images.into_iter().zip(replies).zip(waits) {
-                    let answer =
-                        detect(detector, std::slice::from_ref(&image), &class_name).map(|mut d| {
-                            Scored {
-                                detection: d.remove(0),
-                                image,
-                                queue_seconds,
-                                batch_size: size,
-                            }
-                        });
-                    let _ = reply.send(answer);
+                for ((image, reply), wait) in images.into_iter().zip(replies).zip(waits) {
+                    let answer = detect(detector, std::slice::from_ref(&image), &class_name)
+                        .map(|mut d| scored(d.remove(0), image, wait));
+                    answers.push((reply, answer));
                 }
             }
         }
+    }
+    metrics
+        .inference_seconds
+        .observe(started.elapsed().as_secs_f64());
+    for (reply, answer) in answers {
+        let _ = reply.send(answer);
     }
 }
 
