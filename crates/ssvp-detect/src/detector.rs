@@ -35,8 +35,8 @@ use crate::detection::{Detection, MapStats, Timings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::InputImage;
 use crate::memory::{
-    normalise_distance, set_scale, tapped, Memory, MemorySpec, MutualConfig, ReferenceScoring, Tap,
-    Tower,
+    normalise_distance, set_scale, tapped, towers_of, Memory, MemorySpec, MutualConfig,
+    ReferenceScoring, Tap,
 };
 use crate::tiling::{crop, layout, Stitcher, Tile, Tiling};
 
@@ -498,10 +498,9 @@ impl Detector {
             Memory::Mutual(config) => config.taps.resolve(scales)?,
         };
         if self.head.is_none() {
-            self.towers = TowerSet {
-                clip: taps.iter().any(|t| t.tower == Tower::Clip),
-                dino: taps.iter().any(|t| t.tower == Tower::Dino),
-            };
+            // Only RsCIN reads a global feature; without it the towers stop early.
+            let globals = matches!(&memory, Memory::Mutual(c) if c.rscin.is_some());
+            self.towers = towers_of(&taps, globals);
         }
         self.memory = Some(memory);
         Ok(self)
@@ -945,7 +944,7 @@ impl Detector {
             let started = Instant::now();
             let features = self
                 .backbones
-                .features_of_towers(pre.clip.as_ref(), pre.dino.as_ref())
+                .features_of_towers(pre.clip.as_ref(), pre.dino.as_ref(), self.towers.globals)
                 .map_err(Error::model)?;
             let backbones_ms = ms_since(started);
             let n = chunk.len() as f64;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use ssvp_image::RgbImage8;
 use ssvp_memory::BankMeta;
 pub use ssvp_memory::{CoresetOptions, ForegroundOptions, MutualOptions, PatchBank};
-use ssvp_model::features::{BackboneIdentity, Backbones, FeatureSource, ImageFeatures};
+use ssvp_model::features::{BackboneIdentity, Backbones, FeatureSource, ImageFeatures, TowerSet};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{read_image, DecodeOptions};
@@ -229,6 +229,15 @@ pub struct BuiltBank {
     pub skipped: Vec<(PathBuf, Error)>,
 }
 
+/// The towers that `taps` read, with or without their global features.
+pub(crate) fn towers_of(taps: &[Tap], globals: bool) -> TowerSet {
+    TowerSet {
+        clip: taps.iter().any(|t| t.tower == Tower::Clip),
+        dino: taps.iter().any(|t| t.tower == Tower::Dino),
+        globals,
+    }
+}
+
 /// Builds a bank from reference image files through the live backbones. Unreadable files are
 /// skipped (and returned); no readable file at all is an error.
 pub fn build_bank(
@@ -268,7 +277,15 @@ pub fn build_bank(
             ),
         ));
     }
-    let bank = bank_of_images(backbones, &images, names, opts)?;
+    // Only the tapped towers run, each stopped after its deepest block: a bank reads patch
+    // tokens alone, never a global feature.
+    let taps = opts.taps.resolve(backbones.identity().clip_layers.len())?;
+    let towers = towers_of(&taps, false);
+    let bank = bank_of_images_with(backbones.identity(), &images, names, opts, |chunk| {
+        let refs: Vec<&RgbImage8> = chunk.iter().collect();
+        let (clip, dino) = backbones.preprocess_towers(&refs, towers)?;
+        backbones.features_of_towers(clip.as_ref(), dino.as_ref(), false)
+    })?;
     Ok(BuiltBank { bank, skipped })
 }
 
@@ -279,12 +296,24 @@ pub fn bank_of_images(
     names: Vec<String>,
     opts: &BankOptions,
 ) -> Result<PatchBank> {
+    bank_of_images_with(source.identity(), images, names, opts, |chunk| {
+        source.features_of_images(chunk)
+    })
+}
+
+/// [`bank_of_images`] with the features of each chunk of copies from `features_of`.
+fn bank_of_images_with(
+    identity: &BackboneIdentity,
+    images: &[RgbImage8],
+    names: Vec<String>,
+    opts: &BankOptions,
+    features_of: impl Fn(&[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>>,
+) -> Result<PatchBank> {
     if opts.rotations == 0 || opts.batch_size == 0 {
         return Err(Error::invalid(
             "rotations and the batch size must be positive",
         ));
     }
-    let identity = source.identity();
     let copies: Vec<RgbImage8> = images
         .iter()
         .flat_map(|img| {
@@ -299,7 +328,7 @@ pub fn bank_of_images(
         .collect();
     let mut features = Vec::with_capacity(copies.len());
     for chunk in copies.chunks(opts.batch_size) {
-        features.extend(source.features_of_images(chunk).map_err(Error::model)?);
+        features.extend(features_of(chunk).map_err(Error::model)?);
     }
     bank_of_features(identity, &features, names, opts)
 }

@@ -468,3 +468,38 @@ fn backbones_section_in_toml() {
         "{err}"
     );
 }
+
+/// Without the global features each tower stops after its deepest tap; the local features are
+/// those of the whole towers, bit for bit, and the globals are empty.
+#[test]
+fn towers_without_globals_give_the_same_local_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let images: Vec<ssvp_image::RgbImage8> = (0..2)
+        .map(|i| {
+            let p = write_image(dir.path(), &format!("{i}.png"), 60 + 20 * i, 64, i);
+            ssvp_image::decode::load_rgb8(p).unwrap()
+        })
+        .collect();
+    let refs: Vec<&ssvp_image::RgbImage8> = images.iter().collect();
+    let bb = tiny();
+    let (clip, dino) = bb.preprocess_batch(&refs).unwrap();
+    let whole = bb
+        .features_of_towers(Some(&clip), Some(&dino), true)
+        .unwrap();
+    let early = bb
+        .features_of_towers(Some(&clip), Some(&dino), false)
+        .unwrap();
+    for (w, e) in whole.iter().zip(&early) {
+        assert_eq!(e.clip_local.len(), w.clip_local.len());
+        assert_eq!(e.dino_local.len(), w.dino_local.len());
+        for (x, y) in w.clip_local.iter().zip(&e.clip_local) {
+            assert_eq!(max_abs_diff(x, y), 0.0);
+        }
+        for (x, y) in w.dino_local.iter().zip(&e.dino_local) {
+            assert_eq!(max_abs_diff(x, y), 0.0);
+        }
+        assert_eq!(e.clip_global.elem_count(), 0);
+        assert_eq!(e.dino_global.elem_count(), 0);
+        assert_eq!(w.dino_global.elem_count(), 64);
+    }
+}

@@ -16,4 +16,6 @@ pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use model::{ClipModel, ConfigChoice, LoadOptions, WEIGHTS_FILES};
 pub use names::{to_hf_names, Scheme};
 pub use text::{eot_positions, ClipTextTransformer, TextOutput};
-pub use vision::{l2_normalize, ClipVisionTransformer, PosInterp, VisionOptions, VisionOutput};
+pub use vision::{
+    l2_normalize, ClipVisionTransformer, PosInterp, VisionLayers, VisionOptions, VisionOutput,
+};

@@ -64,6 +64,23 @@ pub struct VisionOutput {
     pub grid: (usize, usize),
 }
 
+/// The requested blocks of a tower stopped after the deepest of them
+/// ([`ClipVisionTransformer::forward_layers`]); the fields are those of [`VisionOutput`].
+#[derive(Debug, Clone)]
+pub struct VisionLayers {
+    pub hidden: Vec<Tensor>,
+    pub patch: Vec<Tensor>,
+    pub grid: (usize, usize),
+}
+
+/// What running the blocks leaves: the requested states, the original path's last state and
+/// the grid.
+struct BlockRun {
+    collected: HashMap<usize, Tensor>,
+    state: Tensor,
+    grid: (usize, usize),
+}
+
 #[derive(Debug)]
 struct VisionEmbeddings {
     class_embedding: Tensor,
@@ -282,7 +299,48 @@ impl ClipVisionTransformer {
     }
 
     /// `pixels`: `[batch, 3, H, W]` f32, normalised, H and W multiples of the patch size.
+    /// Runs every block: the image embedding reads the last one.
     pub fn forward(&self, pixels: &Tensor, opts: &VisionOptions) -> Result<VisionOutput> {
+        let depth = self.layers.len();
+        let mut run = self.run_blocks(pixels, opts, depth)?;
+        let cls_raw = run.state.narrow(1, 0, 1)?.squeeze(1)?;
+        let image_embed = self.project(
+            &self
+                .post_layernorm
+                .forward_with(&cls_raw.contiguous()?, Grad::Frozen)?,
+        )?;
+        let (hidden, patch) = self.layer_outputs(&mut run, &opts.layers)?;
+        Ok(VisionOutput {
+            hidden,
+            patch,
+            image_embed,
+            cls_raw,
+            grid: run.grid,
+        })
+    }
+
+    /// The requested blocks alone, the tower stopped after the last of them: no image
+    /// embedding, and the blocks past the deepest requested one never run (a scorer that reads
+    /// patch tokens of early blocks only skips the rest of the tower). The outputs are those of
+    /// [`Self::forward`], bit for bit: both run the same blocks in the same order.
+    pub fn forward_layers(&self, pixels: &Tensor, opts: &VisionOptions) -> Result<VisionLayers> {
+        let through = opts.layers.iter().copied().max().unwrap_or(0);
+        let mut run = self.run_blocks(pixels, opts, through)?;
+        let (hidden, patch) = self.layer_outputs(&mut run, &opts.layers)?;
+        Ok(VisionLayers {
+            hidden,
+            patch,
+            grid: run.grid,
+        })
+    }
+
+    /// Embeds `pixels` and runs blocks `1..=through`, keeping the states of `opts.layers`.
+    fn run_blocks(
+        &self,
+        pixels: &Tensor,
+        opts: &VisionOptions,
+        through: usize,
+    ) -> Result<BlockRun> {
         let depth = self.layers.len();
         for &l in &opts.layers {
             if l == 0 || l > depth {
@@ -299,7 +357,7 @@ impl ClipVisionTransformer {
         // The V-V path starts from the state entering block `dpam_from`.
         let mut x_vv: Option<Tensor> = None;
         let mut collected: HashMap<usize, Tensor> = HashMap::new();
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().take(through).enumerate() {
             let block = i + 1;
             match opts.dpam_from {
                 Some(from) if block >= from => {
@@ -315,26 +373,27 @@ impl ClipVisionTransformer {
                 collected.insert(block, state.clone());
             }
         }
-        let cls_raw = x.narrow(1, 0, 1)?.squeeze(1)?;
-        let image_embed = self.project(
-            &self
-                .post_layernorm
-                .forward_with(&cls_raw.contiguous()?, Grad::Frozen)?,
-        )?;
-        let mut hidden = Vec::with_capacity(opts.layers.len());
-        let mut patch = Vec::with_capacity(opts.layers.len());
-        for l in &opts.layers {
-            let h = collected[l].clone();
+        Ok(BlockRun {
+            collected,
+            state: x,
+            grid,
+        })
+    }
+
+    /// Per requested block, its raw state and `proj(ln_post(..))` of every token.
+    fn layer_outputs(
+        &self,
+        run: &mut BlockRun,
+        layers: &[usize],
+    ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        let mut hidden = Vec::with_capacity(layers.len());
+        let mut patch = Vec::with_capacity(layers.len());
+        for l in layers {
+            let h = run.collected[l].clone();
             patch.push(self.project_tokens(&h)?);
             hidden.push(h);
         }
-        Ok(VisionOutput {
-            hidden,
-            patch,
-            image_embed,
-            cls_raw,
-            grid,
-        })
+        Ok((hidden, patch))
     }
 
     /// Only the image embedding (`[batch, embed]`), at the native or any other grid.

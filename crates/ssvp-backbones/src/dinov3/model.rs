@@ -325,13 +325,51 @@ impl Dinov3Model {
     /// Runs the model on normalised pixels `[B, C, H, W]` (H and W multiples of the patch size).
     ///
     /// `blocks` lists the hidden states to return (1-based block numbers, 0 = embeddings);
-    /// `norm_hidden` applies the final norm to them.
+    /// `norm_hidden` applies the final norm to them. Every block runs: the CLS, registers and
+    /// patches returned are the last block's.
     pub fn forward(
         &self,
         pixels: &Tensor,
         blocks: &[usize],
         norm_hidden: bool,
     ) -> Result<Dinov3Output> {
+        let (hidden, x, grid) = self.run_blocks(pixels, blocks, norm_hidden, self.layers.len())?;
+        let last = self.final_norm(&x)?;
+        let tokens = self.split_tokens(&last)?;
+        Ok(Dinov3Output {
+            hidden,
+            cls: tokens.cls,
+            registers: tokens.registers,
+            patch: tokens.patches,
+            grid,
+        })
+    }
+
+    /// The requested hidden states alone, the model stopped after the deepest of them: the
+    /// blocks past it never run (with the paper's DINOv3 taps, blocks 4/7/10/12, half the
+    /// tower). The states are those of [`Self::forward`], bit for bit: both run the same blocks
+    /// in the same order. Returns them in request order with the patch grid.
+    pub fn forward_blocks(
+        &self,
+        pixels: &Tensor,
+        blocks: &[usize],
+        norm_hidden: bool,
+    ) -> Result<(Vec<(usize, Tensor)>, (usize, usize))> {
+        let through = blocks.iter().copied().max().unwrap_or(0);
+        let (hidden, _, grid) = self.run_blocks(pixels, blocks, norm_hidden, through)?;
+        Ok((hidden, grid))
+    }
+
+    /// Embeds `pixels` and runs blocks `1..=through`; returns the requested states (request
+    /// order), the state after block `through` and the grid.
+    #[allow(clippy::type_complexity)]
+    fn run_blocks(
+        &self,
+        pixels: &Tensor,
+        blocks: &[usize],
+        norm_hidden: bool,
+        through: usize,
+    ) -> Result<(Vec<(usize, Tensor)>, Tensor, (usize, usize))> {
         let (_, c, h, w) = pixels.dims4().map_err(|_| {
             candle_core::Error::Msg(format!(
                 "DINOv3 expects pixels shaped [batch, channels, height, width], got {:?}",
@@ -372,22 +410,13 @@ impl Dinov3Model {
             Ok(())
         };
         keep(0, &x, &mut hidden)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().take(through).enumerate() {
             x = layer.forward(&x, &rope)?;
             keep(i + 1, &x, &mut hidden)?;
         }
         // Return in request order, not block order.
         hidden.sort_by_key(|(b, _)| blocks.iter().position(|r| r == b).unwrap_or(usize::MAX));
-
-        let last = self.final_norm(&x)?;
-        let tokens = self.split_tokens(&last)?;
-        Ok(Dinov3Output {
-            hidden,
-            cls: tokens.cls,
-            registers: tokens.registers,
-            patch: tokens.patches,
-            grid: (hp, wp),
-        })
+        Ok((hidden, x, (hp, wp)))
     }
 }
 

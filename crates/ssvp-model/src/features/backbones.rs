@@ -119,13 +119,18 @@ pub struct TowerSet {
     pub clip: bool,
     /// DINOv3.
     pub dino: bool,
+    /// Whether the global features (CLIP's image embedding, DINOv3's final CLS) are read. Both
+    /// come out of the last block, so without them each tower stops after its deepest
+    /// requested block.
+    pub globals: bool,
 }
 
 impl TowerSet {
-    /// Both towers (what the head needs).
+    /// Both towers, whole (what the head needs).
     pub const BOTH: Self = Self {
         clip: true,
         dino: true,
+        globals: true,
     };
 }
 
@@ -463,16 +468,20 @@ impl Backbones {
         clip_pixels: &Tensor,
         dino_pixels: &Tensor,
     ) -> anyhow::Result<Vec<ImageFeatures>> {
-        self.features_of_towers(Some(clip_pixels), Some(dino_pixels))
+        self.features_of_towers(Some(clip_pixels), Some(dino_pixels), true)
     }
 
     /// Runs the towers whose inputs are given. A tower left out gives no tokens: its
     /// `*_local` are empty and its `*_global` has no elements (a scorer that reads only DINOv3
     /// patches, like the references of `ssvp detect --normal`, skips CLIP's cost this way).
+    ///
+    /// Without `globals` each tower stops after its deepest requested block and both
+    /// `*_global` have no elements; the local features are the same, bit for bit.
     pub fn features_of_towers(
         &self,
         clip_pixels: Option<&Tensor>,
         dino_pixels: Option<&Tensor>,
+        globals: bool,
     ) -> anyhow::Result<Vec<ImageFeatures>> {
         let b = match (clip_pixels, dino_pixels) {
             (Some(c), Some(d)) => {
@@ -494,38 +503,47 @@ impl Backbones {
         let empty = || Tensor::zeros((b, 0), DType::F32, &self.device);
         let (clip_local, clip_global) = match clip_pixels {
             Some(px) => {
-                let vis = self.clip.vision()?.forward(px, &self.vision_opts)?;
+                let vision = self.clip.vision()?;
+                let (patch, global, grid) = if globals {
+                    let vis = vision.forward(px, &self.vision_opts)?;
+                    (vis.patch, to_f32(vis.image_embed)?, vis.grid)
+                } else {
+                    let vis = vision.forward_layers(px, &self.vision_opts)?;
+                    (vis.patch, empty()?, vis.grid)
+                };
                 anyhow::ensure!(
-                    vis.grid == expected,
-                    "CLIP ran at a {:?} grid; expected {expected:?}",
-                    vis.grid
+                    grid == expected,
+                    "CLIP ran at a {grid:?} grid; expected {expected:?}"
                 );
                 // CLS dropped.
-                let local: Vec<Tensor> = vis
-                    .patch
+                let local: Vec<Tensor> = patch
                     .into_iter()
                     .map(|t| to_f32(t.narrow(1, 1, n)?))
                     .collect::<candle_core::Result<_>>()?;
-                (local, to_f32(vis.image_embed)?)
+                (local, global)
             }
             None => (Vec::new(), empty()?),
         };
         let (dino_local, dino_global) = match dino_pixels {
             Some(px) => {
-                let dino = self.dino.forward(px, &self.dino_blocks, true)?;
+                let (hidden, global, grid) = if globals {
+                    let dino = self.dino.forward(px, &self.dino_blocks, true)?;
+                    (dino.hidden, to_f32(dino.cls)?, dino.grid)
+                } else {
+                    let (hidden, grid) = self.dino.forward_blocks(px, &self.dino_blocks, true)?;
+                    (hidden, empty()?, grid)
+                };
                 anyhow::ensure!(
-                    dino.grid == expected,
-                    "DINOv3 ran at a {:?} grid; expected {expected:?}",
-                    dino.grid
+                    grid == expected,
+                    "DINOv3 ran at a {grid:?} grid; expected {expected:?}"
                 );
                 // CLS and registers dropped (already final-normed).
                 let prefix = self.dino.config().num_prefix_tokens();
-                let local: Vec<Tensor> = dino
-                    .hidden
+                let local: Vec<Tensor> = hidden
                     .into_iter()
                     .map(|(_, t)| to_f32(t.narrow(1, prefix, n)?))
                     .collect::<candle_core::Result<_>>()?;
-                (local, to_f32(dino.cls)?)
+                (local, global)
             }
             None => (Vec::new(), empty()?),
         };
