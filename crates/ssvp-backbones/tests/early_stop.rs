@@ -208,3 +208,36 @@ fn clip_stopped_early_never_runs_the_later_blocks() {
     let whole = tower.forward(&x, &opts).unwrap();
     assert!(!all_finite(&whole.image_embed));
 }
+
+/// The work counts, worked out by hand for the tiny towers above (two FLOPs per multiply-add).
+#[test]
+fn flop_counts_cover_the_blocks_that_run() {
+    // CLIP: width 64, MLP 128, patch 14, a 5 x 6 grid: 30 patches + CLS = 31 tokens, joint
+    // width 32. Patch embedding 2·30·(3·14·14)·64 = 2 257 920. A block
+    // 2·31·(4·64² + 2·64·128) + 4·31²·64 = 2 277 632. Projecting a block's tokens 2·31·64·32
+    // = 126 976; the global embedding 2·64·32 = 4 096.
+    let tower =
+        ClipVisionTransformer::load(var_builder(1, Vec::new()), &clip_config(), Some(32)).unwrap();
+    let opts = VisionOptions {
+        layers: vec![2, 4],
+        ..Default::default()
+    };
+    let early = 2_257_920.0 + 4.0 * 2_277_632.0 + 2.0 * 126_976.0;
+    assert_eq!(tower.flops((5, 6), &opts, false), early);
+    let whole = 2_257_920.0 + 6.0 * 2_277_632.0 + 2.0 * 126_976.0 + 4_096.0;
+    assert_eq!(tower.flops((5, 6), &opts, true), whole);
+    // Dual-path blocks 2..=4 add a second attention and output projection:
+    // 2·31·64² + 4·31²·64 = 499 968 each.
+    let dual = VisionOptions {
+        dpam_from: Some(2),
+        ..opts
+    };
+    assert_eq!(tower.flops((5, 6), &dual, false), early + 3.0 * 499_968.0);
+
+    // DINOv3: width 64, MLP 128, patch 16, a 3 x 4 grid: 12 patches + CLS + 4 registers = 17
+    // tokens. Patch embedding 2·12·(3·16·16)·64 = 1 179 648; a block
+    // 2·17·(4·64² + 2·64·128) + 4·17²·64 = 1 188 096.
+    let model = Dinov3Model::new(&dino_config(), var_builder(1, Vec::new())).unwrap();
+    assert_eq!(model.flops((3, 4), 4), 1_179_648.0 + 4.0 * 1_188_096.0);
+    assert_eq!(model.flops((3, 4), 99), 1_179_648.0 + 6.0 * 1_188_096.0);
+}

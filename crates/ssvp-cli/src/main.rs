@@ -44,6 +44,9 @@ enum Command {
     Report(cmd::report::ReportArgs),
     /// Serve the detector over HTTP: a native route and the Open Inference Protocol (KServe v2).
     Serve(cmd::serve::ServeArgs),
+    /// Time the pipeline stage by stage: ms, GFLOP/s and share of the CPU's FMA peak per stage,
+    /// images/s and peak memory.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Bank(args) => done(cmd::bank::run(args)),
         Command::Report(args) => done(cmd::report::run(args)),
         Command::Serve(args) => done(cmd::serve::run(args)),
+        Command::Bench(args) => done(cmd::bench::run(args)),
     };
     match result {
         Ok(code) => code,

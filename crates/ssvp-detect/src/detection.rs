@@ -117,6 +117,12 @@ pub struct Timings {
     pub preprocess_ms: f64,
     /// The CLIP and DINOv3 forward passes.
     pub backbones_ms: f64,
+    /// CLIP's share of `backbones_ms`.
+    #[serde(default)]
+    pub clip_ms: f64,
+    /// DINOv3's share of `backbones_ms`.
+    #[serde(default)]
+    pub dino_ms: f64,
     /// The SSVP head.
     pub head_ms: f64,
     /// The training-free scorer: the bank search or the mutual scoring of the set.
@@ -144,6 +150,8 @@ impl Timings {
         self.decode_ms += other.decode_ms;
         self.preprocess_ms += other.preprocess_ms;
         self.backbones_ms += other.backbones_ms;
+        self.clip_ms += other.clip_ms;
+        self.dino_ms += other.dino_ms;
         self.head_ms += other.head_ms;
         self.memory_ms += other.memory_ms;
         self.postprocess_ms += other.postprocess_ms;

@@ -564,6 +564,12 @@ impl Detector {
         self.calibration.as_ref()
     }
 
+    /// The towers the scorers read, and whether their global features are (without, each
+    /// tower stops after its deepest tap).
+    pub fn towers(&self) -> TowerSet {
+        self.towers
+    }
+
     /// The frozen backbones (shared: a feature cache can wrap the same towers).
     pub fn backbones(&self) -> &Arc<Backbones> {
         &self.backbones
@@ -942,15 +948,17 @@ impl Detector {
                 }
             };
             let started = Instant::now();
-            let features = self
+            let (features, towers) = self
                 .backbones
-                .features_of_towers(pre.clip.as_ref(), pre.dino.as_ref(), self.towers.globals)
+                .features_of_towers_timed(pre.clip.as_ref(), pre.dino.as_ref(), self.towers.globals)
                 .map_err(Error::model)?;
             let backbones_ms = ms_since(started);
             let n = chunk.len() as f64;
             let share = Timings {
                 preprocess_ms: pre.ms / n,
                 backbones_ms: backbones_ms / n,
+                clip_ms: towers.clip_ms / n,
+                dino_ms: towers.dino_ms / n,
                 ..Timings::default()
             };
             if whole_set {

@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod calibrate;
 pub mod detection;
 pub mod detector;

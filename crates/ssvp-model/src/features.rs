@@ -40,7 +40,7 @@ use ssvp_image::RgbImage8;
 
 use crate::head::HeadFeatures;
 
-pub use backbones::{tiny_clip_config, tiny_dino_config, Backbones, TowerSet};
+pub use backbones::{tiny_clip_config, tiny_dino_config, Backbones, TowerSet, TowerTimes};
 pub use cache::{CacheStats, CacheStorage, FeatureCache};
 pub use prompt::{ClipPromptEncoder, PromptCache, PromptIds, PLACEHOLDER};
 

@@ -396,6 +396,41 @@ impl ClipVisionTransformer {
         Ok((hidden, patch))
     }
 
+    /// Multiply-add work of one image through [`Self::forward`] (`global`) or
+    /// [`Self::forward_layers`] at a `grid` of patches, in FLOPs (two per multiply-add): the
+    /// patch embedding, the projections and MLPs of every block that runs, attention's two
+    /// products, AnomalyCLIP's second attention on dual-path blocks, and the projection of the
+    /// requested blocks' tokens. Norms, softmax and activations are left out, as FLOP counters
+    /// (PyTorch's, fvcore's) leave them out.
+    pub fn flops(&self, grid: (usize, usize), opts: &VisionOptions, global: bool) -> f64 {
+        let cfg = &self.config;
+        let (d, h) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+        let patches = (grid.0 * grid.1) as f64;
+        let n = patches + 1.0;
+        let embed_dim = self.embed_dim() as f64;
+        let depth = self.layers.len();
+        let through = if global {
+            depth
+        } else {
+            opts.layers.iter().copied().max().unwrap_or(0).min(depth)
+        };
+        let pixels_per_patch = (cfg.num_channels * cfg.patch_size * cfg.patch_size) as f64;
+        let mut flops = 2.0 * patches * pixels_per_patch * d;
+        for block in 1..=through {
+            flops += 2.0 * n * (4.0 * d * d + 2.0 * d * h) + 4.0 * n * n * d;
+            if opts.dpam_from.is_some_and(|from| block >= from) {
+                flops += 2.0 * n * d * d + 4.0 * n * n * d;
+            }
+        }
+        if self.has_projection() {
+            flops += opts.layers.len() as f64 * 2.0 * n * d * embed_dim;
+            if global {
+                flops += 2.0 * d * embed_dim;
+            }
+        }
+        flops
+    }
+
     /// Only the image embedding (`[batch, embed]`), at the native or any other grid.
     pub fn image_embeds(&self, pixels: &Tensor, pos_interp: PosInterp) -> Result<Tensor> {
         let opts = VisionOptions {

@@ -360,6 +360,22 @@ impl Dinov3Model {
         Ok((hidden, grid))
     }
 
+    /// Multiply-add work of one image at a `grid` of patches through `through` blocks, in
+    /// FLOPs (two per multiply-add): the patch embedding, the projections and MLP of each block
+    /// and attention's two products over CLS, registers and patches. Norms, RoPE, softmax and
+    /// activations are left out, as FLOP counters leave them out. [`Self::forward`] runs every
+    /// block, [`Self::forward_blocks`] up to the deepest requested one.
+    pub fn flops(&self, grid: (usize, usize), through: usize) -> f64 {
+        let cfg = &self.config;
+        let (d, h) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+        let patches = (grid.0 * grid.1) as f64;
+        let n = patches + cfg.num_prefix_tokens() as f64;
+        let mlp_matrices = if cfg.use_gated_mlp { 3.0 } else { 2.0 };
+        let pixels_per_patch = (cfg.num_channels * cfg.patch_size * cfg.patch_size) as f64;
+        let block = 2.0 * n * (4.0 * d * d + mlp_matrices * d * h) + 4.0 * n * n * d;
+        2.0 * patches * pixels_per_patch * d + through.min(self.layers.len()) as f64 * block
+    }
+
     /// Embeds `pixels` and runs blocks `1..=through`; returns the requested states (request
     /// order), the state after block `through` and the grid.
     #[allow(clippy::type_complexity)]

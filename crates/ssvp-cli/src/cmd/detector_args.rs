@@ -55,6 +55,9 @@ pub struct ModelArgs {
     /// Score images as stored, ignoring their EXIF orientation tag.
     #[arg(long)]
     pub ignore_exif: bool,
+    /// Where the tensors run: cpu, cuda or cuda:N (GPU builds only, README "GPU build").
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl ModelArgs {
@@ -97,7 +100,7 @@ impl ModelArgs {
             backbones_preset: self.backbones.clone(),
             calibration,
             options,
-            device: candle_core::Device::Cpu,
+            device: ssvp_backbones::runtime::parse_device(&self.device)?,
         })
     }
 }

@@ -1,4 +1,5 @@
 pub mod bank;
+pub mod bench;
 pub mod calibrate;
 pub mod dataset;
 pub mod detect;

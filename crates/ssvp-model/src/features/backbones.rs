@@ -3,6 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
@@ -462,6 +463,30 @@ impl Backbones {
         self.features_from_pixels(&clip, &dino)
     }
 
+    /// Multiply-add work of one image through each tower of `towers`, in FLOPs: `(clip, dino)`,
+    /// 0 for a tower left out (see `ClipVisionTransformer::flops`, `Dinov3Model::flops`).
+    pub fn tower_flops(&self, towers: TowerSet) -> anyhow::Result<(f64, f64)> {
+        let grid = self.identity.grid;
+        let clip = if towers.clip {
+            self.clip
+                .vision()?
+                .flops(grid, &self.vision_opts, towers.globals)
+        } else {
+            0.0
+        };
+        let dino = if towers.dino {
+            let through = if towers.globals {
+                self.dino.config().num_hidden_layers
+            } else {
+                self.dino_blocks.iter().copied().max().unwrap_or(0)
+            };
+            self.dino.flops(grid, through)
+        } else {
+            0.0
+        };
+        Ok((clip, dino))
+    }
+
     /// Runs both towers on already preprocessed batches `[B, 3, H, W]` (CLIP and DINO inputs).
     pub fn features_from_pixels(
         &self,
@@ -483,6 +508,20 @@ impl Backbones {
         dino_pixels: Option<&Tensor>,
         globals: bool,
     ) -> anyhow::Result<Vec<ImageFeatures>> {
+        Ok(self
+            .features_of_towers_timed(clip_pixels, dino_pixels, globals)?
+            .0)
+    }
+
+    /// [`Self::features_of_towers`], with the wall-clock time of each tower (the device is
+    /// synchronised after each, so that a GPU's queued work is counted where it belongs).
+    pub fn features_of_towers_timed(
+        &self,
+        clip_pixels: Option<&Tensor>,
+        dino_pixels: Option<&Tensor>,
+        globals: bool,
+    ) -> anyhow::Result<(Vec<ImageFeatures>, TowerTimes)> {
+        let mut times = TowerTimes::default();
         let b = match (clip_pixels, dino_pixels) {
             (Some(c), Some(d)) => {
                 anyhow::ensure!(
@@ -501,6 +540,7 @@ impl Backbones {
         let expected = self.identity.grid;
         let n = expected.0 * expected.1;
         let empty = || Tensor::zeros((b, 0), DType::F32, &self.device);
+        let started = Instant::now();
         let (clip_local, clip_global) = match clip_pixels {
             Some(px) => {
                 let vision = self.clip.vision()?;
@@ -524,6 +564,9 @@ impl Backbones {
             }
             None => (Vec::new(), empty()?),
         };
+        self.device.synchronize()?;
+        times.clip_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = Instant::now();
         let (dino_local, dino_global) = match dino_pixels {
             Some(px) => {
                 let (hidden, global, grid) = if globals {
@@ -547,7 +590,9 @@ impl Backbones {
             }
             None => (Vec::new(), empty()?),
         };
-        (0..b)
+        self.device.synchronize()?;
+        times.dino_ms = started.elapsed().as_secs_f64() * 1e3;
+        let features = (0..b)
             .map(|i| {
                 let pick = |t: &Tensor| t.get(i)?.contiguous();
                 Ok(ImageFeatures {
@@ -558,8 +603,17 @@ impl Backbones {
                     grid: expected,
                 })
             })
-            .collect()
+            .collect::<anyhow::Result<_>>()?;
+        Ok((features, times))
     }
+}
+
+/// Wall-clock milliseconds of each tower in one [`Backbones::features_of_towers_timed`] call
+/// (0 for a tower that did not run).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TowerTimes {
+    pub clip_ms: f64,
+    pub dino_ms: f64,
 }
 
 impl FeatureSource for Backbones {

@@ -1,4 +1,10 @@
-//! Process-wide settings for running tensor work on the CPU.
+//! Process-wide settings for running tensor work, and what the machine can do.
+
+mod device;
+mod peak;
+
+pub use device::{device_name, parse_device, CUDA_BUILT};
+pub use peak::{measure_fma_peak, FmaPeak};
 
 /// Makes the C allocator keep freed memory for reuse instead of handing it back to the kernel;
 /// returns whether the settings took effect (glibc on Linux only; elsewhere nothing changes).
