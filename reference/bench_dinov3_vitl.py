@@ -1,8 +1,10 @@
 """PyTorch counterpart of `cargo run -p ssvp-backbones --example dinov3_vitl_bench`.
 
-Run by hand: /root/venvs/ssvp-ref/bin/python reference/bench_dinov3_vitl.py [SIZE] [RUNS] [eager|sdpa]
+Run by hand: /root/venvs/ssvp-ref/bin/python reference/bench_dinov3_vitl.py [SIZE] [RUNS] [eager|sdpa] [BLOCKS]
 transformers 5.23 DINOv3ViTModel with the ViT-L/16 config and random weights, one 592x592 image, f32 CPU,
-torch.set_num_threads(2), requesting all hidden states. Prints the median of RUNS forwards after one
+torch.set_num_threads(2), requesting all hidden states. BLOCKS (default 24) keeps only the first
+BLOCKS blocks, the work of ssvp's early stop (references read blocks up to 12: `ssvp bench
+--references K` runs DINOv3 through block 12). Prints the median of RUNS forwards after one
 warm-up and the process's peak resident memory (VmHWM). Writes nothing.
 """
 
@@ -26,6 +28,7 @@ def main():
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 592
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     attn = sys.argv[3] if len(sys.argv) > 3 else "sdpa"
+    blocks = int(sys.argv[4]) if len(sys.argv) > 4 else 24
     torch.set_num_threads(2)
     torch.manual_seed(0)
     cfg = DINOv3ViTConfig(
@@ -34,6 +37,7 @@ def main():
     )
     cfg._attn_implementation = attn
     model = DINOv3ViTModel(cfg).eval()
+    model.layer = model.layer[:blocks]
     pixels = torch.randn(1, 3, size, size)
     times = []
     with torch.inference_mode():
@@ -46,7 +50,7 @@ def main():
                 times.append(dt)
     print(f"patch tokens {tuple(out.last_hidden_state.shape)}")
     print(
-        f"dinov3_vitl16 {size}x{size} torch {torch.__version__} f32 CPU ({attn}, 2 threads): "
+        f"dinov3_vitl16 {size}x{size}, {blocks} blocks, torch {torch.__version__} f32 CPU ({attn}, 2 threads): "
         f"median {statistics.median(times):.2f} s/image over {runs} runs; VmHWM {vm_hwm_mib()} MiB"
     )
 

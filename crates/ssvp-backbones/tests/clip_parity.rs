@@ -14,6 +14,14 @@ use ssvp_backbones::{Checkpoint, Grad};
 
 const TOL: f32 = 1e-4;
 
+/// Where the parity runs: `SSVP_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`; default cpu), so that the
+/// GPU check (`deploy/gpu/check.sh`) runs the same tests against the same references.
+fn device() -> Device {
+    std::env::var("SSVP_TEST_DEVICE")
+        .map(|d| ssvp_backbones::runtime::parse_device(&d).expect("SSVP_TEST_DEVICE"))
+        .unwrap_or(Device::Cpu)
+}
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/clip")
@@ -21,7 +29,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn refs(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture(name), &device()).unwrap()
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
@@ -52,6 +60,7 @@ fn load(weights: &str, config: Option<&str>, activation: Option<Activation>) -> 
     };
     let opts = LoadOptions {
         activation,
+        device: device(),
         ..Default::default()
     };
     ClipModel::load_files(&files, &opts).unwrap()
@@ -60,7 +69,7 @@ fn load(weights: &str, config: Option<&str>, activation: Option<Activation>) -> 
 /// The config inferred from a foreign checkpoint's shapes. The fixtures' heads are not 64 wide
 /// (the one thing shapes cannot tell), so the head counts are given.
 fn inferred(weights: &str, vision_heads: usize, text_heads: usize) -> ClipConfig {
-    let ckpt = Checkpoint::load(&fixture(weights), &Device::Cpu).unwrap();
+    let ckpt = Checkpoint::load(&fixture(weights), &device()).unwrap();
     let (ckpt, _) = to_hf_names(ckpt).unwrap();
     ClipConfig::infer_from_checkpoint_with_heads(&ckpt, Some(vision_heads), Some(text_heads))
         .unwrap()
@@ -80,6 +89,7 @@ fn load_inferred(
     let cfg = inferred(weights, vision_heads, text_heads).with_activation(act);
     let opts = LoadOptions {
         config: ConfigChoice::Explicit(cfg),
+        device: device(),
         ..Default::default()
     };
     ClipModel::load_files(&files, &opts).unwrap()
@@ -393,6 +403,7 @@ fn timm_vision_only_checkpoint_loads_without_text() {
     cfg.text = ClipConfig::preset("ViT-B/32").unwrap().text;
     let opts = LoadOptions {
         config: ConfigChoice::Explicit(cfg.with_activation(Activation::Gelu)),
+        device: device(),
         ..Default::default()
     };
     let model = ClipModel::load_files(&files, &opts).unwrap();
@@ -415,6 +426,7 @@ fn half_precision_runs_and_stays_close() {
         };
         let opts = LoadOptions {
             dtype,
+            device: device(),
             ..Default::default()
         };
         let model = ClipModel::load_files(&files, &opts).unwrap();

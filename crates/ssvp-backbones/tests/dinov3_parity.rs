@@ -11,6 +11,15 @@ use ssvp_backbones::dinov3::{patches_to_map, Dinov3Config, Dinov3Model, NameSche
 use ssvp_backbones::Checkpoint;
 
 const TOL: f32 = 1e-4;
+
+/// Where the parity runs: `SSVP_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`; default cpu), so that the
+/// GPU check (`deploy/gpu/check.sh`) runs the same tests against the same references.
+fn device() -> Device {
+    std::env::var("SSVP_TEST_DEVICE")
+        .map(|d| ssvp_backbones::runtime::parse_device(&d).expect("SSVP_TEST_DEVICE"))
+        .unwrap_or(Device::Cpu)
+}
+
 const LAYERS: usize = 2;
 const INPUTS: [&str; 2] = ["nonsquare", "square"];
 
@@ -19,7 +28,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn load_tensors(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu)
+    candle_core::safetensors::load(path, &device())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .into_iter()
         .map(|(k, v)| (k, v.to_dtype(DType::F32).unwrap()))
@@ -119,7 +128,7 @@ fn tiny_config(variant: &str) -> Dinov3Config {
 #[test]
 fn hf_safetensors_match_transformers_mlp() {
     let dir = fixtures().join("mlp");
-    let model = Dinov3Model::load(dir.to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    let model = Dinov3Model::load(dir.to_str().unwrap(), None, DType::F32, &device()).unwrap();
     assert!(!model.config().use_gated_mlp);
     check_against_reference(&model, "mlp");
 }
@@ -127,7 +136,7 @@ fn hf_safetensors_match_transformers_mlp() {
 #[test]
 fn hf_safetensors_match_transformers_swiglu() {
     let dir = fixtures().join("swiglu");
-    let model = Dinov3Model::load(dir.to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    let model = Dinov3Model::load(dir.to_str().unwrap(), None, DType::F32, &device()).unwrap();
     assert!(model.config().use_gated_mlp);
     check_against_reference(&model, "swiglu");
 }
@@ -136,7 +145,7 @@ fn hf_safetensors_match_transformers_swiglu() {
 fn meta_pth_loads_to_the_same_outputs() {
     for variant in ["mlp", "swiglu"] {
         let pth = fixtures().join(variant).join("meta.pth");
-        let raw = Checkpoint::load(&pth, &Device::Cpu).unwrap();
+        let raw = Checkpoint::load(&pth, &device()).unwrap();
         // The fixture really carries a non-zero K bias, which the loader must mask away.
         let qkv_bias = raw
             .get("blocks.0.attn.qkv.bias")
@@ -168,7 +177,7 @@ fn meta_pth_loads_to_the_same_outputs() {
             pth.to_str().unwrap(),
             Some(tiny_config(variant)),
             DType::F32,
-            &Device::Cpu,
+            &device(),
         )
         .unwrap();
         check_against_reference(&model, variant);
@@ -178,7 +187,7 @@ fn meta_pth_loads_to_the_same_outputs() {
             fixtures().join(variant).to_str().unwrap(),
             None,
             DType::F32,
-            &Device::Cpu,
+            &device(),
         )
         .unwrap();
         let pixels = &load_tensors(&fixtures().join("inputs.safetensors"))["nonsquare"];
@@ -194,7 +203,7 @@ fn meta_pth_loads_to_the_same_outputs() {
 #[test]
 fn transformers5_model_prefixed_names_load_identically() {
     let dir = fixtures().join("swiglu");
-    let hf = Checkpoint::load(&dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let hf = Checkpoint::load(&dir.join("model.safetensors"), &device()).unwrap();
     let mut prefixed = HashMap::new();
     for (name, t) in hf.into_tensors() {
         // transformers >= 5 state-dict spelling (`model.layer.N`); embeddings and norm keep theirs.
@@ -210,14 +219,14 @@ fn transformers5_model_prefixed_names_load_identically() {
     candle_core::safetensors::save(&prefixed, tmp.path().join("model.safetensors")).unwrap();
     std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
     let model =
-        Dinov3Model::load(tmp.path().to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+        Dinov3Model::load(tmp.path().to_str().unwrap(), None, DType::F32, &device()).unwrap();
     check_against_reference(&model, "swiglu");
 }
 
 #[test]
 fn rope_tables_are_reused_across_calls_and_sizes() {
     let dir = fixtures().join("mlp");
-    let model = Dinov3Model::load(dir.to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    let model = Dinov3Model::load(dir.to_str().unwrap(), None, DType::F32, &device()).unwrap();
     let inputs = load_tensors(&fixtures().join("inputs.safetensors"));
     // Alternate sizes: a stale table for the other grid would break parity.
     let first = model.forward(&inputs["nonsquare"], &[], false).unwrap();
@@ -233,7 +242,7 @@ fn embed_tensors_have_the_cli_layout() {
         fixtures().join("swiglu").to_str().unwrap(),
         None,
         DType::F32,
-        &Device::Cpu,
+        &device(),
     )
     .unwrap();
     let inputs = load_tensors(&fixtures().join("inputs.safetensors"));
@@ -262,7 +271,7 @@ fn a_batch_matches_its_images_run_alone() {
         fixtures().join("mlp").to_str().unwrap(),
         None,
         DType::F32,
-        &Device::Cpu,
+        &device(),
     )
     .unwrap();
     let inputs = load_tensors(&fixtures().join("inputs.safetensors"));

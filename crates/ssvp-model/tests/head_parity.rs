@@ -10,14 +10,13 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use candle_core::Device;
 use common::{assert_close, inputs, load, t_init, tiny_config};
 use ssvp_model::{HeadOutput, Mode, SsvpHead, SsvpOptimizer};
 
 const TOL: f32 = 1e-4;
 
 fn head() -> SsvpHead {
-    let head = SsvpHead::new(&tiny_config(), &Device::Cpu).unwrap();
+    let head = SsvpHead::new(&tiny_config(), &common::device()).unwrap();
     head.load(common::fixture("params.safetensors")).unwrap();
     head
 }

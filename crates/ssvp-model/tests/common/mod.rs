@@ -13,8 +13,16 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Where the parity runs: `SSVP_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`; default cpu), so that the
+/// GPU check (`deploy/gpu/check.sh`) runs the same tests against the same references.
+pub fn device() -> Device {
+    std::env::var("SSVP_TEST_DEVICE")
+        .map(|d| ssvp_backbones::runtime::parse_device(&d).expect("SSVP_TEST_DEVICE"))
+        .unwrap_or(Device::Cpu)
+}
+
 pub fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu).expect("fixture readable")
+    candle_core::safetensors::load(fixture(name), &device()).expect("fixture readable")
 }
 
 pub fn tiny_config() -> SsvpConfig {
