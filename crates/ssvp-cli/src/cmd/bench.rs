@@ -109,7 +109,7 @@ fn seeded_detector(
     args: &BenchArgs,
     options: DetectorOptions,
 ) -> anyhow::Result<Detector> {
-    let device = ssvp_backbones::runtime::parse_device(&args.model.device)?;
+    let device = args.model.device.open()?;
     let (cfg, backbones) = if setting == "tiny" {
         let cfg = SsvpConfig::tiny();
         let bb = Backbones::load(&cfg.backbones, &cfg.model, &device)?;

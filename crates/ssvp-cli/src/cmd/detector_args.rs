@@ -55,9 +55,23 @@ pub struct ModelArgs {
     /// Score images as stored, ignoring their EXIF orientation tag.
     #[arg(long)]
     pub ignore_exif: bool,
-    /// Where the tensors run: cpu, cuda or cuda:N (GPU builds only, README "GPU build").
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Where the tensors run (every command that runs a model).
+#[derive(clap::Args, Clone)]
+pub struct DeviceArgs {
+    /// cpu, cuda or cuda:N (GPU builds only: README "GPU build").
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+impl DeviceArgs {
+    /// The candle device, or why it cannot be opened.
+    pub fn open(&self) -> anyhow::Result<candle_core::Device> {
+        ssvp_backbones::runtime::parse_device(&self.device)
+    }
 }
 
 impl ModelArgs {
@@ -100,7 +114,7 @@ impl ModelArgs {
             backbones_preset: self.backbones.clone(),
             calibration,
             options,
-            device: ssvp_backbones::runtime::parse_device(&self.device)?,
+            device: self.device.open()?,
         })
     }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use ssvp_backbones::clip::tokenizer::ClipTokenizer;
 use ssvp_backbones::clip::{
     Activation, ClipModel, ConfigChoice, LoadOptions, PosInterp, VisionOptions,
@@ -37,6 +37,8 @@ Example (AnomalyCLIP's setting):
 #[derive(clap::Args)]
 #[command(after_help = EMBED_HELP)]
 pub struct EmbedArgs {
+    #[command(flatten)]
+    pub device: super::detector_args::DeviceArgs,
     /// Backbone family: clip or dinov3.
     #[arg(long, default_value = "clip")]
     pub backbone: String,
@@ -117,7 +119,7 @@ fn parse_dtype(s: &str) -> anyhow::Result<DType> {
 }
 
 fn run_clip(args: &EmbedArgs) -> anyhow::Result<()> {
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let opts = LoadOptions {
         config: match &args.preset {
             Some(p) => ConfigChoice::Preset(p.clone()),
@@ -253,7 +255,7 @@ fn run_dinov3(args: &EmbedArgs) -> anyhow::Result<()> {
             anyhow::bail!("{flag} applies to CLIP only, not to --backbone dinov3");
         }
     }
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let config = args
         .preset
         .as_deref()

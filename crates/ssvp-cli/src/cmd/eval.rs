@@ -53,6 +53,8 @@ pub enum EvalMode {
 #[derive(clap::Args)]
 #[command(after_help = EVAL_HELP)]
 pub struct EvalArgs {
+    #[command(flatten)]
+    pub device: super::detector_args::DeviceArgs,
     /// Run directory written by `ssvp train` (needed for --mode head; with another mode the
     /// head is fused with it).
     #[arg(long)]
@@ -129,7 +131,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         mode != EvalMode::Head || args.checkpoint.is_some(),
         "--mode head needs --checkpoint"
     );
-    let device = candle_core::Device::Cpu;
+    let device = args.device.open()?;
     let options = DetectorOptions {
         map_size: args.eval_size,
         batch_size: args.batch_size,

@@ -35,6 +35,8 @@ moments, so --resume continues exactly) and train_log.jsonl (every loss term of 
 #[derive(clap::Args)]
 #[command(after_help = TRAIN_HELP)]
 pub struct TrainArgs {
+    #[command(flatten)]
+    pub device: super::detector_args::DeviceArgs,
     /// SSVP config (TOML); missing keys take the paper's defaults. Default: the paper's setting
     /// (or the tiny one with --backbones tiny).
     #[arg(long)]
@@ -221,7 +223,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "training",
     )?;
     let samples = samples_from_dataset(&dataset);
-    let device = candle_core::Device::Cpu;
+    let device = args.device.open()?;
     let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &device)?);
     let encoder = backbones.prompt_encoder()?;
     let source = feature_source(&backbones, &args.cache)?;
