@@ -2,7 +2,8 @@
 
 Run by hand with the reference venv:
     /root/venvs/ssvp-ref/bin/python reference/bench_ssvp.py train [STEPS=5] [MASK=518] [BATCH=8]
-    /root/venvs/ssvp-ref/bin/python reference/bench_ssvp.py eval [RUNS=3]
+    /root/venvs/ssvp-ref/bin/python reference/bench_ssvp.py eval [RUNS=3] [BATCH=1]
+    SSVP_BENCH_DEVICE=cuda python3 reference/bench_ssvp.py eval [RUNS] [BATCH]   (on a GPU)
 
 `train`: counterpart of crates/ssvp-model/examples/train_step_bench.rs. One training step of the
 head of reference/gen_ssvp_head.py at the default SsvpConfig sizes (4 scales, CLIP 768, DINO 1024,
@@ -22,6 +23,7 @@ Both use f32 and torch.set_num_threads(2), like the Rust benches on the 2-core m
 """
 
 import math
+import os
 import statistics
 import sys
 import time
@@ -119,7 +121,16 @@ def bench_train(steps, mask, b):
     return med
 
 
-def bench_eval(runs):
+def bench_eval(runs, batch=1):
+    """`batch` images per pass; SSVP_BENCH_DEVICE=cuda runs the towers and the head on the GPU
+    (f32, PyTorch's defaults: no TF32 in matmuls), synchronised before every clock read."""
+    device = torch.device(os.environ.get("SSVP_BENCH_DEVICE", "cpu"))
+
+    def clock():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     from scipy.ndimage import gaussian_filter
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, DINOv3ViTConfig, DINOv3ViTModel
 
@@ -127,45 +138,47 @@ def bench_eval(runs):
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
         image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
     )
-    clip = CLIPVisionModelWithProjection(ccfg).eval()
+    clip = CLIPVisionModelWithProjection(ccfg).eval().to(device)
     dcfg = DINOv3ViTConfig(
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
         num_register_tokens=4, patch_size=16, image_size=592,
     )
-    dino = DINOv3ViTModel(dcfg).eval()
-    head = make_head().eval()
+    dino = DINOv3ViTModel(dcfg).eval().to(device)
+    head = make_head().eval().to(device)
     n = GRID[0] * GRID[1]
     prefix = 1 + dcfg.num_register_tokens
-    t_init = torch.randn(1, 2 * CFG["prompts_per_state"], CFG["clip_dim"])
+    t_init = torch.randn(1, 2 * CFG["prompts_per_state"], CFG["clip_dim"], device=device).expand(batch, -1, -1)
     times, parts = [], []
     with torch.inference_mode():
         for run in range(runs + 1):
-            clip_px, dino_px = torch.randn(1, 3, 518, 518), torch.randn(1, 3, 592, 592)
-            t0 = time.perf_counter()
+            clip_px = torch.randn(batch, 3, 518, 518, device=device)
+            dino_px = torch.randn(batch, 3, 592, 592, device=device)
+            t0 = clock()
             co = clip.vision_model(pixel_values=clip_px, output_hidden_states=True, interpolate_pos_encoding=True)
             proj = lambda h: clip.visual_projection(clip.vision_model.post_layernorm(h))  # noqa: E731
             clip_local = [proj(co.hidden_states[i][:, 1:1 + n]) for i in CFG["clip_layers"]]
             clip_global = clip.visual_projection(co.pooler_output)
-            t1 = time.perf_counter()
+            t1 = clock()
             do = dino(pixel_values=dino_px, output_hidden_states=True)
             dino_local = [dino.norm(do.hidden_states[i])[:, prefix:prefix + n] for i in DINO_LAYERS]
             dino_global = do.last_hidden_state[:, 0]
-            t2 = time.perf_counter()
+            t2 = clock()
             out = head(clip_local, dino_local, clip_global, dino_global, t_init, None)
-            fused = out["fused"].reshape(1, 1, *GRID)
-            up = F.interpolate(fused, size=(518, 518), mode="bilinear", align_corners=True)[0, 0]
-            smooth = gaussian_filter(up.numpy(), sigma=4.0)
+            fused = out["fused"].reshape(batch, 1, *GRID)
+            up = F.interpolate(fused, size=(518, 518), mode="bilinear", align_corners=True)[:, 0].cpu()
+            smooth = [gaussian_filter(u.numpy(), sigma=4.0) for u in up]
             score = float(out["score"][0])
-            t3 = time.perf_counter()
-            assert smooth.shape == (518, 518) and math.isfinite(score)
+            t3 = clock()
+            assert smooth[0].shape == (518, 518) and math.isfinite(score)
             print(f"run {run}{' (warm-up)' if run == 0 else ''}: {t3 - t0:.2f} s "
                   f"(CLIP {t1 - t0:.2f}, DINO {t2 - t1:.2f}, head + post {t3 - t2:.3f})", file=sys.stderr, flush=True)
             if run > 0:
-                times.append(t3 - t0)
-                parts.append((t1 - t0, t2 - t1, t3 - t2))
+                times.append((t3 - t0) / batch)
+                parts.append(((t1 - t0) / batch, (t2 - t1) / batch, (t3 - t2) / batch))
     med = statistics.median(times)
     mid = sorted(parts, key=sum)[len(parts) // 2]
-    print(f"torch eval per image (CLIP ViT-L/14-336 @518 + DINOv3 ViT-L/16 @592 + head + post): median {med:.2f} s "
+    print(f"torch eval per image on {device}, batches of {batch} "
+          f"(CLIP ViT-L/14-336 @518 + DINOv3 ViT-L/16 @592 + head + post): median {med:.4f} s "
           f"over {runs} (CLIP {mid[0]:.2f}, DINO {mid[1]:.2f}, head + post {mid[2]:.3f}); "
           f"VmHWM {vm_hwm_mib():.0f} MiB; load {load_avg()}")
     return med
@@ -180,8 +193,8 @@ def main():
         steps, mask, b = (args + [5, 518, 8][len(args):])[:3]
         bench_train(steps, mask, b)
     elif what == "eval":
-        (runs,) = (args + [3][len(args):])[:1]
-        bench_eval(runs)
+        runs, batch = (args + [3, 1][len(args):])[:2]
+        bench_eval(runs, batch)
     else:
         sys.exit(f"unknown bench `{what}` (train | eval)")
 

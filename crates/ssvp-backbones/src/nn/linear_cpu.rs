@@ -8,7 +8,7 @@
 
 use gemm::Parallelism;
 
-use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::{cpu_f32, with_cpu_f32};
 
@@ -39,11 +39,32 @@ unsafe fn gemm_into(
     b: &[f32],
     b_strides: (usize, usize),
 ) {
+    gemm_acc(dst, m, n, k, a, a_strides, b, b_strides, false)
+}
+
+/// [`gemm_into`], adding to what `dst` holds when `accumulate` (`dst += a · b`).
+///
+/// # Safety
+/// As [`gemm_into`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_acc(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        dst[..m * n].fill(0.0);
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
         return;
     }
     gemm::gemm(
@@ -53,14 +74,14 @@ unsafe fn gemm_into(
         dst.as_mut_ptr(),
         1,
         n as isize,
-        false,
+        accumulate,
         a.as_ptr(),
         a_strides.1 as isize,
         a_strides.0 as isize,
         b.as_ptr(),
         b_strides.1 as isize,
         b_strides.0 as isize,
-        0.0,
+        if accumulate { 1.0 } else { 0.0 },
         1.0,
         false,
         false,
@@ -180,5 +201,73 @@ impl MatmulWeightT {
             None
         };
         Ok((dx, dw))
+    }
+}
+
+/// `x [rows, in] · Wᵀ + b` for `W [out, in]`, `b [out]`: the bias is written into the output
+/// first and the product accumulated onto it, so that the output is written once instead of
+/// being read and written again by a separate broadcast add.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatmulWeightTBias;
+
+impl candle_core::CustomOp3 for MatmulWeightTBias {
+    fn name(&self) -> &'static str {
+        "matmul-weight-transposed-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, in_dim, out_dim) = dims(l1.shape(), l2.shape())?;
+        let bias = cpu_f32(s3, l3, "linear")?;
+        if bias.len() != out_dim {
+            return Err(candle_core::Error::Msg(format!(
+                "linear: {out_dim} outputs but a bias of {}",
+                bias.len()
+            )));
+        }
+        let (x, w) = (cpu_f32(s1, l1, "linear")?, cpu_f32(s2, l2, "linear")?);
+        let mut y = Vec::with_capacity(rows * out_dim);
+        for _ in 0..rows {
+            y.extend_from_slice(bias);
+        }
+        // SAFETY: as in MatmulWeightT; y holds rows x out values.
+        unsafe {
+            gemm_acc(
+                &mut y,
+                rows,
+                out_dim,
+                in_dim,
+                x,
+                (in_dim, 1),
+                w,
+                (1, in_dim),
+                true,
+            )
+        };
+        Ok((CpuStorage::F32(y), (rows, out_dim).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = MatmulWeightT.bwd(x, w, _res, grad)?;
+        let db = if b.track_op() {
+            Some(grad.sum(0)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }

@@ -64,18 +64,20 @@ impl Module for Linear {
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = if [&x2, &self.weight]
-            .iter()
-            .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
-        {
-            x2.contiguous()?
-                .apply_op2(&self.weight.contiguous()?, linear_cpu::MatmulWeightT)?
-        } else {
-            x2.matmul(&self.weight.t()?)?
-        };
+        let on_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+            Some(b) if on_cpu(&x2) && on_cpu(&self.weight) && on_cpu(b) => {
+                x2.contiguous()?.apply_op3(
+                    &self.weight.contiguous()?,
+                    &b.contiguous()?,
+                    linear_cpu::MatmulWeightTBias,
+                )?
+            }
+            None if on_cpu(&x2) && on_cpu(&self.weight) => x2
+                .contiguous()?
+                .apply_op2(&self.weight.contiguous()?, linear_cpu::MatmulWeightT)?,
+            Some(b) => x2.matmul(&self.weight.t()?)?.broadcast_add(b)?,
+            None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = self.weight.dim(0)?;
@@ -663,6 +665,21 @@ mod tests {
         assert!(grads.get(&input).is_none());
         let (a, e) = (grads.get(&w).unwrap(), g2.get(&w).unwrap());
         assert!(max_abs(&(a - e).unwrap()) < 1e-5);
+    }
+
+    /// The bias written first and the product accumulated onto it equal the product plus the
+    /// bias, also when the product runs over several of the kernel's depth blocks (700 inputs).
+    #[test]
+    fn linear_with_bias_accumulates_over_deep_products() {
+        let (x, w, b) = (wave((33, 700), 0.3), wave((300, 700), 1.7), wave(300, 2.2));
+        let fused = Linear::new(w.clone(), Some(b.clone())).forward(&x).unwrap();
+        let plain = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let scale = max_abs(&plain);
+        assert!(max_abs(&(&fused - &plain).unwrap()) < 1e-5 * scale);
     }
 
     /// The packed-heads path equals splitting the heads, attending and merging them back, in
