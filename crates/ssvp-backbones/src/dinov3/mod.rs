@@ -23,7 +23,7 @@ use anyhow::Context;
 use candle_core::{DType, Device};
 
 pub use config::{Activation, Dinov3Config, PRESETS};
-pub use model::{patches_to_map, split_tokens, Dinov3Model, Dinov3Output, Tokens};
+pub use model::{patches_to_map, split_tokens, Dinov3Model, Dinov3Output, HiddenStates, Tokens};
 pub use names::NameScheme;
 pub use rope::{apply_rope, Rope, RopeTables};
 

@@ -250,6 +250,9 @@ pub struct Dinov3Output {
     pub grid: (usize, usize),
 }
 
+/// Requested hidden states as `(block, state)`, in request order.
+pub type HiddenStates = Vec<(usize, Tensor)>;
+
 /// A DINOv3 vision transformer.
 #[derive(Debug)]
 pub struct Dinov3Model {
@@ -354,7 +357,7 @@ impl Dinov3Model {
         pixels: &Tensor,
         blocks: &[usize],
         norm_hidden: bool,
-    ) -> Result<(Vec<(usize, Tensor)>, (usize, usize))> {
+    ) -> Result<(HiddenStates, (usize, usize))> {
         let through = blocks.iter().copied().max().unwrap_or(0);
         let (hidden, _, grid) = self.run_blocks(pixels, blocks, norm_hidden, through)?;
         Ok((hidden, grid))
@@ -378,14 +381,13 @@ impl Dinov3Model {
 
     /// Embeds `pixels` and runs blocks `1..=through`; returns the requested states (request
     /// order), the state after block `through` and the grid.
-    #[allow(clippy::type_complexity)]
     fn run_blocks(
         &self,
         pixels: &Tensor,
         blocks: &[usize],
         norm_hidden: bool,
         through: usize,
-    ) -> Result<(Vec<(usize, Tensor)>, Tensor, (usize, usize))> {
+    ) -> Result<(HiddenStates, Tensor, (usize, usize))> {
         let (_, c, h, w) = pixels.dims4().map_err(|_| {
             candle_core::Error::Msg(format!(
                 "DINOv3 expects pixels shaped [batch, channels, height, width], got {:?}",
