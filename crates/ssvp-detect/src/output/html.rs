@@ -1338,6 +1338,8 @@ mod tests {
                 decode_ms: 2.0,
                 preprocess_ms: 1.0,
                 backbones_ms: 30.0,
+                clip_ms: 14.0,
+                dino_ms: 16.0,
                 head_ms: 3.0,
                 memory_ms: 0.0,
                 postprocess_ms: 4.0,
