@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds the GPU check's binaries on a machine WITHOUT a GPU or a CUDA toolkit: nvcc and the
+# CUDA 13.0 libraries come from NVIDIA's PyPI wheels (deploy/gpu/cuda-from-pip.sh), the build
+# goes to target/cuda, and the binaries (ssvp and the parity tests of both towers and the head)
+# are stripped and packed into .gpu/bins.tar.xz (about 30 MB) for deploy/gpu/check.sh.
+#
+#   bash deploy/gpu/build.sh            # about 30 minutes on 2 cores, most of it candle's kernels
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+eval "$(bash deploy/gpu/cuda-from-pip.sh)"
+export CARGO_TARGET_DIR="$PWD/target/cuda"
+cargo build --release --features cuda -p ssvp-cli
+tests=$(
+  {
+    cargo test --release --features cuda -p ssvp-backbones --test clip_parity --test dinov3_parity \
+      --no-run --message-format=json
+    cargo test --release --features cuda -p ssvp-model --test head_parity --no-run \
+      --message-format=json
+  } | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        print(m["target"]["name"], m["executable"])
+'
+)
+rm -rf .gpu/bin && mkdir -p .gpu/bin
+cp "$CARGO_TARGET_DIR/release/ssvp" .gpu/bin/ssvp
+while read -r name exe; do cp "$exe" ".gpu/bin/$name"; done <<<"$tests"
+strip .gpu/bin/*
+# Where the tests look for their fixtures (CARGO_MANIFEST_DIR, compiled in).
+echo "$PWD" >.gpu/bin/build-root
+tar -C .gpu -cJf .gpu/bins.tar.xz bin
+ls -la .gpu/bin .gpu/bins.tar.xz
