@@ -23,31 +23,13 @@ fn parallelism() -> Parallelism {
     }
 }
 
-/// `dst [m, n] = a · b` where `a` is `m x k` and `b` is `k x n`, each given by
-/// `(row stride, column stride)`.
+/// `dst [m, n] = a · b` (or `dst += a · b` when `accumulate`) where `a` is `m x k` and `b` is
+/// `k x n`, each given by `(row stride, column stride)`.
 ///
 /// # Safety
 /// The strides must keep every addressed element inside the slices.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_into(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_strides: (usize, usize),
-    b: &[f32],
-    b_strides: (usize, usize),
-) {
-    gemm_acc(dst, m, n, k, a, a_strides, b, b_strides, false)
-}
-
-/// [`gemm_into`], adding to what `dst` holds when `accumulate` (`dst += a · b`).
-///
-/// # Safety
-/// As [`gemm_into`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_acc(
     dst: &mut [f32],
     m: usize,
     n: usize,
@@ -129,6 +111,7 @@ impl candle_core::CustomOp2 for MatmulWeightT {
                 (in_dim, 1),
                 w,
                 (1, in_dim),
+                false,
             )
         };
         Ok((CpuStorage::F32(y), (rows, out_dim).into()))
@@ -174,6 +157,7 @@ impl MatmulWeightT {
                     (1, out_dim),
                     xs,
                     (in_dim, 1),
+                    false,
                 )
             };
             Some(Tensor::from_vec(dw, (out_dim, in_dim), dev)?)
@@ -194,6 +178,7 @@ impl MatmulWeightT {
                     (out_dim, 1),
                     ws,
                     (in_dim, 1),
+                    false,
                 )
             };
             Some(Tensor::from_vec(dx, (rows, in_dim), dev)?)
@@ -239,7 +224,7 @@ impl candle_core::CustomOp3 for MatmulWeightTBias {
         }
         // SAFETY: as in MatmulWeightT; y holds rows x out values.
         unsafe {
-            gemm_acc(
+            gemm_into(
                 &mut y,
                 rows,
                 out_dim,
