@@ -9,24 +9,21 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 eval "$(bash deploy/gpu/cuda-from-pip.sh)"
 export CARGO_TARGET_DIR="$PWD/target/cuda"
-cargo build --release --features cuda -p ssvp-cli
-tests=$(
-  {
-    cargo test --release --features cuda -p ssvp-backbones --test clip_parity --test dinov3_parity \
-      --no-run --message-format=json
-    cargo test --release --features cuda -p ssvp-model --test head_parity --no-run \
-      --message-format=json
-  } | python3 -c '
+# One cargo invocation for the binary and the tests: two would resolve features differently and
+# build candle's CUDA kernels (most of the time) twice.
+artifacts=$(
+  cargo test --release --features cuda -p ssvp-cli -p ssvp-backbones -p ssvp-model --no-run \
+    --message-format=json | python3 -c '
 import json, sys
+wanted = {"ssvp", "clip_parity", "dinov3_parity", "head_parity"}
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in wanted:
         print(m["target"]["name"], m["executable"])
 '
 )
 rm -rf .gpu/bin && mkdir -p .gpu/bin
-cp "$CARGO_TARGET_DIR/release/ssvp" .gpu/bin/ssvp
-while read -r name exe; do cp "$exe" ".gpu/bin/$name"; done <<<"$tests"
+while read -r name exe; do cp "$exe" ".gpu/bin/$name"; done <<<"$artifacts"
 strip .gpu/bin/*
 # Where the tests look for their fixtures (CARGO_MANIFEST_DIR, compiled in).
 echo "$PWD" >.gpu/bin/build-root

@@ -37,6 +37,7 @@ if [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then mkdir -p "$(dirname "$root")"
 
 step "parity against the PyTorch references, on the GPU (same tolerances as on the CPU)"
 for t in clip_parity dinov3_parity head_parity; do
+  [ -x "$BIN/$t" ] || { echo "$t: not built, skipped"; continue; }
   SSVP_TEST_DEVICE=cuda run "$t" "$BIN/$t" --test-threads 1 --nocapture
 done
 
