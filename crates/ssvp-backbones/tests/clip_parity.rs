@@ -204,7 +204,14 @@ fn hf_checkpoint_matches_transformers_at_native_resampled_and_rectangular_grids(
     )
     .unwrap();
     std::fs::copy(fixture("a_hf_config.json"), dir.path().join("config.json")).unwrap();
-    let model = ClipModel::load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let model = ClipModel::load(
+        dir.path().to_str().unwrap(),
+        &LoadOptions {
+            device: device(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(model.scheme(), Scheme::HuggingFace);
     assert!((model.logit_scale().unwrap() - 100f32.ln()).abs() < 1e-6);
     let text_cfg = model.config().text.as_ref().unwrap();

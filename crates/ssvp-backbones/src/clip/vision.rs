@@ -160,7 +160,9 @@ impl VisionEmbeddings {
         let (rows, cols) = (h / p, w / p);
         let dtype = self.class_embedding.dtype();
         // [B, C, rows, p, cols, p] → [B, rows, cols, C, p, p]: same flattening as the conv weight.
+        // On the weights' device, as DINOv3 takes them: callers may hand over CPU pixels.
         let patches = pixels
+            .to_device(self.class_embedding.device())?
             .to_dtype(dtype)?
             .reshape((b, c, rows, p, cols, p))?
             .permute((0, 2, 4, 1, 3, 5))?
