@@ -17,7 +17,8 @@ IMAGES=${1:-2}
 PY=${2:-$HOME/venvs/ssvp-ref/bin/python}
 SSVP=${SSVP:-target/release/ssvp}
 export RAYON_NUM_THREADS=2
-tmp=$(mktemp -d)
+tmp=${KEEP:-$(mktemp -d)}
+echo "raw results in $tmp"
 "$SSVP" bench --setting paper --batch-size 1 --images "$IMAGES" --json >"$tmp/head.json"
 "$PY" reference/bench_ssvp.py eval "$IMAGES" 2>/dev/null | tee "$tmp/torch-head.txt"
 "$SSVP" bench --setting paper --references 2 --batch-size 1 --images "$IMAGES" --json >"$tmp/refs.json"

@@ -37,7 +37,7 @@ def main():
     )
     cfg._attn_implementation = attn
     model = DINOv3ViTModel(cfg).eval()
-    model.layer = model.layer[:blocks]
+    model.model.layer = model.model.layer[:blocks]
     pixels = torch.randn(1, 3, size, size)
     times = []
     with torch.inference_mode():
