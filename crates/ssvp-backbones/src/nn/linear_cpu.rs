@@ -84,6 +84,45 @@ fn dims(x: &Shape, w: &Shape) -> Result<(usize, usize, usize)> {
     Ok((rows, in_dim, out_dim))
 }
 
+/// `x · Wᵀ`, plus `bias` when given: the bias is written into the output first and the product
+/// accumulated onto it.
+fn forward(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    bias: Option<&[f32]>,
+) -> Result<(CpuStorage, Shape)> {
+    let (rows, in_dim, out_dim) = dims(l1.shape(), l2.shape())?;
+    let (x, w) = (cpu_f32(s1, l1, "linear")?, cpu_f32(s2, l2, "linear")?);
+    let mut y = match bias {
+        Some(b) if b.len() != out_dim => {
+            return Err(candle_core::Error::Msg(format!(
+                "linear: {out_dim} outputs but a bias of {}",
+                b.len()
+            )))
+        }
+        Some(b) => b.repeat(rows),
+        None => vec![0f32; rows * out_dim],
+    };
+    // SAFETY: x is rows x in (row-major), Wᵀ is W read with swapped strides; both spans match
+    // the buffers' lengths checked by `dims`, and y holds rows x out values.
+    unsafe {
+        gemm_into(
+            &mut y,
+            rows,
+            out_dim,
+            in_dim,
+            x,
+            (in_dim, 1),
+            w,
+            (1, in_dim),
+            bias.is_some(),
+        )
+    };
+    Ok((CpuStorage::F32(y), (rows, out_dim).into()))
+}
+
 impl candle_core::CustomOp2 for MatmulWeightT {
     fn name(&self) -> &'static str {
         "matmul-weight-transposed"
@@ -96,25 +135,7 @@ impl candle_core::CustomOp2 for MatmulWeightT {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, in_dim, out_dim) = dims(l1.shape(), l2.shape())?;
-        let (x, w) = (cpu_f32(s1, l1, "linear")?, cpu_f32(s2, l2, "linear")?);
-        let mut y = vec![0f32; rows * out_dim];
-        // SAFETY: x is rows x in (row-major), Wᵀ is W read with swapped strides; both spans
-        // match the buffers' lengths checked by `dims`.
-        unsafe {
-            gemm_into(
-                &mut y,
-                rows,
-                out_dim,
-                in_dim,
-                x,
-                (in_dim, 1),
-                w,
-                (1, in_dim),
-                false,
-            )
-        };
-        Ok((CpuStorage::F32(y), (rows, out_dim).into()))
+        forward(s1, l1, s2, l2, None)
     }
 
     fn bwd(
@@ -209,34 +230,7 @@ impl candle_core::CustomOp3 for MatmulWeightTBias {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, in_dim, out_dim) = dims(l1.shape(), l2.shape())?;
-        let bias = cpu_f32(s3, l3, "linear")?;
-        if bias.len() != out_dim {
-            return Err(candle_core::Error::Msg(format!(
-                "linear: {out_dim} outputs but a bias of {}",
-                bias.len()
-            )));
-        }
-        let (x, w) = (cpu_f32(s1, l1, "linear")?, cpu_f32(s2, l2, "linear")?);
-        let mut y = Vec::with_capacity(rows * out_dim);
-        for _ in 0..rows {
-            y.extend_from_slice(bias);
-        }
-        // SAFETY: as in MatmulWeightT; y holds rows x out values.
-        unsafe {
-            gemm_into(
-                &mut y,
-                rows,
-                out_dim,
-                in_dim,
-                x,
-                (in_dim, 1),
-                w,
-                (1, in_dim),
-                true,
-            )
-        };
-        Ok((CpuStorage::F32(y), (rows, out_dim).into()))
+        forward(s1, l1, s2, l2, Some(cpu_f32(s3, l3, "linear")?))
     }
 
     fn bwd(
