@@ -1,10 +1,8 @@
 //! Broken trees: every offending path is reported, or skipped on request; never silently.
 
-mod datasets_util;
-
 use std::path::{Path, PathBuf};
 
-use datasets_util::{garbage, image, mask_at, mask_with, mvtec_tree, write};
+use crate::datasets_util::{garbage, image, mask_at, mask_with, mvtec_tree, write};
 use ssvp_eval::datasets::{
     load, load_mask, CheckLevel, DatasetError, Layout, LoadOptions, OnProblem, Problem, ProblemKind,
 };

@@ -1,5 +1,4 @@
 //! Tiny image trees for the dataset reader tests.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 

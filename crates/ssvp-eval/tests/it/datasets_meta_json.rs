@@ -1,11 +1,9 @@
 //! meta.json: byte-exact writing against Python's json.dumps, round trips, and reading the
 //! variants in the wild (AnomalyCLIP's capitalised DAGM keys, Bayes-PFL placeholders).
 
-mod datasets_util;
-
 use std::path::Path;
 
-use datasets_util::{image, mask_at, mvtec_tree, write};
+use crate::datasets_util::{image, mask_at, mvtec_tree, write};
 use ssvp_eval::datasets::{
     load, meta_json_string, write_meta_json, Dataset, Label, Layout, LoadOptions, OnProblem,
     ProblemKind, Split,
@@ -66,7 +64,7 @@ fn written_index_matches_python_json_dumps_byte_for_byte() {
     let train = read(dir.path(), None, Split::Train);
     let test = read(dir.path(), None, Split::Test);
     let ours = meta_json_string(Some(&train), Some(&test)).unwrap();
-    let python = include_str!("fixtures/datasets/meta_python.json");
+    let python = include_str!("../fixtures/datasets/meta_python.json");
     assert_eq!(ours, python);
 }
 

@@ -1,11 +1,9 @@
 //! Every supported layout on a tiny generated tree: detection, counts, labels, stem pairing,
 //! prompt names.
 
-mod datasets_util;
-
 use std::path::Path;
 
-use datasets_util::{image, mask_at, mask_with, mvtec_tree, write};
+use crate::datasets_util::{image, mask_at, mask_with, mvtec_tree, write};
 use ssvp_eval::datasets::{
     detect_layout, load, load_mask, Dataset, Label, Layout, LoadOptions, Split,
 };
