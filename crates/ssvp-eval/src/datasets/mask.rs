@@ -1,10 +1,10 @@
 //! Ground-truth masks, binarised like the reference loaders.
 //!
-//! AnomalyCLIP/AdaCLIP/APRIL-GAN do `Image.open(p).convert('L')` then `> 0` (formats.md §4.1).
-//! So a gray mask is foreground where its value is non-zero (this is also what binarises the
-//! multi-class VisA index maps), and a colour mask where Pillow's `L` conversion
-//! `(19595 R + 38470 G + 7471 B + 0x8000) >> 16` is non-zero. Alpha is ignored, as `convert('L')`
-//! ignores it.
+//! AnomalyCLIP/AdaCLIP/APRIL-GAN do `Image.open(p).convert('L')` then `> 0`
+//! (docs/formats.md §4.1). So a gray mask is foreground where its value is non-zero (this is also
+//! what binarises the multi-class VisA index maps), and a colour mask where Pillow's `L`
+//! conversion `(19595 R + 38470 G + 7471 B + 0x8000) >> 16` is non-zero. Alpha is ignored, as
+//! `convert('L')` ignores it.
 
 use std::path::Path;
 

@@ -1,4 +1,4 @@
-//! The `meta.json` index shared by AnomalyCLIP, AdaCLIP and APRIL-GAN (formats.md §4.1).
+//! The `meta.json` index shared by AnomalyCLIP, AdaCLIP and APRIL-GAN (docs/formats.md §4.1).
 //!
 //! `{"train": {cls: [item…]}, "test": {cls: [item…]}}`, each item
 //! `{"img_path", "mask_path", "cls_name", "specie_name", "anomaly"}` with paths relative to the

@@ -1,7 +1,7 @@
 //! Category folder names -> names for text prompts (`"a photo of a damaged <name>"`).
 //!
-//! The table follows Bayes-PFL's `class_mapping` (SSVP's baseline, ssvp-method.md §2.2) and
-//! extends it to the other benchmarks:
+//! The table follows Bayes-PFL's `class_mapping` (SSVP's baseline) and extends it to the other
+//! benchmarks (docs/method.md §4, "Class names in prompts", states the rule):
 //!
 //! | folder name | prompt name | why |
 //! |---|---|---|

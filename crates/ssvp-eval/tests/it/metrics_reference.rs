@@ -125,7 +125,7 @@ fn pixel_metrics_equal_sklearn_and_aupro_references() {
 
 #[test]
 fn long_tailed_maps_show_the_cflow_gap() {
-    // Documented behaviour (formats.md 5.4): exact AUPRO is invariant to the monotone exp(),
+    // Documented behaviour (docs/formats.md §5.4): exact AUPRO is invariant to the monotone exp(),
     // the cflow-style number is not.
     let all = json("pixel_cases.json");
     let get = |name: &str| {
