@@ -4,44 +4,11 @@
 
 use std::path::Path;
 
-use candle_core::Tensor;
 use serde_json::Value;
 
+pub use crate::nn::Activation;
 use crate::weights::Checkpoint;
-
-/// The MLP activation. OpenAI's weights were trained with QuickGELU; open_clip's plain (non
-/// `-quickgelu`) configs and some fine-tunes use exact GELU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `x · sigmoid(1.702 x)` (HF `quick_gelu`).
-    QuickGelu,
-    /// Exact GELU with erf (HF `gelu`, torch `nn.GELU()`).
-    Gelu,
-    /// Tanh-approximated GELU (HF `gelu_new`, `gelu_pytorch_tanh`).
-    GeluTanh,
-}
-
-impl Activation {
-    /// Parses an HF `hidden_act` string or a CLI spelling.
-    pub fn parse(name: &str) -> anyhow::Result<Self> {
-        match name.trim().to_ascii_lowercase().replace('-', "_").as_str() {
-            "quick_gelu" | "quickgelu" => Ok(Self::QuickGelu),
-            "gelu" | "gelu_erf" => Ok(Self::Gelu),
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_tanh" | "gelu_fast" => Ok(Self::GeluTanh),
-            other => anyhow::bail!(
-                "unsupported CLIP activation `{other}` (expected quick_gelu, gelu or gelu_new)"
-            ),
-        }
-    }
-
-    pub fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::QuickGelu => crate::nn::quick_gelu(x),
-            Self::Gelu => x.gelu_erf(),
-            Self::GeluTanh => x.gelu(),
-        }
-    }
-}
+use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipVisionConfig {
@@ -131,16 +98,16 @@ impl ClipConfig {
     /// A named OpenAI architecture (QuickGELU, as the OpenAI weights need). Accepted spellings
     /// include `ViT-L/14@336px`, `ViT-L-14-336`, `vit_l_14_336`, `ViT-L-14-336-quickgelu` and the
     /// HF repo names (`openai/clip-vit-large-patch14-336`).
-    pub fn preset(name: &str) -> anyhow::Result<Self> {
+    pub fn preset(name: &str) -> Result<Self> {
         let key = normalise_preset_name(name);
         let (vision_width, vision_layers, patch, image, text_width, embed) = match key.as_str() {
             "vit-b-32" => (768, 12, 32, 224, 512, 512),
             "vit-b-16" => (768, 12, 16, 224, 512, 512),
             "vit-l-14" => (1024, 24, 14, 224, 768, 768),
             "vit-l-14-336" => (1024, 24, 14, 336, 768, 768),
-            _ => anyhow::bail!(
+            _ => return Err(Error::config(format!(
                 "unknown CLIP preset `{name}`; known: ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14-336"
-            ),
+            ))),
         };
         Ok(Self {
             vision: Some(ClipVisionConfig {
@@ -178,12 +145,14 @@ impl ClipConfig {
     /// Reads an HF `config.json`: a `CLIPModel` config (`vision_config` / `text_config`), or a
     /// tower config (`model_type` `clip_vision_model` / `clip_text_model`). Missing fields take
     /// transformers' class defaults.
-    pub fn from_hf_json(json: &str) -> anyhow::Result<Self> {
-        let root: Value = serde_json::from_str(json)
-            .map_err(|e| anyhow::anyhow!("CLIP config.json is not valid JSON: {e}"))?;
+    pub fn from_hf_json(json: &str) -> Result<Self> {
+        let root: Value = serde_json::from_str(json).map_err(|e| Error::Config {
+            message: "CLIP config.json is not valid JSON".into(),
+            source: Some(Box::new(e)),
+        })?;
         let root = root
             .as_object()
-            .ok_or_else(|| anyhow::anyhow!("CLIP config.json is not a JSON object"))?;
+            .ok_or_else(|| Error::config("CLIP config.json is not a JSON object"))?;
         let model_type = root.get("model_type").and_then(Value::as_str).unwrap_or("");
         let top_projection = root.get("projection_dim").and_then(Value::as_u64);
         let (vision, text) = match model_type {
@@ -191,10 +160,10 @@ impl ClipConfig {
             "clip_text_model" => (None, Some(&Value::Object(root.clone()))),
             _ => {
                 if !root.contains_key("vision_config") && !root.contains_key("text_config") {
-                    anyhow::bail!(
+                    return Err(Error::config(format!(
                         "config.json (model_type `{model_type}`) is not a CLIP config: it has \
                          neither vision_config nor text_config"
-                    );
+                    )));
                 }
                 (root.get("vision_config"), root.get("text_config"))
             }
@@ -212,17 +181,17 @@ impl ClipConfig {
         })
     }
 
-    pub fn from_hf_file(path: &Path) -> anyhow::Result<Self> {
+    pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        Self::from_hf_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            .map_err(|e| Error::io(format!("cannot read {}", path.display()), path, e))?;
+        Self::from_hf_json(&text).map_err(|e| e.context(path.display().to_string()))
     }
 
     /// Infers the architecture from the shapes of a checkpoint already renamed to HF names
     /// (see `names.rs`), as OpenAI's `build_model` does: widths from the embeddings, depths by
     /// counting blocks, head count = width / 64, patch size from the conv kernel, training
     /// resolution from the positional table. The activation defaults to QuickGELU (OpenAI).
-    pub fn infer_from_checkpoint(ckpt: &Checkpoint) -> anyhow::Result<Self> {
+    pub fn infer_from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
         Self::infer_from_checkpoint_with_heads(ckpt, None, None)
     }
 
@@ -232,10 +201,13 @@ impl ClipConfig {
         ckpt: &Checkpoint,
         vision_heads: Option<usize>,
         text_heads: Option<usize>,
-    ) -> anyhow::Result<Self> {
-        let dims = |name: &str| -> anyhow::Result<Vec<usize>> {
+    ) -> Result<Self> {
+        let dims = |name: &str| -> Result<Vec<usize>> {
             ckpt.get(name).map(|t| t.dims().to_vec()).ok_or_else(|| {
-                anyhow::anyhow!("checkpoint {} has no tensor `{name}`", ckpt.origin())
+                Error::format(format!(
+                    "checkpoint {} has no tensor `{name}`",
+                    ckpt.origin()
+                ))
             })
         };
         let count_layers = |prefix: &str| -> usize {
@@ -249,14 +221,16 @@ impl ClipConfig {
             let conv = dims("vision_model.embeddings.patch_embedding.weight")?;
             let positions = dims("vision_model.embeddings.position_embedding.weight")?;
             let [width, channels, patch, _] = conv[..] else {
-                anyhow::bail!("patch embedding has shape {conv:?}, expected [width, 3, p, p]");
+                return Err(Error::format(format!(
+                    "patch embedding has shape {conv:?}, expected [width, 3, p, p]"
+                )));
             };
             let grid = ((positions[0].saturating_sub(1)) as f64).sqrt().round() as usize;
             if grid * grid + 1 != positions[0] {
-                anyhow::bail!(
+                return Err(Error::format(format!(
                     "vision positional embedding has {} rows, not a square grid plus CLS",
                     positions[0]
-                );
+                )));
             }
             let layers = count_layers("vision_model.encoder.layers");
             let mlp = dims("vision_model.encoder.layers.0.mlp.fc1.weight")?[0];
@@ -297,10 +271,16 @@ impl ClipConfig {
         } else if let Some(v) = &vision {
             v.hidden_size
         } else {
-            anyhow::bail!("checkpoint {} holds no CLIP tower", ckpt.origin())
+            return Err(Error::format(format!(
+                "checkpoint {} holds no CLIP tower",
+                ckpt.origin()
+            )));
         };
         if vision.is_none() && text.is_none() {
-            anyhow::bail!("checkpoint {} holds no CLIP tower", ckpt.origin());
+            return Err(Error::format(format!(
+                "checkpoint {} holds no CLIP tower",
+                ckpt.origin()
+            )));
         }
         Ok(Self {
             vision,
@@ -310,18 +290,20 @@ impl ClipConfig {
     }
 }
 
-fn heads_for(width: usize, given: Option<usize>) -> anyhow::Result<usize> {
+fn heads_for(width: usize, given: Option<usize>) -> Result<usize> {
     if let Some(heads) = given {
         if heads == 0 || !width.is_multiple_of(heads) {
-            anyhow::bail!("a width-{width} tower cannot have {heads} attention heads");
+            return Err(Error::config(format!(
+                "a width-{width} tower cannot have {heads} attention heads"
+            )));
         }
         return Ok(heads);
     }
     if !width.is_multiple_of(64) {
-        anyhow::bail!(
+        return Err(Error::config(format!(
             "cannot infer the head count of a width-{width} tower (CLIP uses 64-wide heads); \
              provide a config.json or a preset"
-        );
+        )));
     }
     Ok(width / 64)
 }
@@ -346,32 +328,34 @@ fn normalise_preset_name(name: &str) -> String {
         .replace("vit-large-patch", "vit-l-")
 }
 
-fn field_usize(obj: &Value, key: &str, default: usize) -> anyhow::Result<usize> {
+fn field_usize(obj: &Value, key: &str, default: usize) -> Result<usize> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => v.as_u64().map(|v| v as usize).ok_or_else(|| {
-            anyhow::anyhow!("config field `{key}` is not a non-negative integer: {v}")
+            Error::config(format!(
+                "config field `{key}` is not a non-negative integer: {v}"
+            ))
         }),
     }
 }
 
-fn field_f64(obj: &Value, key: &str, default: f64) -> anyhow::Result<f64> {
+fn field_f64(obj: &Value, key: &str, default: f64) -> Result<f64> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => v
             .as_f64()
-            .ok_or_else(|| anyhow::anyhow!("config field `{key}` is not a number: {v}")),
+            .ok_or_else(|| Error::config(format!("config field `{key}` is not a number: {v}"))),
     }
 }
 
-fn field_act(obj: &Value, default: Activation) -> anyhow::Result<Activation> {
+fn field_act(obj: &Value, default: Activation) -> Result<Activation> {
     match obj.get("hidden_act").and_then(Value::as_str) {
         Some(name) => Activation::parse(name),
         None => Ok(default),
     }
 }
 
-fn parse_vision(obj: &Value) -> anyhow::Result<ClipVisionConfig> {
+fn parse_vision(obj: &Value) -> Result<ClipVisionConfig> {
     let d = ClipVisionConfig::hf_default();
     let cfg = ClipVisionConfig {
         hidden_size: field_usize(obj, "hidden_size", d.hidden_size)?,
@@ -385,25 +369,23 @@ fn parse_vision(obj: &Value) -> anyhow::Result<ClipVisionConfig> {
         layer_norm_eps: field_f64(obj, "layer_norm_eps", d.layer_norm_eps)?,
     };
     if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-        anyhow::bail!(
+        return Err(Error::config(format!(
             "vision hidden_size {} is not divisible by num_attention_heads {}",
-            cfg.hidden_size,
-            cfg.num_attention_heads
-        );
+            cfg.hidden_size, cfg.num_attention_heads
+        )));
     }
     if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
-        anyhow::bail!(
+        return Err(Error::config(format!(
             "vision image_size {} is not a multiple of patch_size {}",
-            cfg.image_size,
-            cfg.patch_size
-        );
+            cfg.image_size, cfg.patch_size
+        )));
     }
     Ok(cfg)
 }
 
-fn parse_text(obj: &Value) -> anyhow::Result<ClipTextConfig> {
+fn parse_text(obj: &Value) -> Result<ClipTextConfig> {
     let d = ClipTextConfig::hf_default();
-    let id = |key: &str, default: u32| -> anyhow::Result<u32> {
+    let id = |key: &str, default: u32| -> Result<u32> {
         Ok(field_usize(obj, key, default as usize)? as u32)
     };
     let cfg = ClipTextConfig {
@@ -426,11 +408,10 @@ fn parse_text(obj: &Value) -> anyhow::Result<ClipTextConfig> {
         pad_token_id: id("pad_token_id", d.pad_token_id)?,
     };
     if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
-        anyhow::bail!(
+        return Err(Error::config(format!(
             "text hidden_size {} is not divisible by num_attention_heads {}",
-            cfg.hidden_size,
-            cfg.num_attention_heads
-        );
+            cfg.hidden_size, cfg.num_attention_heads
+        )));
     }
     Ok(cfg)
 }

@@ -4,9 +4,50 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::Activation;
+use super::config::{Activation, ClipTextConfig, ClipVisionConfig};
 use crate::nn::{multi_head_attention, Grad, LayerNorm, Linear};
 
+/// The sizes one block needs, the same for either tower: what `Dinov3Config` is to a DINOv3
+/// block, so that every block here is built as `new(cfg, vb)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClipLayerConfig {
+    /// Residual width.
+    pub hidden_size: usize,
+    /// MLP hidden width.
+    pub intermediate_size: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// MLP activation.
+    pub hidden_act: Activation,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+}
+
+impl From<&ClipVisionConfig> for ClipLayerConfig {
+    fn from(c: &ClipVisionConfig) -> Self {
+        Self {
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_attention_heads: c.num_attention_heads,
+            hidden_act: c.hidden_act,
+            layer_norm_eps: c.layer_norm_eps,
+        }
+    }
+}
+
+impl From<&ClipTextConfig> for ClipLayerConfig {
+    fn from(c: &ClipTextConfig) -> Self {
+        Self {
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_attention_heads: c.num_attention_heads,
+            hidden_act: c.hidden_act,
+            layer_norm_eps: c.layer_norm_eps,
+        }
+    }
+}
+
+/// Multi-head self-attention with separate q/k/v/out projections (HF `CLIPAttention`).
 #[derive(Debug, Clone)]
 pub struct ClipAttention {
     q_proj: Linear,
@@ -17,7 +58,9 @@ pub struct ClipAttention {
 }
 
 impl ClipAttention {
-    pub fn load(vb: VarBuilder, width: usize, heads: usize) -> Result<Self> {
+    /// Reads `q_proj`, `k_proj`, `v_proj` and `out_proj` under `vb`.
+    pub fn new(cfg: &ClipLayerConfig, vb: VarBuilder) -> Result<Self> {
+        let (width, heads) = (cfg.hidden_size, cfg.num_attention_heads);
         Ok(Self {
             q_proj: Linear::load(vb.pp("q_proj"), width, width, true)?,
             k_proj: Linear::load(vb.pp("k_proj"), width, width, true)?,
@@ -49,6 +92,7 @@ impl ClipAttention {
     }
 }
 
+/// `fc2(act(fc1 x))`.
 #[derive(Debug, Clone)]
 pub struct ClipMlp {
     fc1: Linear,
@@ -57,11 +101,13 @@ pub struct ClipMlp {
 }
 
 impl ClipMlp {
-    pub fn load(vb: VarBuilder, width: usize, hidden: usize, act: Activation) -> Result<Self> {
+    /// Reads `fc1` and `fc2` under `vb`.
+    pub fn new(cfg: &ClipLayerConfig, vb: VarBuilder) -> Result<Self> {
+        let (width, hidden) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
             fc1: Linear::load(vb.pp("fc1"), width, hidden, true)?,
             fc2: Linear::load(vb.pp("fc2"), hidden, width, true)?,
-            act,
+            act: cfg.hidden_act,
         })
     }
 }
@@ -82,23 +128,19 @@ pub struct ClipEncoderLayer {
 }
 
 impl ClipEncoderLayer {
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        vb: VarBuilder,
-        width: usize,
-        mlp_hidden: usize,
-        heads: usize,
-        act: Activation,
-        eps: f64,
-    ) -> Result<Self> {
+    /// Reads one block under `vb` (`…encoder.layers.N`); the same shape of constructor as a
+    /// DINOv3 block's.
+    pub fn new(cfg: &ClipLayerConfig, vb: VarBuilder) -> Result<Self> {
+        let (width, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
-            self_attn: ClipAttention::load(vb.pp("self_attn"), width, heads)?,
+            self_attn: ClipAttention::new(cfg, vb.pp("self_attn"))?,
             layer_norm1: LayerNorm::load(vb.pp("layer_norm1"), width, eps)?,
-            mlp: ClipMlp::load(vb.pp("mlp"), width, mlp_hidden, act)?,
+            mlp: ClipMlp::new(cfg, vb.pp("mlp"))?,
             layer_norm2: LayerNorm::load(vb.pp("layer_norm2"), width, eps)?,
         })
     }
 
+    /// One block; `mask` is added to the attention logits (causal text attention).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, grad: Grad) -> Result<Tensor> {
         let h = self.layer_norm1.forward_with(x, grad)?;
         let x = (x + self.self_attn.forward(&h, mask, grad)?)?;
@@ -106,7 +148,7 @@ impl ClipEncoderLayer {
         &x + self.mlp.forward(&h)?
     }
 
-    /// One dual-path block (formats.md §3): the attention input is ln_1 of the *original* path;
+    /// One dual-path block (docs/formats.md §3): the attention input is ln_1 of the *original* path;
     /// the original path continues as usual, the V-V path only accumulates attention (no MLP).
     /// Returns `(x_vv', x_ori')`.
     pub fn forward_dual(&self, x_vv: &Tensor, x_ori: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -12,9 +12,10 @@ pub mod text;
 pub mod tokenizer;
 pub mod vision;
 
+pub use crate::weights::NameScheme;
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use model::{ClipModel, ConfigChoice, LoadOptions, WEIGHTS_FILES};
-pub use names::{to_hf_names, Scheme};
+pub use names::{to_hf_names, ClipNames, Scheme};
 pub use text::{eot_positions, ClipTextTransformer, TextOutput};
 pub use vision::{
     l2_normalize, ClipVisionTransformer, PosInterp, VisionLayers, VisionOptions, VisionOutput,

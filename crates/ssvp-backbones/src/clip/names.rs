@@ -1,5 +1,6 @@
 //! The one place that maps foreign CLIP checkpoint spellings onto Hugging Face `CLIPModel` names
-//! (formats.md 1.3), which are the paths the modules read.
+//! (docs/formats.md §1.3), which are the paths the modules read: [`ClipNames`], CLIP's
+//! [`Renames`].
 //!
 //! Schemes, detected from the names:
 //! - HF (`vision_model.…`, `text_model.…`, `visual_projection.weight`, `text_projection.weight`):
@@ -13,58 +14,63 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
-use crate::weights::Checkpoint;
+pub use crate::weights::NameScheme as Scheme;
+use crate::weights::{Checkpoint, NameScheme, Renames};
+use crate::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    HuggingFace,
-    OpenAi,
-    Timm,
-}
+/// CLIP's renaming: HF names kept, OpenAI/open_clip and timm names mapped onto them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClipNames;
 
-impl Scheme {
-    pub fn detect(ckpt: &Checkpoint) -> anyhow::Result<Self> {
+impl Renames for ClipNames {
+    fn detect(ckpt: &Checkpoint) -> Result<NameScheme> {
         let names: Vec<&str> = ckpt.names().collect();
         let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
         if has("vision_model.") || has("text_model.") {
-            Ok(Self::HuggingFace)
+            Ok(NameScheme::HuggingFace)
         } else if has("visual.") || has("transformer.resblocks.") || has("text.transformer.") {
             if has("visual.trunk.") {
-                anyhow::bail!(
+                return Err(Error::format(format!(
                     "checkpoint {} is an open_clip model with a timm vision trunk \
                      (`visual.trunk.…`); only OpenAI-style towers are supported",
                     ckpt.origin()
-                );
+                )));
             }
-            Ok(Self::OpenAi)
+            Ok(NameScheme::OpenAi)
         } else if has("blocks.") && has("cls_token") {
-            Ok(Self::Timm)
+            Ok(NameScheme::Timm)
         } else {
             let mut sample: Vec<&str> = names.into_iter().take(5).collect();
             sample.sort_unstable();
-            anyhow::bail!(
+            Err(Error::format(format!(
                 "checkpoint {} is not a CLIP checkpoint in HF, OpenAI/open_clip or timm naming \
                  (first names: {})",
                 ckpt.origin(),
                 sample.join(", ")
-            )
+            )))
         }
+    }
+
+    /// Renames every tensor onto HF names. Unknown tensors are an error rather than silently
+    /// unused: an unsupported variant (LayerScale `ls_1.gamma`, attention pooling, …) would
+    /// otherwise load and give wrong features.
+    fn to_canonical(ckpt: Checkpoint) -> Result<(Checkpoint, NameScheme)> {
+        to_hf_names(ckpt)
     }
 }
 
-/// Renames every tensor onto HF names. Unknown tensors are an error rather than silently unused:
-/// an unsupported variant (LayerScale `ls_1.gamma`, attention pooling, …) would otherwise load
-/// and give wrong features.
-pub fn to_hf_names(ckpt: Checkpoint) -> anyhow::Result<(Checkpoint, Scheme)> {
-    let scheme = Scheme::detect(&ckpt)?;
+/// Renames every tensor onto HF names ([`ClipNames`]' [`Renames::to_canonical`]).
+pub fn to_hf_names(ckpt: Checkpoint) -> Result<(Checkpoint, NameScheme)> {
+    let scheme = ClipNames::detect(&ckpt)?;
     let origin = ckpt.origin().to_string();
     let mut out: HashMap<String, Tensor> = HashMap::new();
     let mut unknown = Vec::new();
     for (name, tensor) in ckpt.into_tensors() {
         let mapped = match scheme {
-            Scheme::HuggingFace => map_hf(&name, tensor),
-            Scheme::OpenAi => map_openai(&name, tensor)?,
-            Scheme::Timm => map_timm(&name, tensor)?,
+            NameScheme::OpenAi => map_openai(&name, tensor)?,
+            NameScheme::Timm => map_timm(&name, tensor)?,
+            // Detection gives no other scheme for CLIP.
+            _ => map_hf(&name, tensor),
         };
         match mapped {
             Mapped::Keep(pairs) => {
@@ -80,12 +86,12 @@ pub fn to_hf_names(ckpt: Checkpoint) -> anyhow::Result<(Checkpoint, Scheme)> {
         unknown.sort();
         let more = unknown.len().saturating_sub(5);
         unknown.truncate(5);
-        anyhow::bail!(
+        return Err(Error::format(format!(
             "checkpoint {origin} ({scheme:?} naming) has tensors this CLIP implementation does not \
              know: {}{}",
             unknown.join(", "),
             if more > 0 { format!(" and {more} more") } else { String::new() }
-        );
+        )));
     }
     Ok((Checkpoint::from_tensors(origin, out), scheme))
 }
@@ -117,10 +123,12 @@ fn map_hf(name: &str, t: Tensor) -> Mapped {
 }
 
 /// Splits a fused `[3D, D]` / `[3D]` in_proj into q, k, v (rows in that order).
-fn split_qkv(prefix: &str, kind: &str, t: &Tensor) -> anyhow::Result<Mapped> {
+fn split_qkv(prefix: &str, kind: &str, t: &Tensor) -> Result<Mapped> {
     let rows = t.dim(0)?;
     if rows % 3 != 0 {
-        anyhow::bail!("fused attention tensor `{prefix}` has {rows} rows, not a multiple of 3");
+        return Err(Error::format(format!(
+            "fused attention tensor `{prefix}` has {rows} rows, not a multiple of 3"
+        )));
     }
     let d = rows / 3;
     let mut pairs = Vec::with_capacity(3);
@@ -135,7 +143,7 @@ fn split_qkv(prefix: &str, kind: &str, t: &Tensor) -> anyhow::Result<Mapped> {
 
 /// Maps the inside of one OpenAI residual block (`attn.in_proj_weight`, `ln_1.bias`, …) onto
 /// the HF layer at `layer_prefix`.
-fn map_openai_block(layer_prefix: &str, rest: &str, t: Tensor) -> anyhow::Result<Mapped> {
+fn map_openai_block(layer_prefix: &str, rest: &str, t: Tensor) -> Result<Mapped> {
     Ok(match rest {
         "attn.in_proj_weight" => split_qkv(layer_prefix, "weight", &t)?,
         "attn.in_proj_bias" => split_qkv(layer_prefix, "bias", &t)?,
@@ -162,7 +170,7 @@ fn block_index(s: &str) -> Option<(usize, &str)> {
     Some((idx.parse().ok()?, rest))
 }
 
-fn map_openai(name: &str, t: Tensor) -> anyhow::Result<Mapped> {
+fn map_openai(name: &str, t: Tensor) -> Result<Mapped> {
     // Scalars stored by OpenAI's JIT archives, and open_clip's non-persistent mask.
     if matches!(name, "input_resolution" | "context_length" | "vocab_size")
         || name.ends_with("attn_mask")
@@ -217,7 +225,7 @@ fn map_openai(name: &str, t: Tensor) -> anyhow::Result<Mapped> {
     })
 }
 
-fn map_timm(name: &str, t: Tensor) -> anyhow::Result<Mapped> {
+fn map_timm(name: &str, t: Tensor) -> Result<Mapped> {
     let e = "vision_model.embeddings";
     if let Some(block) = name.strip_prefix("blocks.") {
         let Some((n, inner)) = block_index(block) else {
@@ -261,9 +269,9 @@ fn map_timm(name: &str, t: Tensor) -> anyhow::Result<Mapped> {
                 .max(0)?
                 .to_dtype(candle_core::DType::F32)?;
             if max_abs.to_scalar::<f32>()? != 0.0 {
-                anyhow::bail!(
-                    "timm checkpoint has a non-zero `head.bias`; CLIP projections have no bias"
-                );
+                return Err(Error::format(
+                    "timm checkpoint has a non-zero `head.bias`; CLIP projections have no bias",
+                ));
             }
             Mapped::Drop
         }

@@ -8,7 +8,7 @@ use candle_core::{bail, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::ClipTextConfig;
-use super::encoder::ClipEncoderLayer;
+use super::encoder::{ClipEncoderLayer, ClipLayerConfig};
 use crate::nn::{Grad, LayerNorm, Linear};
 
 #[derive(Debug, Clone)]
@@ -34,17 +34,9 @@ impl ClipTextTransformer {
     pub fn load(vb: VarBuilder, cfg: &ClipTextConfig, projection_dim: usize) -> Result<Self> {
         let tm = vb.pp("text_model");
         let w = cfg.hidden_size;
+        let layer_cfg = ClipLayerConfig::from(cfg);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                ClipEncoderLayer::load(
-                    tm.pp(format!("encoder.layers.{i}")),
-                    w,
-                    cfg.intermediate_size,
-                    cfg.num_attention_heads,
-                    cfg.hidden_act,
-                    cfg.layer_norm_eps,
-                )
-            })
+            .map(|i| ClipEncoderLayer::new(&layer_cfg, tm.pp(format!("encoder.layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             token_embedding: tm.get((cfg.vocab_size, w), "embeddings.token_embedding.weight")?,

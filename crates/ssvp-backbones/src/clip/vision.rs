@@ -3,7 +3,7 @@
 //! Beyond the plain forward it runs at any patch grid (the positional table is resampled per grid,
 //! bicubic like HF/open_clip or bilinear like AnomalyCLIP, and cached), returns the raw output of
 //! requested blocks and their joint-space projection, and optionally applies AnomalyCLIP's V-V
-//! dual-path attention from a chosen block on (formats.md §3).
+//! dual-path attention from a chosen block on (docs/formats.md §3).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,7 +12,7 @@ use candle_core::{bail, DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::ClipVisionConfig;
-use super::encoder::ClipEncoderLayer;
+use super::encoder::{ClipEncoderLayer, ClipLayerConfig};
 use crate::nn::{Grad, LayerNorm, Linear};
 
 /// How the trained positional grid is resampled to another patch grid.
@@ -239,17 +239,9 @@ impl ClipVisionTransformer {
         let vm = vb.pp("vision_model");
         let w = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
+        let layer_cfg = ClipLayerConfig::from(cfg);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                ClipEncoderLayer::load(
-                    vm.pp(format!("encoder.layers.{i}")),
-                    w,
-                    cfg.intermediate_size,
-                    cfg.num_attention_heads,
-                    cfg.hidden_act,
-                    eps,
-                )
-            })
+            .map(|i| ClipEncoderLayer::new(&layer_cfg, vm.pp(format!("encoder.layers.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let visual_projection = match projection_dim {
             Some(e) => Some(Linear::load(vb.pp("visual_projection"), w, e, false)?),

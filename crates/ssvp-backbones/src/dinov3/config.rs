@@ -3,29 +3,9 @@
 
 use serde::Deserialize;
 
+pub use crate::nn::Activation;
 use crate::weights::Checkpoint;
-
-/// The feed-forward activation (`hidden_act` in the Hugging Face config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))` (`"gelu"`; torch's `nn.GELU()` default).
-    GeluErf,
-    /// GELU with the tanh approximation (`"gelu_pytorch_tanh"`, `"gelu_new"`).
-    GeluTanh,
-    /// `x · sigmoid(x)` (`"silu"`, `"swish"`), the gate of SwiGLU.
-    Silu,
-}
-
-impl Activation {
-    pub fn from_hf_name(name: &str) -> Option<Self> {
-        match name {
-            "gelu" => Some(Self::GeluErf),
-            "gelu_pytorch_tanh" | "gelu_new" => Some(Self::GeluTanh),
-            "silu" | "swish" => Some(Self::Silu),
-            _ => None,
-        }
-    }
-}
+use crate::{Error, Result};
 
 /// Hyper-parameters of a DINOv3 ViT, with the Hugging Face `DINOv3ViTConfig` field names.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +56,7 @@ impl Dinov3Config {
             hidden_act: if gated {
                 Activation::Silu
             } else {
-                Activation::GeluErf
+                Activation::Gelu
             },
             query_bias: true,
             // Meta's qkv bias has its K third masked to zero (`mask_k_bias`), so there is none.
@@ -137,6 +117,7 @@ impl Dinov3Config {
         })
     }
 
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -148,20 +129,25 @@ impl Dinov3Config {
 
     /// Parses a Hugging Face `config.json` (`model_type` `dinov3_vit`). Missing fields take the
     /// `DINOv3ViTConfig` class defaults, as transformers does.
-    pub fn from_hf_json(text: &str) -> anyhow::Result<Self> {
-        let raw: HfConfig = serde_json::from_str(text)
-            .map_err(|e| anyhow::anyhow!("invalid DINOv3 config.json: {e}"))?;
+    pub fn from_hf_json(text: &str) -> Result<Self> {
+        let raw: HfConfig = serde_json::from_str(text).map_err(|e| Error::Config {
+            message: "invalid DINOv3 config.json".into(),
+            source: Some(Box::new(e)),
+        })?;
         if let Some(model_type) = &raw.model_type {
             if model_type != "dinov3_vit" {
-                anyhow::bail!(
+                return Err(Error::config(format!(
                     "config.json has model_type `{model_type}`, expected `dinov3_vit` \
                      (DINOv3 ConvNeXt models are not supported)"
-                );
+                )));
             }
         }
         let patch_size = raw.patch_size.square("patch_size")?;
         let hidden_act = Activation::from_hf_name(&raw.hidden_act).ok_or_else(|| {
-            anyhow::anyhow!("config.json: unsupported hidden_act `{}`", raw.hidden_act)
+            Error::config(format!(
+                "config.json: unsupported hidden_act `{}`",
+                raw.hidden_act
+            ))
         })?;
         let config = Self {
             hidden_size: raw.hidden_size,
@@ -189,26 +175,28 @@ impl Dinov3Config {
     ///
     /// Shapes give everything except the number of heads: that uses `preset_hint` when it names a
     /// preset of the same width, else head dim 64, which every released DINOv3 ViT up to H+ has.
-    pub fn infer(checkpoint: &Checkpoint, preset_hint: Option<&str>) -> anyhow::Result<Self> {
-        let dims = |name: &str| -> anyhow::Result<Vec<usize>> {
+    pub fn infer(checkpoint: &Checkpoint, preset_hint: Option<&str>) -> Result<Self> {
+        let dims = |name: &str| -> Result<Vec<usize>> {
             checkpoint
                 .get(name)
                 .map(|t| t.dims().to_vec())
                 .ok_or_else(|| {
-                    anyhow::anyhow!(
+                    Error::format(format!(
                         "checkpoint {} has no tensor `{name}`: cannot infer the DINOv3 config",
                         checkpoint.origin()
-                    )
+                    ))
                 })
         };
         let patch = dims("embeddings.patch_embeddings.weight")?;
         let [width, channels, patch_h, patch_w] = patch[..] else {
-            anyhow::bail!(
+            return Err(Error::format(format!(
                 "`embeddings.patch_embeddings.weight` has shape {patch:?}, expected 4 dims"
-            );
+            )));
         };
         if patch_h != patch_w {
-            anyhow::bail!("non-square patches {patch_h}x{patch_w} are not supported");
+            return Err(Error::format(format!(
+                "non-square patches {patch_h}x{patch_w} are not supported"
+            )));
         }
         let registers = dims("embeddings.register_tokens")
             .map(|d| if d.len() == 3 { d[1] } else { 0 })
@@ -217,10 +205,10 @@ impl Dinov3Config {
             .take_while(|i| checkpoint.contains(&format!("layer.{i}.norm1.weight")))
             .count();
         if layers == 0 {
-            anyhow::bail!(
+            return Err(Error::format(format!(
                 "checkpoint {} has no transformer blocks",
                 checkpoint.origin()
-            );
+            )));
         }
         let gated = checkpoint.contains("layer.0.mlp.gate_proj.weight");
         let up = dims("layer.0.mlp.up_proj.weight")?;
@@ -242,22 +230,26 @@ impl Dinov3Config {
         Ok(config)
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    /// Checks that the sizes can make a model: heads divide the width, the head dim suits 2D
+    /// RoPE, and there are patches and blocks.
+    pub fn validate(&self) -> Result<()> {
         let heads = self.num_attention_heads;
         if heads == 0 || !self.hidden_size.is_multiple_of(heads) {
-            anyhow::bail!(
+            return Err(Error::config(format!(
                 "hidden_size {} is not divisible by num_attention_heads {heads}",
                 self.hidden_size
-            );
+            )));
         }
         if !self.head_dim().is_multiple_of(4) {
-            anyhow::bail!(
+            return Err(Error::config(format!(
                 "head dim {} must be a multiple of 4 for 2D RoPE",
                 self.head_dim()
-            );
+            )));
         }
         if self.patch_size == 0 || self.num_hidden_layers == 0 {
-            anyhow::bail!("patch_size and num_hidden_layers must be positive");
+            return Err(Error::config(
+                "patch_size and num_hidden_layers must be positive",
+            ));
         }
         Ok(())
     }
@@ -272,13 +264,13 @@ enum IntOrPair {
 }
 
 impl IntOrPair {
-    fn square(&self, field: &str) -> anyhow::Result<usize> {
+    fn square(&self, field: &str) -> Result<usize> {
         match self {
             Self::Int(v) => Ok(*v),
             Self::Pair(v) if v.len() == 2 && v[0] == v[1] => Ok(v[0]),
-            Self::Pair(v) => {
-                anyhow::bail!("config.json: non-square {field} {v:?} is not supported")
-            }
+            Self::Pair(v) => Err(Error::config(format!(
+                "config.json: non-square {field} {v:?} is not supported"
+            ))),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! and LayerScale, loaded from Hugging Face safetensors or Meta `.pth` checkpoints.
 //!
 //! ```no_run
-//! # fn main() -> anyhow::Result<()> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use candle_core::{DType, Device, Tensor};
 //! use ssvp_backbones::dinov3::Dinov3Model;
 //! let model = Dinov3Model::load("facebook/dinov3-vitl16-pretrain-lvd1689m", None, DType::F32, &Device::Cpu)?;
@@ -19,21 +19,23 @@ mod rope;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use candle_core::{DType, Device};
 
 pub use config::{Activation, Dinov3Config, PRESETS};
 pub use model::{patches_to_map, split_tokens, Dinov3Model, Dinov3Output, HiddenStates, Tokens};
-pub use names::NameScheme;
+pub use names::{Dinov3Names, NameScheme};
 pub use rope::{apply_rope, Rope, RopeTables};
 
-use crate::weights::{Checkpoint, ModelSource, ResolvedFiles, WantedFiles};
+use crate::weights::{Checkpoint, ModelSource, Renames, ResolvedFiles, WantedFiles};
+use crate::{Error, Result};
 
-/// Normalisation constants of the LVD-1689M (web image) weights: ImageNet mean/std.
+/// Per-channel mean of the LVD-1689M (web image) weights' normalisation: ImageNet's.
 pub const LVD1689M_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// Per-channel standard deviation of the LVD-1689M weights' normalisation: ImageNet's.
 pub const LVD1689M_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Normalisation constants of the SAT-493M (satellite) weights.
+/// Per-channel mean of the SAT-493M (satellite) weights' normalisation.
 pub const SAT493M_MEAN: [f32; 3] = [0.430, 0.411, 0.296];
+/// Per-channel standard deviation of the SAT-493M weights' normalisation.
 pub const SAT493M_STD: [f32; 3] = [0.213, 0.156, 0.143];
 
 /// Weights files tried in a directory or hub repo, in order; a local directory without any of
@@ -41,7 +43,7 @@ pub const SAT493M_STD: [f32; 3] = [0.213, 0.156, 0.143];
 const WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "model.safetensors.index.json"];
 
 /// Turns `--weights` (a file, a directory, or a hub id) into files on disk.
-pub fn resolve(spec: &str) -> anyhow::Result<ResolvedFiles> {
+pub fn resolve(spec: &str) -> Result<ResolvedFiles> {
     let source = ModelSource::parse(spec)?;
     let wanted = WantedFiles {
         weights: &WEIGHTS_FILES,
@@ -57,19 +59,23 @@ pub fn resolve(spec: &str) -> anyhow::Result<ResolvedFiles> {
 }
 
 /// A directory with one Meta checkpoint (`dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth`).
-fn resolve_meta_dir(dir: &Path) -> anyhow::Result<ResolvedFiles> {
+fn resolve_meta_dir(dir: &Path) -> Result<ResolvedFiles> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
+        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth"))
         .collect();
     found.sort();
     match found.len() {
-        0 => anyhow::bail!(
-            "directory {} has no DINOv3 weights: looked for {} and *.pth",
-            dir.display(),
-            WEIGHTS_FILES.join(", ")
-        ),
+        0 => Err(Error::NotFound {
+            message: format!(
+                "directory {} has no DINOv3 weights: looked for {} and *.pth",
+                dir.display(),
+                WEIGHTS_FILES.join(", ")
+            ),
+            path: Some(dir.to_path_buf()),
+            source: None,
+        }),
         1 => {
             let config = Some(dir.join("config.json")).filter(|c| c.is_file());
             Ok(ResolvedFiles {
@@ -78,15 +84,17 @@ fn resolve_meta_dir(dir: &Path) -> anyhow::Result<ResolvedFiles> {
                 origin: dir.display().to_string(),
             })
         }
-        _ => anyhow::bail!(
-            "directory {} has several .pth files ({}); pass the one to use",
-            dir.display(),
-            found
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => Err(Error::InvalidInput {
+            message: format!(
+                "directory {} has several .pth files ({}); pass the one to use",
+                dir.display(),
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
     }
 }
 
@@ -101,7 +109,7 @@ impl Dinov3Model {
         config: Option<Dinov3Config>,
         dtype: DType,
         device: &Device,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let files = resolve(spec)?;
         Self::load_files(&files, config, dtype, device)
     }
@@ -112,15 +120,15 @@ impl Dinov3Model {
         config: Option<Dinov3Config>,
         dtype: DType,
         device: &Device,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let config = match (config, &files.config) {
             (Some(c), _) => Some(c),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
+                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), path, e))?;
                 Some(
                     Dinov3Config::from_hf_json(&text)
-                        .with_context(|| format!("in {}", path.display()))?,
+                        .map_err(|e| e.context(format!("in {}", path.display())))?,
                 )
             }
             (None, None) => None,
@@ -141,15 +149,16 @@ impl Dinov3Model {
         preset_hint: Option<&str>,
         dtype: DType,
         device: &Device,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let origin = checkpoint.origin().to_string();
-        let (checkpoint, _scheme) = names::to_canonical(checkpoint)?;
+        let (checkpoint, _scheme) = Dinov3Names::to_canonical(checkpoint)?;
         let config = match config {
             Some(c) => c,
             None => Dinov3Config::infer(&checkpoint, preset_hint)?,
         };
+        config.validate()?;
         let vb = checkpoint.into_var_builder(dtype, device);
         Dinov3Model::new(&config, vb)
-            .map_err(|e| anyhow::anyhow!("cannot build DINOv3 from {origin}: {e}"))
+            .map_err(|e| Error::checkpoint(format!("cannot build DINOv3 from {origin}"), e))
     }
 }

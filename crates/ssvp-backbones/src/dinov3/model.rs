@@ -116,14 +116,6 @@ enum FeedForward {
     },
 }
 
-fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
-    match act {
-        Activation::GeluErf => x.gelu_erf(),
-        Activation::GeluTanh => x.gelu(),
-        Activation::Silu => x.silu(),
-    }
-}
-
 impl FeedForward {
     fn new(cfg: &Dinov3Config, vb: VarBuilder) -> Result<Self> {
         let (d, h, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
@@ -147,14 +139,14 @@ impl FeedForward {
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Mlp { up, down, act } => down.forward(&activate(&up.forward(x)?, *act)?),
+            Self::Mlp { up, down, act } => down.forward(&act.apply(&up.forward(x)?)?),
             Self::Gated {
                 gate,
                 up,
                 down,
                 act,
             } => {
-                let gated = (activate(&gate.forward(x)?, *act)? * up.forward(x)?)?;
+                let gated = (act.apply(&gate.forward(x)?)? * up.forward(x)?)?;
                 down.forward(&gated)
             }
         }
@@ -172,6 +164,7 @@ struct Block {
 }
 
 impl Block {
+    /// Reads one block under `vb` (`layer.N`); the same shape of constructor as a CLIP block's.
     fn new(cfg: &Dinov3Config, vb: VarBuilder) -> Result<Self> {
         let (d, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {

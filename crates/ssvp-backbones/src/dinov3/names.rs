@@ -10,21 +10,28 @@
 
 use candle_core::Tensor;
 
-use crate::weights::Checkpoint;
+pub use crate::weights::NameScheme;
+use crate::weights::{Checkpoint, Renames};
+use crate::{Error, Result};
 
-/// How a checkpoint spells its tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameScheme {
-    /// `layer.N.…`: Hugging Face files, already canonical.
-    HuggingFace,
-    /// `model.layer.N.…`: transformers 5 state-dict names.
-    HuggingFaceModelPrefix,
-    /// `blocks.N.…`: Meta's original checkpoints.
-    Meta,
+/// DINOv3's renaming: `layer.N.…` (Hugging Face) kept, `model.layer.N.…` (transformers 5) and
+/// `blocks.N.…` (Meta) mapped onto it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dinov3Names;
+
+impl Renames for Dinov3Names {
+    fn detect(checkpoint: &Checkpoint) -> Result<NameScheme> {
+        detect_scheme(checkpoint)
+    }
+
+    fn to_canonical(checkpoint: Checkpoint) -> Result<(Checkpoint, NameScheme)> {
+        to_canonical(checkpoint)
+    }
 }
 
-/// Tells the spelling from the names alone.
-pub fn detect_scheme(checkpoint: &Checkpoint) -> anyhow::Result<NameScheme> {
+/// Tells the spelling from the names alone: [`NameScheme::HuggingFace`],
+/// [`NameScheme::HuggingFaceModelPrefix`] or [`NameScheme::Meta`].
+pub fn detect_scheme(checkpoint: &Checkpoint) -> Result<NameScheme> {
     let mut hf = false;
     let mut hf_prefixed = false;
     for name in checkpoint.names() {
@@ -41,25 +48,24 @@ pub fn detect_scheme(checkpoint: &Checkpoint) -> anyhow::Result<NameScheme> {
             let mut sample: Vec<&str> = checkpoint.names().collect();
             sample.sort_unstable();
             sample.truncate(6);
-            anyhow::bail!(
+            Err(Error::format(format!(
                 "checkpoint {} does not look like a DINOv3 ViT: no `blocks.N.*` (Meta) or \
                  `layer.N.*` (Hugging Face) tensors; it holds e.g. {}",
                 checkpoint.origin(),
                 sample.join(", ")
-            )
+            )))
         }
     }
 }
 
 /// Renames every tensor onto the canonical names, splitting and masking where Meta's layout
 /// differs. Tensors the model never reads at inference are dropped.
-pub fn to_canonical(checkpoint: Checkpoint) -> anyhow::Result<(Checkpoint, NameScheme)> {
+pub fn to_canonical(checkpoint: Checkpoint) -> Result<(Checkpoint, NameScheme)> {
     let scheme = detect_scheme(&checkpoint)?;
     let canonical = match scheme {
-        NameScheme::HuggingFace | NameScheme::HuggingFaceModelPrefix => {
-            checkpoint.rename(|name| Some(strip_model_prefix(name).to_string()))
-        }
         NameScheme::Meta => meta_to_canonical(checkpoint)?,
+        // Detection gives only the two Hugging Face spellings otherwise.
+        _ => checkpoint.rename(|name| Some(strip_model_prefix(name).to_string())),
     };
     Ok((canonical, scheme))
 }
@@ -78,7 +84,7 @@ fn strip_model_prefix(name: &str) -> &str {
     }
 }
 
-fn meta_to_canonical(mut ckpt: Checkpoint) -> anyhow::Result<Checkpoint> {
+fn meta_to_canonical(mut ckpt: Checkpoint) -> Result<Checkpoint> {
     let blocks: Vec<usize> = (0..)
         .take_while(|i| ckpt.contains(&format!("blocks.{i}.norm1.weight")))
         .collect();
@@ -103,7 +109,7 @@ fn meta_to_canonical(mut ckpt: Checkpoint) -> anyhow::Result<Checkpoint> {
 /// Splits `blocks.N.attn.qkv` ([3D, D] weight, [3D] bias) into thirds. The K third of the bias is
 /// never used: Meta masks it to zero (`bias_mask`) in every forward, so the stored values are
 /// whatever training left there and must not reach the model.
-fn split_qkv(ckpt: &mut Checkpoint, block: usize) -> anyhow::Result<()> {
+fn split_qkv(ckpt: &mut Checkpoint, block: usize) -> Result<()> {
     let prefix = format!("blocks.{block}.attn.qkv");
     let out = format!("layer.{block}.attention");
     let weight = ckpt.take(&format!("{prefix}.weight"))?;
@@ -128,19 +134,19 @@ fn split_qkv(ckpt: &mut Checkpoint, block: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn thirds(t: &Tensor, name: &str, origin: &str) -> anyhow::Result<usize> {
+fn thirds(t: &Tensor, name: &str, origin: &str) -> Result<usize> {
     let rows = t.dims().first().copied().unwrap_or(0);
     if rows == 0 || !rows.is_multiple_of(3) {
-        anyhow::bail!(
+        return Err(Error::format(format!(
             "tensor `{name}` in {origin} has shape {:?}: a fused qkv needs a first dim divisible by 3",
             t.dims()
-        );
+        )));
     }
     Ok(rows / 3)
 }
 
 /// Some SwiGLU variants fuse w1 and w2 into `w12` ([2H, D]): first half gate, second half up.
-fn split_fused_swiglu(ckpt: &mut Checkpoint, block: usize) -> anyhow::Result<()> {
+fn split_fused_swiglu(ckpt: &mut Checkpoint, block: usize) -> Result<()> {
     for suffix in ["weight", "bias"] {
         let name = format!("blocks.{block}.mlp.w12.{suffix}");
         if let Some(fused) = ckpt.remove(&name) {

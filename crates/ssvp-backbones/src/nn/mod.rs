@@ -7,10 +7,12 @@
 //! `softmax_last_dim` have no backward and silently cut the graph (framework-notes.md). The
 //! [`Grad`] switch makes that choice explicit at every call.
 
+mod activation;
 mod attention_cpu;
 mod cpu_values;
 mod linear_cpu;
 
+pub use activation::Activation;
 pub use cpu_values::{cpu_f32, with_cpu_f32};
 
 use candle_core::{DType, Module, Result, Tensor, D};

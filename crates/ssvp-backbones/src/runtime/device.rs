@@ -2,41 +2,49 @@
 
 use candle_core::Device;
 
+use crate::{Error, Result};
+
 /// Whether this build can run on NVIDIA GPUs (`--features cuda`).
 pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
 /// `cpu`, `cuda` (the first GPU) or `cuda:N`.
-pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
+pub fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim().to_ascii_lowercase();
     let ordinal = match spec.as_str() {
         "cpu" => return Ok(Device::Cpu),
         "cuda" | "gpu" => 0,
         other => match other.strip_prefix("cuda:") {
-            Some(n) => n.parse::<usize>().map_err(|_| {
-                anyhow::anyhow!("device `{spec}`: the GPU number after `cuda:` must be 0, 1, ...")
+            Some(n) => n.parse::<usize>().map_err(|_| Error::InvalidInput {
+                message: format!("device `{spec}`: the GPU number after `cuda:` must be 0, 1, ..."),
             })?,
-            None => anyhow::bail!("unknown device `{spec}` (cpu, cuda or cuda:N)"),
+            None => {
+                return Err(Error::InvalidInput {
+                    message: format!("unknown device `{spec}` (cpu, cuda or cuda:N)"),
+                })
+            }
         },
     };
     cuda_device(ordinal)
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_device(ordinal: usize) -> anyhow::Result<Device> {
-    Device::new_cuda(ordinal).map_err(|e| {
-        anyhow::anyhow!(
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Device::new_cuda(ordinal).map_err(|e| Error::Device {
+        message: format!(
             "cannot open CUDA device {ordinal}: {e} (is the NVIDIA driver loaded, and are \
              libcublas, libcurand and libnvrtc of CUDA 12 or 13 on the library path?)"
-        )
+        ),
     })
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_device(ordinal: usize) -> anyhow::Result<Device> {
-    anyhow::bail!(
-        "device cuda:{ordinal}: this ssvp was built without CUDA; rebuild with \
-         `cargo build --release --features cuda` (README: \"GPU build\")"
-    )
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    Err(Error::Device {
+        message: format!(
+            "device cuda:{ordinal}: this ssvp was built without CUDA; rebuild with \
+             `cargo build --release --features cuda` (README: \"GPU build\")"
+        ),
+    })
 }
 
 /// A short name of `device` for reports (`cpu`, `cuda:0`).

@@ -5,6 +5,8 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
+use crate::{Error, Result};
+
 /// Every tensor of one checkpoint, under the names it has in the file (until renamed).
 pub struct Checkpoint {
     origin: String,
@@ -15,7 +17,7 @@ impl Checkpoint {
     /// Reads a checkpoint, choosing the reader from the file's content rather than its name:
     /// safetensors (`*.safetensors`), a sharded safetensors index (`*.safetensors.index.json`),
     /// or a `torch.save` zip archive (`.bin`, `.pth`, `.pt`).
-    pub fn load(path: &Path, device: &Device) -> anyhow::Result<Self> {
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let origin = path.display().to_string();
         let name = path
             .file_name()
@@ -25,10 +27,14 @@ impl Checkpoint {
         {
             use std::io::Read;
             let mut file = std::fs::File::open(path)
-                .map_err(|e| anyhow::anyhow!("cannot open checkpoint {origin}: {e}"))?;
-            let read = file.read(&mut magic)?;
+                .map_err(|e| Error::io(format!("cannot open checkpoint {origin}"), path, e))?;
+            let read = file
+                .read(&mut magic)
+                .map_err(|e| Error::io(format!("cannot read checkpoint {origin}"), path, e))?;
             if read < 4 {
-                anyhow::bail!("checkpoint {origin} is too short to be a weights file");
+                return Err(Error::format(format!(
+                    "checkpoint {origin} is too short to be a weights file"
+                )));
             }
         }
         let tensors: HashMap<String, Tensor> = if name.ends_with(".index.json") {
@@ -39,20 +45,27 @@ impl Checkpoint {
             let entries = candle_core::pickle::read_all_with_key(path, None)
                 .or_else(|_| candle_core::pickle::read_all_with_key(path, Some("state_dict")))
                 .or_else(|_| candle_core::pickle::read_all_with_key(path, Some("model")))
-                .map_err(|e| anyhow::anyhow!("cannot read PyTorch checkpoint {origin}: {e}"))?;
+                .map_err(|e| {
+                    Error::checkpoint(format!("cannot read PyTorch checkpoint {origin}"), e)
+                })?;
             entries.into_iter().collect()
         } else if name.ends_with(".pt") && &magic[..2] == b"\x80\x02" {
-            anyhow::bail!(
+            return Err(Error::format(format!(
                 "{origin} is a legacy (non-zip) torch pickle; re-save it with torch.save in the \
                  default zip format or convert it to safetensors"
-            )
+            )));
         } else {
             candle_core::safetensors::load(path, device).map_err(|e| {
-                anyhow::anyhow!("cannot read {origin} as safetensors or a PyTorch zip: {e}")
+                Error::checkpoint(
+                    format!("cannot read {origin} as safetensors or a PyTorch zip"),
+                    e,
+                )
             })?
         };
         if tensors.is_empty() {
-            anyhow::bail!("checkpoint {origin} holds no tensors");
+            return Err(Error::format(format!(
+                "checkpoint {origin} holds no tensors"
+            )));
         }
         let tensors = tensors
             .into_iter()
@@ -74,39 +87,46 @@ impl Checkpoint {
         &self.origin
     }
 
+    /// The number of tensors.
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
 
+    /// Whether it holds no tensor.
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }
 
+    /// Whether a tensor of that name is present.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
 
+    /// The tensor of that name, if present.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.tensors.get(name)
     }
 
+    /// Every tensor name, in no particular order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Adds or replaces a tensor (renaming steps that split or reshape).
     pub fn insert(&mut self, name: impl Into<String>, tensor: Tensor) {
         self.tensors.insert(name.into(), tensor);
     }
 
+    /// Removes a tensor and returns it, if present.
     pub fn remove(&mut self, name: &str) -> Option<Tensor> {
         self.tensors.remove(name)
     }
 
     /// Takes a tensor that a renaming step requires, with an error naming it and the file.
-    pub fn take(&mut self, name: &str) -> anyhow::Result<Tensor> {
-        self.tensors
-            .remove(name)
-            .ok_or_else(|| anyhow::anyhow!("checkpoint {} has no tensor `{name}`", self.origin))
+    pub fn take(&mut self, name: &str) -> Result<Tensor> {
+        self.tensors.remove(name).ok_or_else(|| {
+            Error::format(format!("checkpoint {} has no tensor `{name}`", self.origin))
+        })
     }
 
     /// Renames every tensor through `rename`; `None` drops the tensor (buffers such as
@@ -123,6 +143,7 @@ impl Checkpoint {
         }
     }
 
+    /// The tensors by name, giving up the origin.
     pub fn into_tensors(self) -> HashMap<String, Tensor> {
         self.tensors
     }
@@ -138,18 +159,17 @@ impl Checkpoint {
     }
 }
 
-fn load_sharded_safetensors(
-    index: &Path,
-    device: &Device,
-) -> anyhow::Result<HashMap<String, Tensor>> {
+fn load_sharded_safetensors(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let text = std::fs::read_to_string(index)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", index.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{} is not valid JSON: {e}", index.display()))?;
+        .map_err(|e| Error::io(format!("cannot read {}", index.display()), index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+        message: format!("{} is not valid JSON", index.display()),
+        source: Some(Box::new(e)),
+    })?;
     let weight_map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| anyhow::anyhow!("{} has no `weight_map` object", index.display()))?;
+        .ok_or_else(|| Error::format(format!("{} has no `weight_map` object", index.display())))?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut shards: Vec<PathBuf> = weight_map
         .values()
@@ -161,7 +181,7 @@ fn load_sharded_safetensors(
     let mut tensors = HashMap::new();
     for shard in shards {
         let part = candle_core::safetensors::load(&shard, device)
-            .map_err(|e| anyhow::anyhow!("cannot read shard {}: {e}", shard.display()))?;
+            .map_err(|e| Error::checkpoint(format!("cannot read shard {}", shard.display()), e))?;
         tensors.extend(part);
     }
     Ok(tensors)

@@ -3,17 +3,27 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
+use crate::{Error, Result};
+
 /// What `--weights` names: a local checkpoint file or directory, or a Hugging Face hub id
 /// (`org/name`, optionally `org/name@revision`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
+    /// A file or directory on local disk.
     Local(PathBuf),
-    Hub { repo: String, revision: String },
+    /// A hub model repository at a revision (a branch, tag or commit; `main` by default).
+    Hub {
+        /// `org/name`.
+        repo: String,
+        /// Branch, tag or commit.
+        revision: String,
+    },
 }
 
 /// The files a model wants, in order of preference. The first weights file that exists wins.
 #[derive(Debug, Clone, Copy)]
 pub struct WantedFiles<'a> {
+    /// Weights file names, most preferred first.
     pub weights: &'a [&'a str],
     /// `config.json` for Hugging Face models; optional because OpenAI/open_clip/Meta checkpoints
     /// come without one and the config is then inferred or taken from a named preset.
@@ -23,20 +33,57 @@ pub struct WantedFiles<'a> {
 /// Files on local disk, ready to read.
 #[derive(Debug, Clone)]
 pub struct ResolvedFiles {
+    /// The weights file.
     pub weights: PathBuf,
+    /// The config file next to it, if there is one.
     pub config: Option<PathBuf>,
     /// A short human description of where they came from (path or `hub:org/name@rev`).
     pub origin: String,
 }
 
+/// How hub ids are resolved: the cache, offline mode, token and endpoint. Taken from the
+/// environment by [`HubSettings::from_env`] (what [`ModelSource::resolve`] uses); passing them
+/// explicitly to [`ModelSource::resolve_with`] keeps tests and embedders off process-wide state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSettings {
+    /// The hub cache root ([`hub_cache_dir`]).
+    pub cache_dir: PathBuf,
+    /// Never touch the network; use the cache or fail (`HF_HUB_OFFLINE`).
+    pub offline: bool,
+    /// An access token (`HF_TOKEN`); without one the cache's stored token, if any, is used.
+    pub token: Option<String>,
+    /// Another hub endpoint (`HF_ENDPOINT`), without a trailing slash.
+    pub endpoint: Option<String>,
+}
+
+impl HubSettings {
+    /// The settings huggingface_hub would use: `HF_HUB_CACHE`/`HF_HOME`/… for the cache,
+    /// `HF_HUB_OFFLINE`, `HF_TOKEN` and `HF_ENDPOINT`.
+    pub fn from_env() -> Self {
+        Self {
+            cache_dir: hub_cache_dir(),
+            offline: env_truthy("HF_HUB_OFFLINE"),
+            token: std::env::var("HF_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+            endpoint: std::env::var("HF_ENDPOINT")
+                .ok()
+                .filter(|e| !e.is_empty())
+                .map(|e| e.trim_end_matches('/').to_string()),
+        }
+    }
+}
+
 impl ModelSource {
     /// An existing path is always local. Otherwise a string shaped like `org/name[@rev]` is a
     /// hub id; anything else is an error, so that a mistyped path is not sent to the network.
-    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+    pub fn parse(spec: &str) -> Result<Self> {
         let path = Path::new(spec);
-        if path.exists() {
-            return Ok(Self::Local(path.to_path_buf()));
-        }
+        let missing = match std::fs::metadata(path) {
+            Ok(_) => return Ok(Self::Local(path.to_path_buf())),
+            Err(e) => e,
+        };
         let (repo, revision) = match spec.split_once('@') {
             Some((repo, rev)) if !rev.is_empty() => (repo, rev),
             _ => (spec, "main"),
@@ -56,23 +103,48 @@ impl ModelSource {
                 repo: repo.to_string(),
                 revision: revision.to_string(),
             })
+        } else if missing.kind() == std::io::ErrorKind::NotFound {
+            Err(Error::io(
+                format!(
+                    "weights `{spec}`: no such file or directory, and not a hub id of the form \
+                     org/name"
+                ),
+                path,
+                missing,
+            ))
         } else {
-            anyhow::bail!(
-                "weights `{spec}`: no such file or directory, and not a hub id of the form org/name"
-            )
+            Err(Error::io(
+                format!(
+                    "weights `{spec}`: cannot be accessed, and not a hub id of the form org/name"
+                ),
+                path,
+                missing,
+            ))
         }
     }
 
-    /// Finds (or downloads) the wanted files.
-    pub fn resolve(&self, wanted: WantedFiles<'_>) -> anyhow::Result<ResolvedFiles> {
+    /// Finds (or downloads) the wanted files, with the hub settings of the environment.
+    pub fn resolve(&self, wanted: WantedFiles<'_>) -> Result<ResolvedFiles> {
         match self {
             Self::Local(path) => resolve_local(path, wanted),
-            Self::Hub { repo, revision } => resolve_hub(repo, revision, wanted),
+            Self::Hub { .. } => self.resolve_with(wanted, &HubSettings::from_env()),
+        }
+    }
+
+    /// As [`Self::resolve`], with the hub settings given rather than read from the environment.
+    pub fn resolve_with(
+        &self,
+        wanted: WantedFiles<'_>,
+        settings: &HubSettings,
+    ) -> Result<ResolvedFiles> {
+        match self {
+            Self::Local(path) => resolve_local(path, wanted),
+            Self::Hub { repo, revision } => resolve_hub(repo, revision, wanted, settings),
         }
     }
 }
 
-fn resolve_local(path: &Path, wanted: WantedFiles<'_>) -> anyhow::Result<ResolvedFiles> {
+fn resolve_local(path: &Path, wanted: WantedFiles<'_>) -> Result<ResolvedFiles> {
     let origin = path.display().to_string();
     if path.is_file() {
         let config = wanted
@@ -90,11 +162,13 @@ fn resolve_local(path: &Path, wanted: WantedFiles<'_>) -> anyhow::Result<Resolve
         .iter()
         .map(|name| path.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
+        .ok_or_else(|| Error::NotFound {
+            message: format!(
                 "directory {origin} has none of the weights files {}",
                 wanted.weights.join(", ")
-            )
+            ),
+            path: Some(path.to_path_buf()),
+            source: None,
         })?;
     let config = wanted.config.map(|c| path.join(c)).filter(|c| c.is_file());
     Ok(ResolvedFiles {
@@ -137,36 +211,31 @@ fn env_truthy(key: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn hub_token(cache: &Cache) -> Option<String> {
-    std::env::var("HF_TOKEN")
-        .ok()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .or_else(|| cache.token())
-}
-
 fn resolve_hub(
     repo_id: &str,
     revision: &str,
     wanted: WantedFiles<'_>,
-) -> anyhow::Result<ResolvedFiles> {
+    settings: &HubSettings,
+) -> Result<ResolvedFiles> {
     let origin = format!("hub:{repo_id}@{revision}");
-    let cache = Cache::new(hub_cache_dir());
+    let cache = Cache::new(settings.cache_dir.clone());
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
     let cached = cache.repo(repo.clone());
 
-    if env_truthy("HF_HUB_OFFLINE") {
+    if settings.offline {
         let weights = wanted
             .weights
             .iter()
             .find_map(|f| cached.get(f))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
+            .ok_or_else(|| Error::Offline {
+                message: format!(
                     "HF_HUB_OFFLINE is set and the cache {} holds no copy of {repo_id}@{revision} \
                      (looked for {}); download it once online, or pass a local directory to --weights",
                     cache.path().display(),
                     wanted.weights.join(", ")
-                )
+                ),
+                repo: repo_id.to_string(),
+                cache: cache.path().clone(),
             })?;
         let config = wanted.config.and_then(|c| cached.get(c));
         return Ok(ResolvedFiles {
@@ -176,17 +245,16 @@ fn resolve_hub(
         });
     }
 
+    let token = settings.token.clone().or_else(|| cache.token());
     let mut builder = ApiBuilder::from_cache(cache.clone())
-        .with_token(hub_token(&cache))
+        .with_token(token)
         .with_progress(false);
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        if !endpoint.is_empty() {
-            builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
-        }
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
     }
-    let api = builder
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot set up the hub client: {e}"))?;
+    let api = builder.build().map_err(|e| Error::Hub {
+        message: format!("cannot set up the hub client: {e}"),
+    })?;
     let remote = api.repo(repo);
 
     let mut missing = Vec::new();
@@ -203,11 +271,13 @@ fn resolve_hub(
             },
         }
     }
-    let weights = weights.ok_or_else(|| {
-        anyhow::anyhow!(
+    let weights = weights.ok_or_else(|| Error::NotFound {
+        message: format!(
             "hub repo {repo_id}@{revision} has none of the weights files {}",
             missing.join(", ")
-        )
+        ),
+        path: None,
+        source: None,
     })?;
     let config = match wanted.config {
         Some(file) => match remote.get(file) {
@@ -248,17 +318,23 @@ fn classify(err: &ApiError) -> HubFailure {
 }
 
 impl HubFailure {
-    fn into_error(self, repo: &str, revision: &str, file: &str, err: ApiError) -> anyhow::Error {
+    fn into_error(self, repo: &str, revision: &str, file: &str, err: ApiError) -> Error {
         match self {
-            HubFailure::Denied(code) => anyhow::anyhow!(
-                "the hub refused access to {repo}@{revision}/{file} (HTTP {code}): the repo is gated \
-                 or private. Accept its licence on the hub with your account and set HF_TOKEN to an \
-                 access token (or log in so that HF_HOME/token exists)"
-            ),
-            _ => anyhow::anyhow!(
-                "could not fetch {repo}@{revision}/{file} from the hub: {err}. Offline? Pass a local \
-                 directory to --weights, or set HF_HUB_OFFLINE=1 to use a cached copy"
-            ),
+            HubFailure::Denied(code) => Error::Gated {
+                message: format!(
+                    "the hub refused access to {repo}@{revision}/{file} (HTTP {code}): the repo is \
+                     gated or private. Accept its licence on the hub with your account and set \
+                     HF_TOKEN to an access token (or log in so that HF_HOME/token exists)"
+                ),
+                repo: repo.to_string(),
+                status: code,
+            },
+            _ => Error::Hub {
+                message: format!(
+                    "could not fetch {repo}@{revision}/{file} from the hub: {err}. Offline? Pass a \
+                     local directory to --weights, or set HF_HUB_OFFLINE=1 to use a cached copy"
+                ),
+            },
         }
     }
 }

@@ -34,7 +34,8 @@ fn load_edited(edit: impl FnOnce(&mut Checkpoint)) -> anyhow::Result<ClipModel> 
         config: hf_config(),
         ..Default::default()
     };
-    ClipModel::load_files(&files, &opts)
+    // As callers outside the crate do: the typed error into anyhow with `?`.
+    Ok(ClipModel::load_files(&files, &opts)?)
 }
 
 #[test]
@@ -154,6 +155,6 @@ fn bad_inputs_are_errors() {
         config: ConfigChoice::Preset("ViT-B/32".into()),
         ..Default::default()
     };
-    let err = ClipModel::load_files(&files, &opts).err().unwrap();
-    assert!(format!("{err:#}").contains("vision_model."), "{err:#}");
+    let err = crate::chain(&ClipModel::load_files(&files, &opts).err().unwrap());
+    assert!(err.contains("vision_model."), "{err}");
 }

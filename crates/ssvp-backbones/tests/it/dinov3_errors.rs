@@ -27,8 +27,9 @@ fn a_missing_tensor_is_named() {
     ckpt.remove("layer.1.attention.v_proj.weight").unwrap();
     let err =
         Dinov3Model::from_checkpoint(ckpt, Some(config("mlp")), None, DType::F32, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+            .map(drop)
+            .map_err(|e| crate::chain(&e))
+            .unwrap_err();
     assert!(err.contains("layer.1.attention.v_proj.weight"), "{err}");
     assert!(err.contains("model.safetensors"), "{err}");
 
@@ -37,8 +38,9 @@ fn a_missing_tensor_is_named() {
     meta.remove("blocks.0.mlp.w3.weight").unwrap();
     let err =
         Dinov3Model::from_checkpoint(meta, Some(config("swiglu")), None, DType::F32, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+            .map(drop)
+            .map_err(|e| crate::chain(&e))
+            .unwrap_err();
     assert!(err.contains("layer.0.mlp.down_proj.weight"), "{err}");
 }
 
@@ -51,8 +53,9 @@ fn a_misshapen_tensor_is_named_with_both_shapes() {
     );
     let err =
         Dinov3Model::from_checkpoint(ckpt, Some(config("swiglu")), None, DType::F32, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
+            .map(drop)
+            .map_err(|e| crate::chain(&e))
+            .unwrap_err();
     assert!(err.contains("layer.0.mlp.up_proj.weight"), "{err}");
     assert!(
         err.contains("[41, 64]") && err.contains("[40, 64]"),
@@ -68,8 +71,9 @@ fn a_misshapen_tensor_is_named_with_both_shapes() {
         DType::F32,
         &Device::Cpu,
     )
-    .unwrap_err()
-    .to_string();
+    .map(drop)
+    .map_err(|e| crate::chain(&e))
+    .unwrap_err();
     assert!(
         err.contains("patch_embeddings.weight") && err.contains("384"),
         "{err}"
