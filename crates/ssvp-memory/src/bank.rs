@@ -224,12 +224,7 @@ impl PatchBank {
                 other => Error::new(ErrorKind::Compute, other.to_string()),
             })
         })
-        .map_err(|e: Error| {
-            Error::new(
-                e.kind(),
-                format!("writing the bank {}: {e}", path.display()),
-            )
-        })
+        .map_err(|e: Error| e.context(format_args!("writing the bank {}", path.display())))
     }
 
     /// Reads a bank written by [`PatchBank::save`] onto `device`.

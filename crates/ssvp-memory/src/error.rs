@@ -20,12 +20,15 @@ pub enum ErrorKind {
     Io,
 }
 
-/// An error of ssvp-memory: a kind and a complete message.
+/// An error of ssvp-memory: a kind, a complete message, and the error it came from (an I/O or a
+/// tensor failure), kept so that a caller can walk the chain or test the cause.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Error {
@@ -34,7 +37,21 @@ impl Error {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// This error with `source` as its cause (the message already says what it was).
+    fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The same error (kind and cause kept) with `context` put before its message:
+    /// `"{context}: {message}"`.
+    pub fn context(mut self, context: impl std::fmt::Display) -> Self {
+        self.message = format!("{context}: {}", self.message);
+        self
     }
 
     /// [`ErrorKind::InvalidInput`].
@@ -49,7 +66,7 @@ impl Error {
         } else {
             ErrorKind::Io
         };
-        Self::new(kind, format!("{}: {err}", path.display()))
+        Self::new(kind, format!("{}: {err}", path.display())).caused_by(err)
     }
 
     /// What went wrong.
@@ -60,7 +77,7 @@ impl Error {
 
 impl From<candle_core::Error> for Error {
     fn from(err: candle_core::Error) -> Self {
-        Self::new(ErrorKind::Compute, err.to_string())
+        Self::new(ErrorKind::Compute, err.to_string()).caused_by(err)
     }
 }
 
@@ -74,6 +91,27 @@ impl From<std::io::Error> for Error {
         } else {
             ErrorKind::Io
         };
-        Self::new(kind, err.to_string())
+        Self::new(kind, err.to_string()).caused_by(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_their_cause_and_message() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = Error::io(Path::new("bank.safetensors"), io).context("reading the bank");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert_eq!(
+            err.to_string(),
+            "reading the bank: bank.safetensors: no such file"
+        );
+        let cause = std::error::Error::source(&err).expect("the I/O error is kept");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -433,6 +433,7 @@ pub enum DatasetError {
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
+        #[source]
         error: std::io::Error,
     },
     #[error("{path}: {message}")]

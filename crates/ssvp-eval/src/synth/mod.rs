@@ -167,6 +167,7 @@ pub enum SynthError {
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
+        #[source]
         error: std::io::Error,
     },
     #[error("{path}: cannot encode png: {message}")]

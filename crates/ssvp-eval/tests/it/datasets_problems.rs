@@ -258,3 +258,23 @@ fn load_mask_binarises_gray_and_colour_like_pillow() {
     assert_eq!(m.count_foreground(), 2);
     assert!(load_mask(garbage(dir.path().join("x.png"))).is_err());
 }
+
+#[test]
+fn io_errors_keep_the_path_and_their_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.png");
+    let err = load_mask(&missing).unwrap_err();
+    let DatasetError::Io { path, .. } = &err else {
+        panic!("expected an I/O error, got {err:?}");
+    };
+    assert_eq!(path, &missing);
+    assert!(
+        err.to_string().starts_with(&missing.display().to_string()),
+        "{err}"
+    );
+    let cause = std::error::Error::source(&err).expect("the I/O error is kept as the source");
+    let io = cause
+        .downcast_ref::<std::io::Error>()
+        .expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+}
