@@ -8,7 +8,7 @@
 //! Every fallible loading step returns [`Result`] with the crate's [`Error`], whose
 //! [`Error::kind`] classifies it; tensor operations return candle's own `Result`.
 
-#![allow(missing_docs)]
+#![warn(missing_docs)]
 
 pub mod clip;
 pub mod dinov3;

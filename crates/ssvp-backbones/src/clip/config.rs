@@ -10,17 +10,26 @@ pub use crate::nn::Activation;
 use crate::weights::Checkpoint;
 use crate::{Error, Result};
 
+/// Hyper-parameters of the vision tower, with HF `CLIPVisionConfig` field names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipVisionConfig {
+    /// Residual width.
     pub hidden_size: usize,
+    /// MLP hidden width.
     pub intermediate_size: usize,
+    /// Number of blocks.
     pub num_hidden_layers: usize,
+    /// Attention heads per block.
     pub num_attention_heads: usize,
+    /// Input channels (3).
     pub num_channels: usize,
     /// The training resolution; the positional table holds `(image_size / patch_size)² + 1` rows.
     pub image_size: usize,
+    /// Side of a square patch in pixels.
     pub patch_size: usize,
+    /// MLP activation.
     pub hidden_act: Activation,
+    /// Epsilon of every LayerNorm.
     pub layer_norm_eps: f64,
 }
 
@@ -30,6 +39,7 @@ impl ClipVisionConfig {
         self.image_size / self.patch_size
     }
 
+    /// Rows of the positional table: the grid's patches plus CLS.
     pub fn num_positions(&self) -> usize {
         self.grid_size() * self.grid_size() + 1
     }
@@ -49,19 +59,30 @@ impl ClipVisionConfig {
     }
 }
 
+/// Hyper-parameters of the text tower, with HF `CLIPTextConfig` field names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipTextConfig {
+    /// Token vocabulary size (49408).
     pub vocab_size: usize,
+    /// Residual width.
     pub hidden_size: usize,
+    /// MLP hidden width.
     pub intermediate_size: usize,
+    /// Number of blocks.
     pub num_hidden_layers: usize,
+    /// Attention heads per block.
     pub num_attention_heads: usize,
     /// Context length (77).
     pub max_position_embeddings: usize,
+    /// MLP activation.
     pub hidden_act: Activation,
+    /// Epsilon of every LayerNorm.
     pub layer_norm_eps: f64,
+    /// Start-of-text id as the config states it.
     pub bos_token_id: u32,
+    /// End-of-text id as the config states it.
     pub eos_token_id: u32,
+    /// Padding id as the config states it.
     pub pad_token_id: u32,
 }
 
@@ -87,7 +108,9 @@ impl ClipTextConfig {
 /// `CLIPVisionModel*`) have no text tower, `CLIPTextModel*` files no vision tower.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipConfig {
+    /// The vision tower, if the model has one.
     pub vision: Option<ClipVisionConfig>,
+    /// The text tower, if the model has one.
     pub text: Option<ClipTextConfig>,
     /// Joint embedding width. For a vision-only checkpoint without a projection it equals the
     /// vision width (the projection is then the identity).
@@ -105,9 +128,11 @@ impl ClipConfig {
             "vit-b-16" => (768, 12, 16, 224, 512, 512),
             "vit-l-14" => (1024, 24, 14, 224, 768, 768),
             "vit-l-14-336" => (1024, 24, 14, 336, 768, 768),
-            _ => return Err(Error::config(format!(
+            _ => {
+                return Err(Error::config(format!(
                 "unknown CLIP preset `{name}`; known: ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14-336"
-            ))),
+            )))
+            }
         };
         Ok(Self {
             vision: Some(ClipVisionConfig {
@@ -181,6 +206,7 @@ impl ClipConfig {
         })
     }
 
+    /// Reads an HF `config.json` file (see [`Self::from_hf_json`]); errors name the file.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("cannot read {}", path.display()), path, e))?;

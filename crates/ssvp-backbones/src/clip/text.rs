@@ -11,6 +11,7 @@ use super::config::ClipTextConfig;
 use super::encoder::{ClipEncoderLayer, ClipLayerConfig};
 use crate::nn::{Grad, LayerNorm, Linear};
 
+/// What a text forward returns.
 #[derive(Debug, Clone)]
 pub struct TextOutput {
     /// `ln_final` output of every position: `[batch, context, width]`.
@@ -19,6 +20,8 @@ pub struct TextOutput {
     pub text_embed: Tensor,
 }
 
+/// The CLIP text tower: token and position embeddings, causal blocks, final LayerNorm and the
+/// projection into the joint space.
 #[derive(Debug)]
 pub struct ClipTextTransformer {
     token_embedding: Tensor,
@@ -51,18 +54,22 @@ impl ClipTextTransformer {
         })
     }
 
+    /// The tower's hyper-parameters.
     pub fn config(&self) -> &ClipTextConfig {
         &self.config
     }
 
+    /// Width of the joint embedding space (the projection's output).
     pub fn embed_dim(&self) -> usize {
         self.text_projection.weight().dims()[0]
     }
 
+    /// The device the weights live on.
     pub fn device(&self) -> &Device {
         self.token_embedding.device()
     }
 
+    /// The dtype of the weights.
     pub fn dtype(&self) -> DType {
         self.token_embedding.dtype()
     }

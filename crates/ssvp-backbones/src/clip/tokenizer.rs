@@ -34,24 +34,34 @@ const NUM_MERGES: usize = 49152 - 256 - 2;
 const VOCAB_GZ: &[u8] = include_bytes!("../../assets/bpe_simple_vocab_16e6.txt.gz");
 const HTML5_ENTITIES: &str = include_str!("../../assets/html5_entities.tsv");
 
+/// What can go wrong tokenizing.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    /// The embedded vocabulary file could not be parsed.
     #[error("invalid BPE vocabulary: {0}")]
     Vocab(String),
+    /// The text does not fit the context (OpenAI's behaviour without `truncate=True`).
     #[error("text of {tokens} tokens (with start/end) exceeds the context length {context_length}: {text:?}")]
     TooLong {
+        /// The text as given.
         text: String,
+        /// Its length in tokens, start and end included.
         tokens: usize,
+        /// The context length it had to fit.
         context_length: usize,
     },
+    /// A context too short for start and end tokens.
     #[error("context length must be at least 2, got {0}")]
     ContextLength(usize),
+    /// A token spelling that has no id.
     #[error("token {0:?} is not in the vocabulary")]
     UnknownToken(String),
+    /// A prompt placeholder that encodes to nothing.
     #[error("placeholder {0:?} must encode to at least one token")]
     EmptyPlaceholder(String),
 }
 
+/// `Result` with [`TokenizerError`].
 pub type Result<T> = std::result::Result<T, TokenizerError>;
 
 /// The CLIP tokenizer. Cheap to share (`Sync`); the BPE cache sits behind a mutex.

@@ -45,9 +45,11 @@ pub struct VisionOptions {
     pub layers: Vec<usize>,
     /// First block (1-based) that runs AnomalyCLIP's dual-path V-V attention; `None` disables it.
     pub dpam_from: Option<usize>,
+    /// How the positional table is resampled for a grid other than the trained one.
     pub pos_interp: PosInterp,
 }
 
+/// What a vision forward returns.
 #[derive(Debug, Clone)]
 pub struct VisionOutput {
     /// Per requested block, its raw output `[batch, tokens, width]` (CLS first, then patches
@@ -68,8 +70,11 @@ pub struct VisionOutput {
 /// ([`ClipVisionTransformer::forward_layers`]); the fields are those of [`VisionOutput`].
 #[derive(Debug, Clone)]
 pub struct VisionLayers {
+    /// Per requested block, its raw output (see [`VisionOutput::hidden`]).
     pub hidden: Vec<Tensor>,
+    /// Per requested block, the projected tokens (see [`VisionOutput::patch`]).
     pub patch: Vec<Tensor>,
+    /// Patch grid `(rows, cols)` the image was run at.
     pub grid: (usize, usize),
 }
 
@@ -257,10 +262,12 @@ impl ClipVisionTransformer {
         })
     }
 
+    /// The tower's hyper-parameters.
     pub fn config(&self) -> &ClipVisionConfig {
         &self.config
     }
 
+    /// Whether the checkpoint has a visual projection (HF `CLIPVisionModel` files have none).
     pub fn has_projection(&self) -> bool {
         self.visual_projection.is_some()
     }

@@ -10,23 +10,37 @@ use crate::{Error, Result};
 /// Hyper-parameters of a DINOv3 ViT, with the Hugging Face `DINOv3ViTConfig` field names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dinov3Config {
+    /// Residual width.
     pub hidden_size: usize,
+    /// Number of blocks.
     pub num_hidden_layers: usize,
+    /// Attention heads per block.
     pub num_attention_heads: usize,
     /// Hidden width of the feed-forward block (of each of the gate/up projections for SwiGLU).
     pub intermediate_size: usize,
+    /// Side of a square patch in pixels.
     pub patch_size: usize,
+    /// Input channels (3).
     pub num_channels: usize,
+    /// Register ("storage") tokens after CLS.
     pub num_register_tokens: usize,
+    /// Epsilon of every LayerNorm.
     pub layer_norm_eps: f64,
+    /// Base of the RoPE periods (100).
     pub rope_theta: f64,
     /// SwiGLU feed-forward `down(act(gate(x)) * up(x))` instead of `down(act(up(x)))`.
     pub use_gated_mlp: bool,
+    /// Feed-forward activation (the gate's, for SwiGLU).
     pub hidden_act: Activation,
+    /// Whether the query projection has a bias.
     pub query_bias: bool,
+    /// Whether the key projection has a bias (released models: no, Meta masks it to zero).
     pub key_bias: bool,
+    /// Whether the value projection has a bias.
     pub value_bias: bool,
+    /// Whether the attention output projection has a bias.
     pub proj_bias: bool,
+    /// Whether the feed-forward projections have biases.
     pub mlp_bias: bool,
 }
 

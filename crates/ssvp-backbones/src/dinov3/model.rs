@@ -280,14 +280,17 @@ impl Dinov3Model {
         })
     }
 
+    /// The model's hyper-parameters.
     pub fn config(&self) -> &Dinov3Config {
         &self.config
     }
 
+    /// The dtype the model computes in.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
     }

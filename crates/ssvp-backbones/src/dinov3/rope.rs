@@ -15,7 +15,9 @@ use candle_core::{DType, Device, Result, Tensor, D};
 /// rows so that one fused multiply-add leaves CLS and registers exactly unchanged.
 #[derive(Debug, Clone)]
 pub struct RopeTables {
+    /// The cosines, `[prefix + Hp·Wp, head_dim]`.
     pub cos: Tensor,
+    /// The sines, laid out as `cos`.
     pub sin: Tensor,
 }
 
@@ -37,6 +39,7 @@ struct TableKey {
 }
 
 impl Rope {
+    /// RoPE for heads `head_dim` wide with periods `base^(4i/head_dim)`.
     pub fn new(head_dim: usize, base: f64) -> Self {
         let base = base as f32;
         let inv_freq = (0..head_dim / 4)

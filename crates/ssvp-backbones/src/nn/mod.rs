@@ -36,10 +36,12 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A layer from its weight `[out, in]` and optional bias `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight, bias }
     }
 
+    /// Reads `weight` (and `bias` when asked) under `vb`, checking their shapes.
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
@@ -50,10 +52,12 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// The weight, `[out, in]`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The bias, `[out]`, if the layer has one.
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }
@@ -96,10 +100,12 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// A LayerNorm from its scale, shift and epsilon.
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
         Self { weight, bias, eps }
     }
 
+    /// Reads `weight` and `bias` (`[dim]`) under `vb`.
     pub fn load(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: vb.get(dim, "weight")?,
@@ -108,6 +114,8 @@ impl LayerNorm {
         })
     }
 
+    /// Normalises `x` over its last dimension: candle's fused kernel for [`Grad::Frozen`] on
+    /// contiguous f32 input, otherwise an op that has a backward.
     pub fn forward_with(&self, x: &Tensor, grad: Grad) -> Result<Tensor> {
         match grad {
             Grad::Frozen if x.is_contiguous() && x.dtype() == DType::F32 => {
@@ -163,6 +171,7 @@ pub fn layer_norm_differentiable(
 /// dozen passes over them; this keeps none.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerNormWithBackward {
+    /// Added to the variance before the square root.
     pub eps: f64,
 }
 
