@@ -123,7 +123,7 @@ fn clip_features_and_prompts_match_the_library() {
     let ids = &got["text_ids"];
     assert_eq!((ids.dtype(), ids.dims()), (DType::I64, &[2usize, 77][..]));
     let first: Vec<i64> = ids.get(0).unwrap().to_vec1().unwrap();
-    // formats.md 1.5 test vector, wrapped in SOT/EOT and zero-padded.
+    // docs/formats.md §1.5 test vector, wrapped in SOT/EOT and zero-padded.
     assert_eq!(
         &first[..9],
         &[49406, 320, 1125, 539, 320, 13568, 5392, 269, 49407]

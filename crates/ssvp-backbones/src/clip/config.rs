@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn hf_json_uses_class_defaults_and_legacy_ids() {
-        // The shape of openai/clip-vit-large-patch14-336's config.json (formats.md 1.1).
+        // The shape of openai/clip-vit-large-patch14-336's config.json (docs/formats.md §1.1).
         let json = r#"{
             "model_type": "clip", "projection_dim": 768, "logit_scale_init_value": 2.6592,
             "vision_config": {"hidden_size": 1024, "intermediate_size": 4096,

@@ -148,9 +148,9 @@ impl ClipEncoderLayer {
         &x + self.mlp.forward(&h)?
     }
 
-    /// One dual-path block (docs/formats.md §3): the attention input is ln_1 of the *original* path;
-    /// the original path continues as usual, the V-V path only accumulates attention (no MLP).
-    /// Returns `(x_vv', x_ori')`.
+    /// One dual-path block (docs/formats.md §3): the attention input is ln_1 of the *original*
+    /// path; the original path continues as usual, the V-V path only accumulates attention (no
+    /// MLP). Returns `(x_vv', x_ori')`.
     pub fn forward_dual(&self, x_vv: &Tensor, x_ori: &Tensor) -> Result<(Tensor, Tensor)> {
         let h = self.layer_norm1.forward_with(x_ori, Grad::Frozen)?;
         let (a_vv, a_ori) = self.self_attn.forward_dual(&h)?;

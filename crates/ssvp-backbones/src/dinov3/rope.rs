@@ -1,4 +1,4 @@
-//! DINOv3's 2D rotary position embedding (formats.md §2.2).
+//! DINOv3's 2D rotary position embedding (docs/formats.md §2.2).
 //!
 //! Per head of width d: d/4 frequencies `1 / base^(4i/d)`; patch centres normalised per axis to
 //! (-1, 1); the angle vector is `[θy, θx, θy, θx]` (each d/4 wide) and is applied in the

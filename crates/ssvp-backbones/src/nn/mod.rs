@@ -4,8 +4,8 @@
 //! Two kinds of path exist. Frozen vision towers run inference only and may use candle's fused
 //! kernels. Anything that must carry gradients (the text tower with learnable prompts, and the
 //! SSVP head) has to use autograd-capable ops: candle's fused `layer_norm` and
-//! `softmax_last_dim` have no backward and silently cut the graph (framework-notes.md). The
-//! [`Grad`] switch makes that choice explicit at every call.
+//! `softmax_last_dim` have no backward and silently cut the graph (docs/formats.md, "Candle
+//! facts"). The [`Grad`] switch makes that choice explicit at every call.
 
 mod activation;
 mod attention_cpu;

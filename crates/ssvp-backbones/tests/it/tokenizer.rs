@@ -20,6 +20,7 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// The test vectors of docs/formats.md §1.5.
 #[test]
 fn formats_md_vectors() {
     let tok = ClipTokenizer::openai().unwrap();
