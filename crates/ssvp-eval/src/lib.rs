@@ -6,6 +6,8 @@
 //! (tables and files). `synth` writes a
 //! synthetic benchmark in MVTec layout for tests and demos.
 
+#![warn(missing_docs)]
+
 pub mod datasets;
 pub mod maps;
 pub mod metrics;

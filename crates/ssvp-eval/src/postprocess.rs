@@ -9,8 +9,11 @@ use ssvp_image::{resize_f32_bilinear_antialias, resize_u8, Filter};
 /// A row-major `width x height` grid: an anomaly map (`f32`) or a binary GT mask (`bool`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grid<T> {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// `width * height` values, rows top to bottom.
     pub data: Vec<T>,
 }
 
@@ -19,23 +22,37 @@ pub type AnomalyMap = Grid<f32>;
 /// Binary ground truth, `true` = anomalous pixel.
 pub type GtMask = Grid<bool>;
 
+/// Invalid input to a post-processing step.
 #[derive(Debug, thiserror::Error)]
 pub enum PostprocessError {
+    /// A buffer whose length is not `width * height`.
     #[error("buffer of {len} values does not hold a {width}x{height} grid")]
     BadBuffer {
+        /// The buffer's length.
         len: usize,
+        /// The claimed width.
         width: usize,
+        /// The claimed height.
         height: usize,
     },
+    /// A grid or target size with a zero side.
     #[error("invalid size {width}x{height}: both sides must be positive")]
-    EmptySize { width: usize, height: usize },
+    EmptySize {
+        /// The width asked for.
+        width: usize,
+        /// The height asked for.
+        height: usize,
+    },
+    /// A Gaussian σ that is not finite and positive (the value given).
     #[error("gaussian sigma must be finite and positive, got {0}")]
     BadSigma(f64),
+    /// The image resampler refused a resize (of a mask, or an antialiased map).
     #[error(transparent)]
     Resize(#[from] ssvp_image::Error),
 }
 
 impl<T> Grid<T> {
+    /// A grid of `data`, checked to hold `width * height` values with both sides positive.
     pub fn new(width: usize, height: usize, data: Vec<T>) -> Result<Self, PostprocessError> {
         if width == 0 || height == 0 {
             return Err(PostprocessError::EmptySize { width, height });
@@ -54,6 +71,7 @@ impl<T> Grid<T> {
         })
     }
 
+    /// `(width, height)`.
     pub fn size(&self) -> (usize, usize) {
         (self.width, self.height)
     }

@@ -16,8 +16,11 @@ use crate::metrics::{BinaryMetrics, PixelCounts, PixelMetrics, Undefined};
 /// Pixel metric values (present as a block when maps were evaluated).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PixelValues {
+    /// Pixel AUROC.
     pub pixel_auroc: Option<f64>,
+    /// Pixel average precision.
     pub pixel_ap: Option<f64>,
+    /// Pixel F1-max.
     pub pixel_f1_max: Option<f64>,
     /// Exact AUPRO to FPR 0.3 (anomalib's sort-based algorithm).
     pub pixel_aupro: Option<f64>,
@@ -28,24 +31,32 @@ pub struct PixelValues {
 /// A metric without a value and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skipped {
+    /// The metric's JSON name (`"pixel_aupro"`, ...).
     pub metric: String,
+    /// Why it is undefined (an [`Undefined`] message).
     pub reason: String,
 }
 
 /// The metric values of one category or of the mean.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricSet {
+    /// Image AUROC.
     pub image_auroc: Option<f64>,
+    /// Image average precision.
     pub image_ap: Option<f64>,
+    /// Image F1-max.
     pub image_f1_max: Option<f64>,
+    /// The pixel metrics, when maps were evaluated.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub pixel: Option<PixelValues>,
+    /// The metrics without a value, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<Skipped>,
 }
 
-/// Names of the metrics in report order (the JSON keys).
+/// Names of the image metrics in report order (the JSON keys).
 pub const IMAGE_METRICS: [&str; 3] = ["image_auroc", "image_ap", "image_f1_max"];
+/// Names of the pixel metrics in report order (the JSON keys), after [`IMAGE_METRICS`].
 pub const PIXEL_METRICS: [&str; 5] = [
     "pixel_auroc",
     "pixel_ap",
@@ -116,8 +127,11 @@ impl MetricSet {
 /// Sample counts of one category.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CategoryCounts {
+    /// Images scored.
     pub images: u64,
+    /// Of which anomalous.
     pub anomalous_images: u64,
+    /// What the pixel metrics were computed over, when maps were evaluated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pixels: Option<PixelCounts>,
 }
@@ -125,8 +139,10 @@ pub struct CategoryCounts {
 /// Results of one category.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CategoryResult {
+    /// The category's metric values.
     #[serde(flatten)]
     pub metrics: MetricSet,
+    /// What they were computed over.
     pub counts: CategoryCounts,
 }
 
@@ -163,6 +179,7 @@ impl CategoryResult {
 /// Unweighted mean over categories.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MeanResult {
+    /// Each metric's mean over the categories where it is defined.
     #[serde(flatten)]
     pub metrics: MetricSet,
     /// For each metric, the categories left out of its mean because it is undefined there.
@@ -173,7 +190,9 @@ pub struct MeanResult {
 /// A whole evaluation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvaluationReport {
+    /// Results per category, by name.
     pub categories: BTreeMap<String, CategoryResult>,
+    /// The unweighted mean over categories.
     pub mean: MeanResult,
     /// What each metric name means (protocol, AUPRO variant), for readers of the file.
     #[serde(default)]

@@ -313,9 +313,13 @@ pub fn gaussian_blur(img: &RgbImage8, ksize: usize, sigma: f64) -> Result<RgbIma
 /// One adjustment of [`color_jitter`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JitterOp {
+    /// Scale every value by [`ColorJitter::brightness`].
     Brightness,
+    /// Blend with the image's mean luma by [`ColorJitter::contrast`].
     Contrast,
+    /// Blend each pixel with its own luma by [`ColorJitter::saturation`].
     Saturation,
+    /// Rotate the hue by [`ColorJitter::hue`] of a turn.
     Hue,
 }
 

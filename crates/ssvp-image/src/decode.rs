@@ -25,16 +25,22 @@ use crate::error::{Error, Result};
 /// An 8-bit RGB image, interleaved row-major (`HWC`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RgbImage8 {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// `width * height * 3` bytes: R, G, B per pixel, rows top to bottom.
     pub data: Vec<u8>,
 }
 
 /// An 8-bit single-channel image (e.g. a ground-truth mask), row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrayImage8 {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// `width * height` bytes, rows top to bottom.
     pub data: Vec<u8>,
 }
 

@@ -7,6 +7,8 @@
 //! Framework-free on purpose: it yields plain `f32` CHW buffers so that evaluation code can read
 //! masks and images without pulling in the tensor framework.
 
+#![warn(missing_docs)]
+
 pub mod augment;
 pub mod decode;
 pub mod encode;

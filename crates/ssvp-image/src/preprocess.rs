@@ -5,16 +5,22 @@ use crate::decode::RgbImage8;
 use crate::error::{Error, Result};
 use crate::resize::{resize_f32_bilinear_antialias, resize_u8, Filter};
 
-/// OpenAI CLIP normalisation constants (after scaling to [0, 1]), written as published; they
-/// round to the same `f32` values torch uses.
+/// OpenAI CLIP per-channel means (RGB, after scaling to [0, 1]), written as published; they
+/// round to the same `f32` values torch uses (so does [`CLIP_STD`]).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// OpenAI CLIP per-channel standard deviations (RGB), the divisor paired with [`CLIP_MEAN`].
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
-/// ImageNet constants, used by the DINOv3 LVD-1689M checkpoints.
+/// ImageNet per-channel means (RGB, after scaling to [0, 1]), used by the DINOv3 LVD-1689M
+/// checkpoints.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet per-channel standard deviations (RGB), paired with [`IMAGENET_MEAN`].
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-/// Constants of the DINOv3 SAT-493M (satellite) checkpoints.
+/// Per-channel means (RGB, after scaling to [0, 1]) of the DINOv3 SAT-493M (satellite)
+/// checkpoints.
 pub const SAT493M_MEAN: [f32; 3] = [0.430, 0.411, 0.296];
+/// Per-channel standard deviations (RGB) of the SAT-493M checkpoints, paired with
+/// [`SAT493M_MEAN`].
 pub const SAT493M_STD: [f32; 3] = [0.213, 0.156, 0.143];
 
 /// How the image is brought to the model's input size.
@@ -45,29 +51,43 @@ pub enum Resample {
 /// A normalised image in channel-major order: `data[(c * height + y) * width + x]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chw {
+    /// Number of channels (3 for the model inputs built here).
     pub channels: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// Width in pixels.
     pub width: usize,
+    /// `channels * height * width` values, channel-major.
     pub data: Vec<f32>,
 }
 
 /// Where the model input comes from in the original image: resized size and crop offsets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
+    /// Width of the image after the resize step, before any crop.
     pub resized_width: usize,
+    /// Height of the image after the resize step, before any crop.
     pub resized_height: usize,
+    /// Columns cut from the left of the resized image (0 without a crop).
     pub crop_left: usize,
+    /// Rows cut from the top of the resized image (0 without a crop).
     pub crop_top: usize,
 }
 
 /// A full preprocessing recipe.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Preprocess {
+    /// Width of the model input in pixels.
     pub width: usize,
+    /// Height of the model input in pixels.
     pub height: usize,
+    /// How the image is brought to `width` x `height`.
     pub mode: ResizeMode,
+    /// The resampling filter of the resize step.
     pub resample: Resample,
+    /// Per-channel means (RGB) subtracted after scaling to [0, 1].
     pub mean: [f32; 3],
+    /// Per-channel standard deviations (RGB) the centred values are divided by.
     pub std: [f32; 3],
 }
 

@@ -14,6 +14,8 @@
 //! The crate sees only feature matrices: which backbone and layer they came from is the
 //! caller's business (ssvp-detect), recorded in a bank as an opaque digest.
 
+#![warn(missing_docs)]
+
 pub mod bank;
 pub mod coreset;
 pub mod error;

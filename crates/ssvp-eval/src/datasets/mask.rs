@@ -16,8 +16,11 @@ use crate::postprocess::{resize_mask, GtMask};
 /// A binary mask, row-major, one byte per pixel: 1 = anomalous, 0 = normal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mask {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// `width * height` values, 0 or 1, rows top to bottom.
     pub pixels: Vec<u8>,
 }
 

@@ -60,6 +60,7 @@ pub enum Split {
 }
 
 impl Split {
+    /// The lower-case name (`"test"`, `"train"`), as on disk and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Split::Test => "test",
@@ -83,11 +84,14 @@ impl std::str::FromStr for Split {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Label {
+    /// A defect-free image (`good`/`ok`).
     Normal,
+    /// An image with a defect (it has a mask unless its layout has none).
     Anomalous,
 }
 
 impl Label {
+    /// Whether this is [`Label::Anomalous`].
     pub fn is_anomalous(self) -> bool {
         self == Label::Anomalous
     }
@@ -101,9 +105,13 @@ impl Label {
 pub enum Layout {
     /// MVTec AD, or any tree in its layout (including the synthetic benchmark).
     Mvtec,
+    /// VisA: the tree indexed by `split_csv/1cls.csv`.
     Visa,
+    /// BTAD (classes `01`, `02`, `03`) in its MVTec-style tree, masks named like their images.
     Btad,
+    /// MPDD, an MVTec-style tree.
     Mpdd,
+    /// KolektorSDD2 as distributed: `{train,test}/<id>.png` with `<id>_GT.png`.
     Ksdd2,
     /// RSDD in its re-processed MVTec-style form (Bayes-PFL).
     Rsdd,
@@ -113,12 +121,16 @@ pub enum Layout {
     Dagm,
     /// KolektorSDD re-processed to an MVTec-style tree (class `SDD` or `electrical commutators`).
     Sdd,
+    /// DTD-Synthetic, an MVTec-style tree of texture classes (`Woven_001`, ...).
     DtdSynthetic,
+    /// A `meta.json` index as AnomalyCLIP/AdaCLIP/APRIL-GAN write it (see [`meta_json`]).
     MetaJson,
+    /// Users' own images in plain folders (see [`folder`]).
     Folder,
 }
 
 impl Layout {
+    /// Every layout (the names `--layout` accepts, in this order in its error message).
     pub const ALL: [Layout; 12] = [
         Layout::Mvtec,
         Layout::Visa,
@@ -134,6 +146,7 @@ impl Layout {
         Layout::Folder,
     ];
 
+    /// The name `--layout` takes and reports print (`"mvtec"`, `"dagm-raw"`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Layout::Mvtec => "mvtec",
@@ -213,6 +226,7 @@ pub struct Sample {
     /// Full path of the ground-truth mask; `None` for normal images (their mask is all zero)
     /// and for anomalous images of mask-less [`Layout::Folder`] categories.
     pub mask_path: Option<PathBuf>,
+    /// Normal or anomalous.
     pub label: Label,
     /// Defect-type folder (`good`/`ok` for normal images); empty for VisA, like the meta.json
     /// generators write it.
@@ -234,26 +248,32 @@ impl Sample {
 /// One category with its samples, in a deterministic order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Category {
+    /// The category's folder name on disk, e.g. `metal_nut`.
     pub name: String,
     /// Name to put into text prompts (see [`prompt_name`]).
     pub prompt_name: String,
+    /// Its images, sorted.
     pub samples: Vec<Sample>,
 }
 
 /// Normal/anomalous image counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
+    /// Images labelled [`Label::Normal`].
     pub normal: usize,
+    /// Images labelled [`Label::Anomalous`].
     pub anomalous: usize,
 }
 
 impl Counts {
+    /// All images, normal and anomalous.
     pub fn total(&self) -> usize {
         self.normal + self.anomalous
     }
 }
 
 impl Category {
+    /// How many of its samples are normal and anomalous.
     pub fn counts(&self) -> Counts {
         let anomalous = self
             .samples
@@ -270,29 +290,38 @@ impl Category {
 /// A dataset split read from disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dataset {
+    /// The layout it was read as.
     pub layout: Layout,
+    /// The dataset root every relative path starts from.
     pub root: PathBuf,
+    /// The split that was read.
     pub split: Split,
+    /// Its categories, sorted by name.
     pub categories: Vec<Category>,
 }
 
 impl Dataset {
+    /// Every sample, category by category.
     pub fn samples(&self) -> impl Iterator<Item = &Sample> {
         self.categories.iter().flat_map(|c| c.samples.iter())
     }
 
+    /// The number of samples over all categories.
     pub fn len(&self) -> usize {
         self.categories.iter().map(|c| c.samples.len()).sum()
     }
 
+    /// Whether no category has a sample.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The category with on-disk name `name`.
     pub fn category(&self, name: &str) -> Option<&Category> {
         self.categories.iter().find(|c| c.name == name)
     }
 
+    /// Normal and anomalous samples over all categories.
     pub fn counts(&self) -> Counts {
         self.categories.iter().fold(Counts::default(), |acc, c| {
             let n = c.counts();
@@ -336,11 +365,14 @@ pub enum CheckLevel {
 pub struct LoadOptions {
     /// `None`: detect from the tree ([`detect_layout`]).
     pub layout: Option<Layout>,
+    /// The split to read; `None` reads [`Split::Test`].
     pub split: Option<Split>,
     /// Keep only these categories (by on-disk name); empty keeps all. Unknown names are an
     /// error.
     pub categories: Vec<String>,
+    /// Fail on problems or skip the offending samples.
     pub on_problem: OnProblem,
+    /// How much of every file is read to check it.
     pub check: CheckLevel,
 }
 
@@ -348,19 +380,27 @@ pub struct LoadOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ProblemKind {
+    /// An image file that an index names but that does not exist.
     MissingImage,
+    /// An image whose header (or, with [`CheckLevel::Decode`], data) does not decode.
     UnreadableImage {
+        /// The decoder's message.
         reason: String,
     },
     /// An anomalous image without a mask in a layout that has masks. The path is the image
     /// when no mask could be paired with it, or the mask file an index names but that does not
     /// exist.
     MissingMask,
+    /// A mask file that does not decode.
     UnreadableMask {
+        /// The decoder's message.
         reason: String,
     },
+    /// A mask whose size differs from its image's.
     MaskSizeMismatch {
+        /// The image's width and height.
         image: (u32, u32),
+        /// The mask's width and height.
         mask: (u32, u32),
     },
     /// An anomalous image whose mask has no non-zero pixel ([`CheckLevel::Full`] only).
@@ -369,6 +409,7 @@ pub enum ProblemKind {
     EmptyCategory,
     /// An index entry (csv row, meta.json item) that cannot be interpreted.
     BadEntry {
+        /// Why it cannot be read.
         reason: String,
     },
 }
@@ -376,10 +417,12 @@ pub enum ProblemKind {
 /// One offending path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
+    /// The category (on-disk name) the path belongs to.
     pub category: String,
     /// The offending file (for a missing mask: the image that lacks it; for an empty category:
     /// its folder).
     pub path: PathBuf,
+    /// What is wrong with it.
     #[serde(flatten)]
     pub kind: ProblemKind,
 }
@@ -428,38 +471,69 @@ impl fmt::Display for ProblemList {
     }
 }
 
+/// Why a dataset could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// A file or folder could not be read or written.
     #[error("{path}: {error}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The failure.
         #[source]
         error: std::io::Error,
     },
+    /// A file that cannot be interpreted: an index (meta.json, VisA's csv) that does not parse,
+    /// a file name that is not UTF-8.
     #[error("{path}: {message}")]
-    Format { path: PathBuf, message: String },
+    Format {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The tree is not in the given (or any detectable) layout.
     #[error("{0}")]
     Layout(String),
+    /// The category filter names categories the dataset does not have.
     #[error("unknown categor{} {}; available: {}", if .unknown.len() == 1 { "y" } else { "ies" }, .unknown.join(", "), .available.join(", "))]
     UnknownCategories {
+        /// The names that matched no category.
         unknown: Vec<String>,
+        /// Every category the dataset has.
         available: Vec<String>,
     },
+    /// A mask file that does not decode, or cannot be brought to the evaluation grid.
     #[error("cannot read mask {path}: {message}")]
-    Mask { path: PathBuf, message: String },
+    Mask {
+        /// The mask file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Samples failed the checks under [`OnProblem::Fail`]; every offending path is listed.
     #[error("{} problem{} in the dataset (skip them with --skip-bad / OnProblem::Skip):\n{}", .0.0.len(), if .0.0.len() == 1 { "" } else { "s" }, .0)]
     Problems(ProblemList),
+    /// Nothing is left to read after filtering and skipping.
     #[error("no samples left in {root} (split {split})")]
-    Empty { root: PathBuf, split: &'static str },
+    Empty {
+        /// The dataset root.
+        root: PathBuf,
+        /// The split that was read (`"test"` or `"train"`).
+        split: &'static str,
+    },
 }
 
+/// `Result` with [`DatasetError`].
 pub type Result<T> = std::result::Result<T, DatasetError>;
 
 /// A loaded dataset plus what was dropped under [`OnProblem::Skip`] (always empty under
 /// [`OnProblem::Fail`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Loaded {
+    /// The samples that passed the checks.
     pub dataset: Dataset,
+    /// The problems of the samples (and categories) that were dropped.
     pub skipped: Vec<Problem>,
 }
 

@@ -15,16 +15,22 @@ use ssvp_image::ColorScale;
 
 use crate::postprocess::{AnomalyMap, Grid, GtMask};
 
+/// Why a map or mask file could not be read or a map not encoded.
 #[derive(Debug, thiserror::Error)]
 pub enum MapError {
+    /// The file could not be read.
     #[error("cannot read: {0}")]
     Io(#[from] std::io::Error),
+    /// A `.npy` file that is malformed or not a 2-D float array.
     #[error("not a valid .npy file: {0}")]
     Npy(String),
+    /// A PNG map or a mask that does not decode.
     #[error("cannot decode image: {0}")]
     Image(#[from] image::ImageError),
+    /// A TIFF map that does not decode.
     #[error("cannot decode TIFF: {0}")]
     Tiff(#[from] tiff::TiffError),
+    /// A file that decodes but is no usable map (extension, channels, sample format, size).
     #[error("unsupported map: {0}")]
     Unsupported(String),
 }

@@ -7,8 +7,11 @@ use super::{MetricsError, Undefined};
 /// AUROC, AP and F1-max of one set of scores against binary labels (`true` = anomalous).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BinaryMetrics {
+    /// Area under the ROC curve (sklearn's `roc_auc_score`).
     pub auroc: Result<f64, Undefined>,
+    /// Average precision (sklearn's `average_precision_score`).
     pub average_precision: Result<f64, Undefined>,
+    /// The best F1 over every threshold of the precision-recall curve.
     pub f1_max: Result<f64, Undefined>,
 }
 

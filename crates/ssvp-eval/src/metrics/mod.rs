@@ -27,18 +27,25 @@ pub use pixel::{cflow_thresholds, PixelAccumulator, PixelCounts, PixelMetrics, C
 /// never turned into a number.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Undefined {
+    /// Nothing to score.
     #[error("no samples")]
     Empty,
+    /// Every sample (or pixel) is anomalous: no false-positive rate exists.
     #[error("only one class: no normal samples")]
     NoNegatives,
+    /// Every sample (or pixel) is normal: no recall exists.
     #[error("only one class: no anomalous samples")]
     NoPositives,
+    /// AUPRO averages over defect regions, and there are none.
     #[error("no anomalous GT region in any mask")]
     NoRegions,
+    /// The cflow thresholds span `[min, max]` of the maps, an empty range here.
     #[error("the maps are constant (max == min), so the 200 cflow thresholds are undefined")]
     CflowConstantMaps,
+    /// Fewer than two cflow thresholds (the count given) stay under the FPR limit.
     #[error("only {0} cflow threshold(s) reach FPR < 0.3; the curve needs two")]
     CflowTooFewPoints(usize),
+    /// The cflow curve's FPR range is empty, so its min-max rescaling is undefined.
     #[error("every cflow threshold below FPR 0.3 has the same FPR; the rescaling divides by 0")]
     CflowFlatFpr,
 }
@@ -46,27 +53,47 @@ pub enum Undefined {
 /// Invalid input: the evaluation stops.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
+    /// A NaN or infinite score.
     #[error("{what} {index} is {value}: scores must be finite")]
     NonFinite {
+        /// What holds it (`"score"` or `"map pixel"`).
         what: &'static str,
+        /// Its position.
         index: usize,
+        /// The value itself.
         value: f64,
     },
+    /// Scores and labels of different lengths.
     #[error("{scores} scores but {labels} labels")]
-    LengthMismatch { scores: usize, labels: usize },
+    LengthMismatch {
+        /// How many scores.
+        scores: usize,
+        /// How many labels.
+        labels: usize,
+    },
+    /// A map and its mask of different sizes.
     #[error("map is {map_width}x{map_height} but mask is {mask_width}x{mask_height}")]
     SizeMismatch {
+        /// The map's width.
         map_width: usize,
+        /// The map's height.
         map_height: usize,
+        /// The mask's width.
         mask_width: usize,
+        /// The mask's height.
         mask_height: usize,
     },
+    /// A buffer whose length is not `width * height`.
     #[error("buffer of {len} values does not hold a {width}x{height} grid")]
     BadBuffer {
+        /// The buffer's length.
         len: usize,
+        /// The claimed width.
         width: usize,
+        /// The claimed height.
         height: usize,
     },
+    /// More pixels or regions than the accumulator's 32-bit counters hold (the count given).
     #[error(
         "too many pixels or regions for one category ({0}); the accumulator counts them in u32"
     )]

@@ -33,22 +33,30 @@ pub const CFLOW_STEPS: usize = 200;
 /// Pixel metrics of one category. Each value is in [0, 1] or says why it is undefined.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PixelMetrics {
+    /// Pixel AUROC over every pixel of the category.
     pub auroc: Result<f64, Undefined>,
+    /// Pixel average precision.
     pub average_precision: Result<f64, Undefined>,
+    /// Pixel F1-max over every threshold.
     pub f1_max: Result<f64, Undefined>,
     /// Exact AUPRO to FPR 0.3 (anomalib's sort-based algorithm).
     pub aupro: Result<f64, Undefined>,
     /// AnomalyCLIP / APRIL-GAN `cal_pro_score` (200 thresholds, min-max rescaled FPR).
     pub aupro_cflow: Result<f64, Undefined>,
+    /// What the metrics were computed over.
     pub counts: PixelCounts,
 }
 
 /// What went into a [`PixelMetrics`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PixelCounts {
+    /// Images (maps with their masks) added.
     pub images: u64,
+    /// Pixels over all images.
     pub pixels: u64,
+    /// Pixels inside a defect.
     pub anomalous_pixels: u64,
+    /// Connected defect regions over all masks (what AUPRO averages over).
     pub regions: u64,
 }
 
@@ -66,6 +74,7 @@ pub struct PixelAccumulator {
 }
 
 impl PixelAccumulator {
+    /// An empty accumulator.
     pub fn new() -> Self {
         Self {
             min_key: u32::MAX,
@@ -134,6 +143,7 @@ impl PixelAccumulator {
         Ok(())
     }
 
+    /// What has been added so far.
     pub fn counts(&self) -> PixelCounts {
         self.counts
     }

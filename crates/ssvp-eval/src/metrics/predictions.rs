@@ -29,10 +29,13 @@ use crate::report::{csv_field, CategoryResult, EvaluationReport};
 /// The score of one evaluated image: what `ssvp eval` writes as a row of `scores.csv`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageScore {
+    /// The category (on-disk name) of the image (the `category` column).
     pub category: String,
     /// Image path relative to the dataset root (the `path` column).
     pub path: String,
+    /// The ground truth (the `label` column: 1 = anomalous, 0 = normal).
     pub anomalous: bool,
+    /// The image's anomaly score (the `score` column).
     pub score: f64,
 }
 
@@ -56,50 +59,96 @@ pub fn scores_csv(scores: &[ImageScore]) -> String {
 pub struct ScoreRow {
     /// 1-based line number in the CSV (for error messages).
     pub line: usize,
+    /// The `category` column.
     pub category: String,
+    /// The `path` column: the image relative to the dataset root.
     pub path: String,
+    /// The `label` column (1 = anomalous).
     pub anomalous: bool,
+    /// The `score` column (finite).
     pub score: f64,
 }
 
+/// Why predictions could not be evaluated.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictionsError {
+    /// The scores CSV could not be read.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The CSV file.
         path: PathBuf,
+        /// The failure.
         source: std::io::Error,
     },
+    /// A malformed line of the scores CSV.
     #[error("{}:{line}: {message}", path.display())]
     Csv {
+        /// The CSV file.
         path: PathBuf,
+        /// The 1-based line number.
         line: usize,
+        /// What is wrong with the line.
         message: String,
     },
+    /// An image path that could escape the map or mask folder.
     #[error("image path {image:?} must be relative, without `..` or a root")]
-    BadPath { image: String },
+    BadPath {
+        /// The `path` column as written.
+        image: String,
+    },
+    /// No map file of an image exists.
     #[error("no map for {image} (tried {})", list(tried))]
-    MissingMap { image: String, tried: Vec<PathBuf> },
+    MissingMap {
+        /// The image (the `path` column).
+        image: String,
+        /// Every candidate path that was looked for.
+        tried: Vec<PathBuf>,
+    },
+    /// An anomalous image has no mask file.
     #[error("anomalous image {image} has no mask (tried {})", list(tried))]
-    MissingMask { image: String, tried: Vec<PathBuf> },
+    MissingMask {
+        /// The image (the `path` column).
+        image: String,
+        /// Every candidate path that was looked for.
+        tried: Vec<PathBuf>,
+    },
+    /// A map or mask file that could not be read.
     #[error("{}: {source}", path.display())]
-    Map { path: PathBuf, source: MapError },
+    Map {
+        /// The map or mask file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: MapError,
+    },
+    /// Under [`EvalResolution::Strict`], a map and its mask of different sizes.
     #[error("{image}: map {} is {}x{} but mask {} is {}x{} (sizes must match with --eval-size strict)",
         map.display(), map_size.0, map_size.1, mask.display(), mask_size.0, mask_size.1)]
     SizeMismatch {
+        /// The image (the `path` column).
         image: String,
+        /// The map file.
         map: PathBuf,
+        /// The map's width and height.
         map_size: (usize, usize),
+        /// The mask file.
         mask: PathBuf,
+        /// The mask's width and height.
         mask_size: (usize, usize),
     },
+    /// Resizing or smoothing an image's map or mask failed.
     #[error("{image}: {source}")]
     Postprocess {
+        /// The image (the `path` column).
         image: String,
+        /// The failure.
         source: PostprocessError,
     },
+    /// A metric rejected its input (non-finite scores, mismatched sizes).
     #[error("{context}: {source}")]
     Metrics {
+        /// Where it happened (a category, an image).
         context: String,
+        /// The failure.
         source: MetricsError,
     },
 }
@@ -264,8 +313,11 @@ impl FromStr for EvalResolution {
 /// Pixel-level inputs and post-processing choices.
 #[derive(Clone, Debug)]
 pub struct PixelOptions {
+    /// The folder of maps, mirroring the images' relative paths.
     pub maps: PathBuf,
+    /// The folder of masks: the same mirror, or an MVTec-style root with `ground_truth`.
     pub masks: PathBuf,
+    /// The grid pixel metrics are computed on.
     pub resolution: EvalResolution,
     /// Bilinear map resizing convention (torch `align_corners`).
     pub align_corners: bool,

@@ -36,11 +36,17 @@ use rng::{hash_name, mix64, SplitMix64};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    /// Texture: beige interlaced fabric threads.
     Woven,
+    /// Texture: brown wood with warped growth rings.
     Grain,
+    /// Texture: gray stone with clouds and grains.
     Speckle,
+    /// Object: a metal washer on a dark belt.
     Disc,
+    /// Object: a threaded screw on a light table.
     Screw,
+    /// Object: a green circuit board with traces, pads and a chip.
     Board,
 }
 
@@ -48,15 +54,22 @@ pub enum Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Defect {
+    /// A straight thin line, much brighter than its surroundings.
     Scratch,
+    /// A dark jagged line.
     Crack,
+    /// A round near-black hole with a lighter rim.
     Hole,
+    /// An irregular brownish blot.
     Stain,
+    /// A chunk of the object is gone and the background shows (objects only).
     Missing,
+    /// A small saturated spot of a colour the kind never shows.
     ColorSpot,
 }
 
 impl Kind {
+    /// Every kind, textures first.
     pub const ALL: [Kind; 6] = [
         Kind::Woven,
         Kind::Grain,
@@ -66,6 +79,7 @@ impl Kind {
         Kind::Board,
     ];
 
+    /// The category folder name (`"woven"`, ...), also what `--kinds` takes.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Woven => "woven",
@@ -77,6 +91,7 @@ impl Kind {
         }
     }
 
+    /// One line on what the images show, for listings.
     pub fn description(self) -> &'static str {
         match self {
             Kind::Woven => "texture: beige interlaced fabric threads",
@@ -88,6 +103,7 @@ impl Kind {
         }
     }
 
+    /// Whether this is an object on a background (else a texture filling the image).
     pub fn is_object(self) -> bool {
         matches!(self, Kind::Disc | Kind::Screw | Kind::Board)
     }
@@ -123,6 +139,7 @@ impl std::str::FromStr for Kind {
 }
 
 impl Defect {
+    /// The `test/<defect>` folder name (`"scratch"`, `"color_spot"`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Defect::Scratch => "scratch",
@@ -137,17 +154,20 @@ impl Defect {
 
 /// Smallest and largest image side [`generate`] accepts.
 pub const MIN_SIZE: u32 = 32;
+/// Largest image side [`generate`] accepts (see [`MIN_SIZE`]).
 pub const MAX_SIZE: u32 = 4096;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SynthConfig {
+    /// The categories to write (default: all of [`Kind::ALL`]).
     pub kinds: Vec<Kind>,
     /// Images per category and split part: `K` train normals, `K` test normals and `K` test
     /// anomalies spread round-robin over the kind's defect types.
     pub per_category: usize,
     /// Square image side in pixels.
     pub size: u32,
+    /// The seed every image's own seed derives from ([`sample_seed`]).
     pub seed: u64,
 }
 
@@ -162,18 +182,30 @@ impl Default for SynthConfig {
     }
 }
 
+/// Why the benchmark could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SynthError {
+    /// A file or folder could not be written.
     #[error("{path}: {error}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// The failure.
         #[source]
         error: std::io::Error,
     },
+    /// An image could not be encoded as PNG.
     #[error("{path}: cannot encode png: {message}")]
-    Encode { path: PathBuf, message: String },
+    Encode {
+        /// The file it was meant for.
+        path: PathBuf,
+        /// The encoder's message.
+        message: String,
+    },
+    /// The output folder already holds files (refused unless forced).
     #[error("output directory {0} exists and is not empty (pass --force to write into it)")]
     NotEmpty(PathBuf),
+    /// An invalid [`SynthConfig`] (no kinds, a size out of range, ...).
     #[error("{0}")]
     Config(String),
 }
@@ -181,8 +213,11 @@ pub enum SynthError {
 /// Where an image sits in the benchmark; its seed is derived from this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Part {
+    /// A normal image of `train/good`.
     Train,
+    /// A normal image of `test/good`.
     TestGood,
+    /// An anomalous image of `test/<defect>`.
     TestDefect(Defect),
 }
 
@@ -262,16 +297,24 @@ pub fn diff_mask(a: &RgbImage, b: &RgbImage) -> GrayImage {
 /// Per-kind counts of what [`generate`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KindSummary {
+    /// The category.
     pub kind: Kind,
+    /// Images in `train/good`.
     pub train_normal: usize,
+    /// Images in `test/good`.
     pub test_normal: usize,
+    /// Images over the `test/<defect>` folders (each with its mask).
     pub test_anomalous: usize,
 }
 
+/// What [`generate`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SynthSummary {
+    /// The benchmark's root folder.
     pub out: PathBuf,
+    /// Counts per category.
     pub kinds: Vec<KindSummary>,
+    /// Image and mask files written.
     pub files_written: usize,
 }
 

@@ -10,10 +10,12 @@
 pub struct SplitMix64(ssvp_util::rng::SplitMix64);
 
 impl SplitMix64 {
+    /// The generator started from `seed`.
     pub fn new(seed: u64) -> Self {
         Self(ssvp_util::rng::SplitMix64::new(seed))
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0.next_u64()
     }
@@ -34,6 +36,7 @@ impl SplitMix64 {
         self.next_u64() % n
     }
 
+    /// A fair coin flip.
     pub fn coin(&mut self) -> bool {
         self.next_u64() & 1 == 1
     }
@@ -46,6 +49,7 @@ pub fn hash_name(name: &str) -> u64 {
     ssvp_util::rng::fnv1a(name.as_bytes())
 }
 
+/// π, re-exported so that the drawing code reads `rng::PI` next to `rng::sin`.
 pub const PI: f64 = std::f64::consts::PI;
 const TAU: f64 = 2.0 * PI;
 const HALF_PI: f64 = 0.5 * PI;
@@ -69,6 +73,7 @@ pub fn sin(x: f64) -> f64 {
     r * acc
 }
 
+/// cos through [`sin`] (`sin(x + π/2)`), with the same platform-independent result.
 pub fn cos(x: f64) -> f64 {
     sin(x + HALF_PI)
 }
