@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use ssvp_eval::postprocess::postprocess_map;
-use ssvp_model::{stack_features, Backbones, Mode, SsvpConfig, SsvpHead};
+use ssvp_model::{stack_features, Mode, SsvpConfig, SsvpHead};
 
 /// The field's evaluation grid (`ssvp eval`'s default `--eval-size`).
 const DEFAULT_EVAL_SIZE: usize = 518;
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         .max(1);
     let dev = Device::Cpu;
     let cfg = SsvpConfig::default();
-    let backbones = Backbones::seeded_vitl(&cfg.backbones, &cfg.model, &dev)?;
+    let backbones = ssvp_model::seeded_vitl_backbones(&cfg.backbones, &cfg.model, &dev)?;
     let head = SsvpHead::new(&cfg, &dev)?;
     let m = &cfg.model;
     // T_init of the image's category, as `evaluate` computes once per category (not timed).

@@ -10,7 +10,8 @@
 use std::time::Instant;
 
 use candle_core::Device;
-use ssvp_model::{Backbones, FeatureSource, PromptTextEncoder, SsvpConfig};
+use ssvp_features::FeatureSource;
+use ssvp_model::{PromptEncoding, PromptTextEncoder, SsvpConfig};
 
 /// Peak resident memory of this process (Linux), in MiB.
 fn peak_rss_mib() -> Option<f64> {
@@ -52,11 +53,11 @@ fn main() -> anyhow::Result<()> {
     let backbones = match which {
         "tiny" => {
             let cfg = SsvpConfig::tiny();
-            Backbones::load(&cfg.backbones, &cfg.model, &dev)?
+            ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &dev)?
         }
         "vitl" => {
             let cfg = SsvpConfig::default();
-            Backbones::seeded_vitl(&cfg.backbones, &cfg.model, &dev)?
+            ssvp_model::seeded_vitl_backbones(&cfg.backbones, &cfg.model, &dev)?
         }
         other => anyhow::bail!("unknown bench `{other}` (tiny | vitl)"),
     };

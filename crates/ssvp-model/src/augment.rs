@@ -9,14 +9,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context};
 use ssvp_eval::postprocess::{resize_mask, GtMask};
 use ssvp_image::augment::{self as ops, ColorJitter, JitterOp};
 use ssvp_image::{GrayImage8, RgbImage8};
 
 use crate::config::{AugmentConfig, MosaicWhen};
+use crate::error::{Error, Result};
 use crate::rng::{Rng, STREAM_AUGMENT};
-use crate::train::TrainSample;
+use crate::samples::TrainSample;
 use ssvp_eval::datasets::load_gt_mask;
 
 /// The choice of the baseline's `OneOf` step.
@@ -24,11 +24,14 @@ use ssvp_eval::datasets::load_gt_mask;
 pub enum BlurChoice {
     /// `cv2.blur` with a `ksize x ksize` box.
     Box {
+        /// Side of the box.
         ksize: usize,
     },
+    /// torchvision's `ColorJitter` with drawn factors and order.
     ColorJitter(ColorJitter),
     /// `cv2.GaussianBlur` with OpenCV's sigma for the kernel size.
     Gaussian {
+        /// Side of the kernel.
         ksize: usize,
     },
 }
@@ -38,12 +41,15 @@ pub enum BlurChoice {
 pub struct AugmentPlan {
     /// Replace the image by a mosaic of these four samples (indices into the training set).
     pub mosaic: Option<[usize; 4]>,
+    /// Rotate by this many degrees (counter-clockwise), the mask with it.
     pub rotate_degrees: Option<f64>,
+    /// Turn by this many quarter turns, the mask with it.
     pub quarter_turns: Option<u32>,
     /// `(alpha, beta)` of `v * alpha + beta * 255`.
     pub brightness_contrast: Option<(f64, f64)>,
     /// `(sigma, seed)`: the noise values come from a generator of their own.
     pub noise: Option<(f64, u64)>,
+    /// The `OneOf` blur / colour-jitter step.
     pub blur: Option<BlurChoice>,
 }
 
@@ -126,15 +132,20 @@ impl AugmentPlan {
         &self,
         image: RgbImage8,
         mask: GrayImage8,
-        tile: &dyn Fn(usize) -> anyhow::Result<(RgbImage8, GrayImage8)>,
-    ) -> anyhow::Result<(RgbImage8, GrayImage8)> {
+        tile: &dyn Fn(usize) -> Result<(RgbImage8, GrayImage8)>,
+    ) -> Result<(RgbImage8, GrayImage8)> {
+        let op = |what: &str| {
+            let what = what.to_string();
+            move |source| Error::Image {
+                context: what,
+                source,
+            }
+        };
         let (mut image, mut mask) = match self.mosaic {
             Some(ids) => {
-                let tiles = ids
-                    .iter()
-                    .map(|&i| tile(i))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                ops::mosaic_2x2(std::array::from_fn(|i| (&tiles[i].0, &tiles[i].1)))?
+                let tiles = ids.iter().map(|&i| tile(i)).collect::<Result<Vec<_>>>()?;
+                ops::mosaic_2x2(std::array::from_fn(|i| (&tiles[i].0, &tiles[i].1)))
+                    .map_err(op("mosaic"))?
             }
             None => (image, mask),
         };
@@ -154,9 +165,11 @@ impl AugmentPlan {
             image = ops::add_gaussian_noise(&image, sigma, || rng.normal());
         }
         match &self.blur {
-            Some(BlurChoice::Box { ksize }) => image = ops::box_blur(&image, *ksize)?,
+            Some(BlurChoice::Box { ksize }) => {
+                image = ops::box_blur(&image, *ksize).map_err(op("box blur"))?
+            }
             Some(BlurChoice::Gaussian { ksize }) => {
-                image = ops::gaussian_blur(&image, *ksize, 0.0)?
+                image = ops::gaussian_blur(&image, *ksize, 0.0).map_err(op("Gaussian blur"))?
             }
             Some(BlurChoice::ColorJitter(j)) => image = ops::color_jitter(&image, j),
             None => {}
@@ -217,26 +230,39 @@ impl<'a> Augmenter<'a> {
 pub fn load_image_and_mask(
     image_path: &Path,
     mask_path: Option<&Path>,
-) -> anyhow::Result<(RgbImage8, GrayImage8)> {
-    let image = ssvp_image::load_rgb8(image_path)
-        .with_context(|| format!("cannot read image {}", image_path.display()))?;
+) -> Result<(RgbImage8, GrayImage8)> {
+    let image = ssvp_image::load_rgb8(image_path).map_err(|source| Error::Image {
+        context: format!("cannot read image {}", image_path.display()),
+        source,
+    })?;
     let (w, h) = (image.width, image.height);
-    let Some(mask_path) = mask_path else {
-        return Ok((image, GrayImage8::from_raw(w, h, vec![0; w * h])?));
+    let mask_buffer = |source| Error::Image {
+        context: format!("the mask of {}", image_path.display()),
+        source,
     };
-    let mut grid = load_gt_mask(mask_path)?;
+    let Some(mask_path) = mask_path else {
+        return Ok((
+            image,
+            GrayImage8::from_raw(w, h, vec![0; w * h]).map_err(mask_buffer)?,
+        ));
+    };
+    let mut grid = load_gt_mask(mask_path).map_err(|source| Error::Dataset {
+        context: format!("the mask of {}", image_path.display()),
+        source,
+    })?;
     if grid.size() != (w, h) {
         grid = resize_mask(&grid, w, h)?;
     }
     let data = grid.data.iter().map(|&m| if m { 255 } else { 0 }).collect();
-    Ok((image, GrayImage8::from_raw(w, h, data)?))
+    Ok((
+        image,
+        GrayImage8::from_raw(w, h, data).map_err(mask_buffer)?,
+    ))
 }
 
 /// A `size x size` training mask (1 = defect) from a 0/255 mask, by the evaluation protocol.
-pub fn mask_to_training(mask: &GrayImage8, size: usize) -> anyhow::Result<Vec<f32>> {
-    if size == 0 {
-        bail!("the training mask size must be positive");
-    }
+pub fn mask_to_training(mask: &GrayImage8, size: usize) -> Result<Vec<f32>> {
+    crate::train::check_mask_size(size)?;
     let grid = GtMask::new(
         mask.width,
         mask.height,

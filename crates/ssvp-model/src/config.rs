@@ -8,61 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-/// Which DINOv3 blocks feed the four HSVS scales.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum DinoLayerSet {
-    /// The paper's "3, 6, 9, 11" read as 0-based block indices: 1-based blocks 4, 7, 10, 12.
-    #[default]
-    PaperLiteral,
-    /// Quarter points of a 24-block ViT-L (AD-DINOv3's choice): 1-based blocks 6, 12, 18, 24.
-    QuarterPoints,
-}
-
-impl DinoLayerSet {
-    /// 1-based block outputs, in scale order, for the paper's 24-block ViT-L.
-    pub fn one_based(&self) -> [usize; 4] {
-        match self {
-            Self::PaperLiteral => [4, 7, 10, 12],
-            Self::QuarterPoints => [6, 12, 18, 24],
-        }
-    }
-
-    /// The blocks for a model of `depth` blocks: the literal indices stay as they are (they name
-    /// blocks, not fractions of the depth); quarter points are those of `depth` (a 4-block model
-    /// gives 1, 2, 3, 4). A block past the depth is an error.
-    pub fn resolve(&self, depth: usize) -> Result<Vec<usize>> {
-        let blocks: Vec<usize> = match self {
-            Self::PaperLiteral => self.one_based().to_vec(),
-            Self::QuarterPoints => {
-                if depth < 4 {
-                    return Err(Error::Config(format!(
-                        "dino_layers = \"quarter_points\" needs at least 4 DINO blocks, the model has {depth}"
-                    )));
-                }
-                (1..=4).map(|q| (q * depth).div_ceil(4)).collect()
-            }
-        };
-        check_blocks(
-            "dino",
-            &blocks,
-            depth,
-            "set model.dino_layers = \"quarter_points\"",
-        )?;
-        Ok(blocks)
-    }
-}
-
-/// Every block lies in `1..=depth`.
-pub(crate) fn check_blocks(tower: &str, blocks: &[usize], depth: usize, hint: &str) -> Result<()> {
-    if let Some(&bad) = blocks.iter().find(|&&b| b == 0 || b > depth) {
-        return Err(Error::Config(format!(
-            "{tower} layer {bad} (of {blocks:?}) is outside the {tower} backbone's blocks 1..={depth}; {hint}"
-        )));
-    }
-    Ok(())
-}
+pub use ssvp_features::config::{BackbonesConfig, DinoLayerSet, PosInterp, TapLayers, TINY};
+use ssvp_features::BackboneIdentity;
 
 /// How the local image score is read from the fused map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -72,7 +19,10 @@ pub enum LocalScore {
     #[default]
     Max,
     /// Mean of the `k` largest cells of `P_map` (one reading of Alg. 1's "Mean(SpatialMaxPool)").
-    TopKMean { k: usize },
+    TopKMean {
+        /// How many of the largest cells are averaged.
+        k: usize,
+    },
 }
 
 /// How the image-level classification loss treats the fused score `S_final ∈ [0, 1]`.
@@ -93,6 +43,7 @@ pub enum ClassLoss {
 pub struct ModelConfig {
     /// 1-based CLIP block outputs, one per scale.
     pub clip_layers: Vec<usize>,
+    /// The DINOv3 blocks tapped, one per scale (named quarter points or explicit blocks).
     pub dino_layers: DinoLayerSet,
     /// Joint CLIP image-text space `D_c` (CLIP patch features arrive after ln_post -> proj).
     pub clip_dim: usize,
@@ -135,6 +86,7 @@ pub struct ModelConfig {
     pub local_gate_bias_init: f64,
     /// Weight of the local score in `S = (1-γ) S_global + γ S_local`.
     pub gamma: f64,
+    /// How the local score is read from the fused map (`S_local`).
     pub local_score: LocalScore,
     /// LayerNorm epsilon used throughout the head.
     pub ln_eps: f64,
@@ -171,33 +123,67 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// Scales `L` of the head (one per tapped CLIP block).
     pub fn num_scales(&self) -> usize {
         self.clip_layers.len()
     }
 
+    /// Prompts `2P`: `P` normal and `P` abnormal.
     pub fn num_prompts(&self) -> usize {
         2 * self.prompts_per_state
     }
 
-    /// The 1-based CLIP and DINO blocks for backbones of the given depths: `clip_layers` as
-    /// written, the DINO set resolved against the DINO depth (see [`DinoLayerSet::resolve`]).
-    /// A block past a depth is an error that says what to set instead.
+    /// The blocks the backbones tap for this head: `clip_layers` and the DINO layer set.
+    pub fn taps(&self) -> TapLayers {
+        TapLayers {
+            clip: self.clip_layers.clone(),
+            dino: self.dino_layers,
+        }
+    }
+
+    /// The 1-based CLIP and DINO blocks for backbones of the given depths (see
+    /// [`TapLayers::resolve`]). A block past a depth is an error that says what to set instead.
     pub fn backbone_layers(
         &self,
         clip_depth: usize,
         dino_depth: usize,
     ) -> Result<(Vec<usize>, Vec<usize>)> {
-        let quarters: Vec<usize> = (1..=4).map(|q| (q * clip_depth).div_ceil(4)).collect();
-        check_blocks(
-            "clip",
-            &self.clip_layers,
-            clip_depth,
-            &format!("set model.clip_layers, e.g. to the quarter points {quarters:?}"),
-        )?;
-        Ok((
-            self.clip_layers.clone(),
-            self.dino_layers.resolve(dino_depth)?,
-        ))
+        Ok(self.taps().resolve(clip_depth, dino_depth)?)
+    }
+
+    /// Checks that these backbones feed this head: `clip_dim`, `dino_dim` and `text_width`
+    /// must equal the towers' widths (a vision-only CLIP has no text width to check).
+    pub fn check_backbones(&self, identity: &BackboneIdentity) -> Result<()> {
+        let mismatch = |name: &str, head: usize, tower: usize, what: &str| {
+            Error::Config(format!(
+                "model.{name} = {head} but the {what} is {tower} wide; set model.{name} = {tower}"
+            ))
+        };
+        if self.clip_dim != identity.clip_dim {
+            return Err(mismatch(
+                "clip_dim",
+                self.clip_dim,
+                identity.clip_dim,
+                "CLIP joint space",
+            ));
+        }
+        if self.dino_dim != identity.dino_dim {
+            return Err(mismatch(
+                "dino_dim",
+                self.dino_dim,
+                identity.dino_dim,
+                "DINOv3 token",
+            ));
+        }
+        if identity.text_width != 0 && self.text_width != identity.text_width {
+            return Err(mismatch(
+                "text_width",
+                self.text_width,
+                identity.text_width,
+                "CLIP text token embedding",
+            ));
+        }
+        Ok(())
     }
 
     /// Width of one latent token.
@@ -281,6 +267,7 @@ pub struct LossConfig {
     pub seg_on_fused: bool,
     /// Dice loss on the abnormal channel next to the focal loss (Bayes-PFL / AnomalyCLIP).
     pub dice: bool,
+    /// Loss of the image score.
     pub class_loss: ClassLoss,
 }
 
@@ -308,16 +295,23 @@ pub struct OptimConfig {
     pub lr_prompts: f64,
     /// Learning rate of everything else (HSVS, VAE, injection attention, VTAM, `τ`).
     pub lr_rest: f64,
+    /// Adam's first-moment decay.
     pub beta1: f64,
+    /// Adam's second-moment decay.
     pub beta2: f64,
+    /// Adam's denominator epsilon.
     pub eps: f64,
     /// Decoupled (AdamW) weight decay; 0 gives plain Adam.
     pub weight_decay: f64,
     /// Fraction of all steps spent in linear warm-up before the cosine decay.
     pub warmup_fraction: f64,
+    /// Decay the learning rate along a cosine after the warm-up (else keep it constant).
     pub cosine_decay: bool,
+    /// Passes over the training data.
     pub epochs: usize,
+    /// Images per optimiser step.
     pub batch_size: usize,
+    /// Seed of the shuffling, the VAE noise and the augmentation plans.
     pub seed: u64,
 }
 
@@ -339,13 +333,28 @@ impl Default for OptimConfig {
     }
 }
 
+impl OptimConfig {
+    /// Refuses a schedule that cannot run: no epochs, or empty batches.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(Error::Config(format!(
+                "optim.epochs and optim.batch_size must be positive (got {} and {})",
+                self.epochs, self.batch_size
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// When the 2 x 2 mosaic of [`AugmentConfig`] may replace a training image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MosaicWhen {
     /// Only when training on the MVTec-AD layout (the baseline's rule).
     MvtecOnly,
+    /// On any data.
     Always,
+    /// Never.
     Never,
 }
 
@@ -359,18 +368,23 @@ pub enum MosaicWhen {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
+    /// Augment training images at all (`--augment`).
     pub enabled: bool,
     /// Probability and range (± degrees) of a free rotation with mirrored borders.
     pub rotate_p: f64,
+    /// Largest free rotation, in degrees either way.
     pub rotate_limit: f64,
     /// Probability of `k` quarter turns, `k` uniform in 0..4.
     pub rot90_p: f64,
     /// Probability and ranges of `v * (1 + c) + b * 255`, `c` and `b` uniform in ± the limits.
     pub brightness_contrast_p: f64,
+    /// Largest brightness shift `b`.
     pub brightness_limit: f64,
+    /// Largest contrast change `c`.
     pub contrast_limit: f64,
     /// Probability of additive Gaussian noise, its variance uniform in `noise_var`.
     pub noise_p: f64,
+    /// `[min, max]` of the noise variance (in 0..255 pixel units squared).
     pub noise_var: [f64; 2],
     /// Probability of one of 3 x 3 box blur, colour jitter (±0.2 brightness, contrast, saturation
     /// and hue) or Gaussian blur (kernel 3, 5 or 7), chosen uniformly.
@@ -378,6 +392,7 @@ pub struct AugmentConfig {
     /// Probability that an image is replaced by a 2 x 2 mosaic of four anomalous images of its
     /// category, and on which data.
     pub mosaic_p: f64,
+    /// On which data the mosaic may apply.
     pub mosaic: MosaicWhen,
 }
 
@@ -401,6 +416,7 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// Refuses probabilities outside [0, 1], negative limits and an empty noise range.
     pub fn validate(&self) -> Result<()> {
         let probabilities = [
             ("rotate_p", self.rotate_p),
@@ -442,150 +458,21 @@ impl AugmentConfig {
 /// Test-time post-processing (`[postprocess]`), shared with every consumer of maps.
 pub use ssvp_eval::postprocess::PostprocessConfig;
 
-/// How CLIP's trained positional grid is resampled to the input's patch grid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum PosInterp {
-    /// torch bicubic (HF `interpolate_pos_encoding`, open_clip, Bayes-PFL).
-    #[default]
-    Bicubic,
-    /// torch bilinear (AnomalyCLIP).
-    Bilinear,
-}
-
-impl PosInterp {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Bicubic => "bicubic",
-            Self::Bilinear => "bilinear",
-        }
-    }
-}
-
-/// The preset name that selects the seeded few-hundred-thousand-parameter backbones.
-pub const TINY: &str = "tiny";
-
-/// The frozen backbones and their input sizes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackbonesConfig {
-    /// CLIP weights: a local file or directory, a hub id, or `"tiny"` (seeded random weights).
-    pub clip: String,
-    /// DINOv3 weights: a local file or directory, a hub id, or `"tiny"`.
-    pub dino: String,
-    /// CLIP input side in pixels (square); a multiple of CLIP's patch size.
-    pub clip_size: usize,
-    /// DINOv3 input side in pixels (square); a multiple of DINO's patch size (16).
-    pub dino_size: usize,
-    /// Compute dtype of both backbones: `f32`, `f16` or `bf16`.
-    pub dtype: String,
-    pub pos_interp: PosInterp,
-    /// First CLIP block (1-based) running AnomalyCLIP's V-V dual-path attention; none = plain
-    /// attention, as Bayes-PFL (SSVP's baseline) runs CLIP.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dpam_from: Option<usize>,
-    /// Seed of the `tiny` backbones' weights (ignored for real weights).
-    pub seed: u64,
-}
-
-impl Default for BackbonesConfig {
-    fn default() -> Self {
-        // 518 / 14 = 592 / 16 = 37: both towers see the same 37 x 37 patch grid.
-        Self {
-            clip: "openai/clip-vit-large-patch14-336".into(),
-            dino: "facebook/dinov3-vitl16-pretrain-lvd1689m".into(),
-            clip_size: 518,
-            dino_size: 592,
-            dtype: "f32".into(),
-            pos_interp: PosInterp::Bicubic,
-            dpam_from: None,
-            seed: 7,
-        }
-    }
-}
-
-impl BackbonesConfig {
-    /// The `tiny` backbones at an 8 x 8 patch grid (CLIP 8·14 px, DINO 8·16 px).
-    pub fn tiny() -> Self {
-        Self {
-            clip: TINY.into(),
-            dino: TINY.into(),
-            clip_size: 8 * 14,
-            dino_size: 8 * 16,
-            ..Self::default()
-        }
-    }
-
-    /// Checks what can be checked without the weights (the patch sizes come with them).
-    pub fn validate(&self) -> Result<()> {
-        if self.clip.trim().is_empty() || self.dino.trim().is_empty() {
-            return Err(Error::Config(
-                "backbones.clip and backbones.dino must name weights (a path, a hub id or \"tiny\")"
-                    .into(),
-            ));
-        }
-        if self.clip_size == 0 || self.dino_size == 0 {
-            return Err(Error::Config(
-                "backbones.clip_size and backbones.dino_size must be positive".into(),
-            ));
-        }
-        if !matches!(self.dtype.as_str(), "f32" | "f16" | "bf16") {
-            return Err(Error::Config(format!(
-                "backbones.dtype `{}` is not one of f32, f16, bf16",
-                self.dtype
-            )));
-        }
-        if self.dpam_from == Some(0) {
-            return Err(Error::Config(
-                "backbones.dpam_from is a 1-based block number".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The patch grid side each tower sees, checked to agree: `(clip_size / clip_patch,
-    /// dino_size / dino_patch)` must be equal integers.
-    pub fn grid(&self, clip_patch: usize, dino_patch: usize) -> Result<usize> {
-        let side = |name: &str, size: usize, patch: usize| {
-            if patch == 0 || size % patch != 0 {
-                return Err(Error::Config(format!(
-                    "backbones.{name}_size {size} is not a multiple of the {name} patch size {patch}"
-                )));
-            }
-            Ok(size / patch)
-        };
-        let c = side("clip", self.clip_size, clip_patch)?;
-        let d = side("dino", self.dino_size, dino_patch)?;
-        if c != d {
-            return Err(Error::Config(format!(
-                "backbones.clip_size {} gives a {c}x{c} CLIP grid but backbones.dino_size {} a \
-                 {d}x{d} DINO grid; the token grids must match (e.g. clip_size = {}, dino_size = {})",
-                self.clip_size,
-                self.dino_size,
-                c * clip_patch,
-                c * dino_patch
-            )));
-        }
-        Ok(c)
-    }
-
-    /// Sizes for one target grid: CLIP `grid · clip_patch`, DINO `grid · dino_patch`.
-    pub fn with_grid(mut self, grid: usize, clip_patch: usize, dino_patch: usize) -> Self {
-        self.clip_size = grid * clip_patch;
-        self.dino_size = grid * dino_patch;
-        self
-    }
-}
-
 /// The whole SSVP configuration; `Default` is the paper's setting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsvpConfig {
+    /// The frozen towers: weights, input sizes, dtype.
     pub backbones: BackbonesConfig,
+    /// The head's widths, taps and gates.
     pub model: ModelConfig,
+    /// The training losses and their weights.
     pub loss: LossConfig,
+    /// Optimiser, schedule, epochs and batch size.
     pub optim: OptimConfig,
+    /// Training-time augmentation (off by default).
     pub augment: AugmentConfig,
+    /// Post-processing of the anomaly maps at test time.
     pub postprocess: PostprocessConfig,
 }
 
@@ -602,6 +489,7 @@ impl SsvpConfig {
     pub fn validate(&self) -> Result<()> {
         self.backbones.validate()?;
         self.augment.validate()?;
+        self.optim.validate()?;
         self.model.validate()
     }
 
@@ -630,9 +518,10 @@ impl SsvpConfig {
         cfg
     }
 
+    /// The config as pretty TOML (what a run directory's `config.toml` holds).
     pub fn to_toml_string(&self) -> Result<String> {
         toml::to_string_pretty(self)
-            .map_err(|e| Error::Config(format!("cannot write SSVP config: {e}")))
+            .map_err(|e| Error::Serialize(format!("cannot write SSVP config: {e}")))
     }
 
     /// The config a command runs with: the file at `path` (missing keys: the paper's values) or
@@ -665,10 +554,11 @@ impl SsvpConfig {
         Ok(cfg)
     }
 
+    /// Reads and validates a TOML file; a file that cannot be read is [`Error::NotFound`] or
+    /// [`Error::Io`], one that does not parse [`Error::Config`].
     pub fn from_toml_file(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_toml_str(&text).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
             other => other,

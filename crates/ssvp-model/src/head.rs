@@ -14,6 +14,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
+use ssvp_features::ImageFeatures;
+
 use crate::config::{ModelConfig, SsvpConfig};
 use crate::error::{Error, Result};
 use crate::hsvs::Hsvs;
@@ -37,11 +39,57 @@ pub struct HeadFeatures {
     pub grid: (usize, usize),
 }
 
+/// Stacks per-image features into the head's batch layout (`[B, N, D]` per scale, `[B, D]`).
+/// All items must share the grid, the scale counts and the widths.
+pub fn stack_features(items: &[ImageFeatures]) -> candle_core::Result<HeadFeatures> {
+    let Some(first) = items.first() else {
+        candle_core::bail!("stack_features needs at least one image");
+    };
+    for (i, it) in items.iter().enumerate() {
+        if it.grid != first.grid
+            || it.clip_local.len() != first.clip_local.len()
+            || it.dino_local.len() != first.dino_local.len()
+        {
+            candle_core::bail!(
+                "image {i} has a {:?} grid with {}+{} scales, image 0 a {:?} grid with {}+{}",
+                it.grid,
+                it.clip_local.len(),
+                it.dino_local.len(),
+                first.grid,
+                first.clip_local.len(),
+                first.dino_local.len()
+            );
+        }
+    }
+    let stack_scale = |pick: &dyn Fn(&ImageFeatures) -> &Tensor| {
+        let ts: Vec<&Tensor> = items.iter().map(pick).collect();
+        Tensor::stack(&ts, 0)
+    };
+    let clip_local = (0..first.clip_local.len())
+        .map(|l| stack_scale(&|it| &it.clip_local[l]))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let dino_local = (0..first.dino_local.len())
+        .map(|l| stack_scale(&|it| &it.dino_local[l]))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(HeadFeatures {
+        clip_local,
+        dino_local,
+        clip_global: stack_scale(&|it| &it.clip_global)?,
+        dino_global: stack_scale(&|it| &it.dino_global)?,
+        grid: first.grid,
+    })
+}
+
 /// Training draws the VAE latent with the given standard-normal noise `[B, d_z]`; evaluation
 /// uses the latent mean.
 #[derive(Debug, Clone)]
 pub enum Mode {
-    Train { noise: Tensor },
+    /// Training: the latent is `mu + exp(logvar / 2) * noise`.
+    Train {
+        /// Standard-normal noise `[B, d_z]`.
+        noise: Tensor,
+    },
+    /// Evaluation: the latent is its mean.
     Eval,
 }
 
@@ -52,6 +100,7 @@ pub struct HeadOutput {
     pub local_features: Vec<Tensor>,
     /// `V_syn^global`, `[B, D_c]`.
     pub global_feature: Tensor,
+    /// The fused global feature's VAE: latent, reconstruction and the latent's statistics.
     pub vae: VaeOutput,
     /// `T_final`, `[B, 2P, D_c]`.
     pub t_final: Tensor,
@@ -63,7 +112,9 @@ pub struct HeadOutput {
     pub scale_weights: Tensor,
     /// `P_map`, `[B, h, w]`.
     pub fused_map: Tensor,
+    /// `S_global`, `[B]`: the image score from the global feature.
     pub score_global: Tensor,
+    /// `S_local`, `[B]`: the image score read from the fused map.
     pub score_local: Tensor,
     /// `S_final`, `[B]`.
     pub score: Tensor,
@@ -120,18 +171,22 @@ impl SsvpHead {
         })
     }
 
+    /// The config the head was built with.
     pub fn config(&self) -> &SsvpConfig {
         &self.cfg
     }
 
+    /// The head's part of the config (`[model]`).
     pub fn model_config(&self) -> &ModelConfig {
         &self.cfg.model
     }
 
+    /// The trainable tensors by name (what checkpoints hold).
     pub fn varmap(&self) -> &VarMap {
         &self.varmap
     }
 
+    /// The prompt generator (VCPG).
     pub fn vcpg(&self) -> &Vcpg {
         &self.vcpg
     }
@@ -176,7 +231,8 @@ impl SsvpHead {
     pub fn load(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let device = self.cfg_device()?;
-        let tensors = candle_core::safetensors::load(path, &device)
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &device)
             .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
         let ours: BTreeSet<String> = self.named_vars().into_iter().map(|(n, _)| n).collect();
         let theirs: BTreeSet<String> = tensors.keys().cloned().collect();

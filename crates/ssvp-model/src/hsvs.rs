@@ -134,6 +134,8 @@ pub struct Hsvs {
 }
 
 impl Hsvs {
+    /// The adapters and ATF blocks of every scale and of the global feature, initialised from
+    /// `pb`.
     pub fn new(pb: &ParamBuilder, cfg: &ModelConfig) -> Result<Self> {
         let clip_adapters = if cfg.clip_adapter {
             (0..cfg.num_scales())

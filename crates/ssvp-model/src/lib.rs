@@ -5,6 +5,11 @@
 //!
 //! Everything on the trainable path uses autograd-capable ops only (`Grad::Tracked`): candle's
 //! fused LayerNorm and softmax kernels have no backward.
+//!
+//! Errors are this crate's typed [`Error`] (its [`Error::kind`] says whose fault); the
+//! training of a whole run, as `ssvp train` asks for it, is [`train::run_job`].
+
+#![warn(missing_docs)]
 
 pub mod augment;
 pub mod config;
@@ -15,8 +20,10 @@ pub mod hsvs;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod prompt;
 mod rng;
 pub mod run_dir;
+pub mod samples;
 pub mod train;
 pub mod vcpg;
 pub mod vtam;
@@ -25,12 +32,10 @@ pub use config::{
     AugmentConfig, BackbonesConfig, ClassLoss, DinoLayerSet, LocalScore, LossConfig, ModelConfig,
     MosaicWhen, OptimConfig, PostprocessConfig, SsvpConfig,
 };
-pub use error::{Error, Result};
-pub use features::{
-    stack_features, BackboneIdentity, Backbones, CacheStorage, ClipPromptEncoder, FeatureCache,
-    FeatureSource, ImageFeatures,
-};
-pub use head::{HeadFeatures, HeadOutput, Mode, ParamGroup, SsvpHead};
+pub use error::{Error, ErrorKind, IoError, Result};
+pub use features::{load_backbones, seeded_vitl_backbones, PromptEncoding};
+pub use head::{stack_features, HeadFeatures, HeadOutput, Mode, ParamGroup, SsvpHead};
 pub use loss::{LossTerms, Targets};
 pub use optim::{CosineSchedule, SsvpOptimizer};
+pub use prompt::{ClipPromptEncoder, PromptCache};
 pub use vcpg::PromptTextEncoder;

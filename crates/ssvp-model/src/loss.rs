@@ -21,7 +21,9 @@ pub struct LossTerms {
     pub focal_scales: Tensor,
     /// Dice loss summed over the per-scale maps (0 when disabled).
     pub dice_scales: Tensor,
+    /// Focal loss on the fused map `P_map` (0 when disabled).
     pub focal_fused: Tensor,
+    /// Dice loss on the fused map (0 when disabled).
     pub dice_fused: Tensor,
     /// `focal_scales + dice_scales + focal_fused + dice_fused`.
     pub seg: Tensor,
@@ -33,7 +35,10 @@ pub struct LossTerms {
     pub vae_kl: Tensor,
     /// `vae_recon + β·vae_kl`.
     pub vae: Tensor,
+    /// The margin loss between the normal and abnormal prompt embeddings (weighted by
+    /// `loss.margin_weight` in the total).
     pub margin: Tensor,
+    /// `L_total`, the objective that is back-propagated.
     pub total: Tensor,
 }
 
@@ -148,6 +153,7 @@ pub fn focal_loss_composed(prob: &Tensor, target: &Tensor, gamma: f64) -> Result
 /// `∂/∂p = −[y (q^γ / p − γ q^(γ−1) log p) + (1 − y)(γ p^(γ−1) log q − p^γ / q)] / n`.
 #[derive(Debug, Clone, Copy)]
 pub struct FocalLoss {
+    /// The focusing parameter `γ`.
     pub gamma: f64,
 }
 
@@ -277,12 +283,19 @@ pub fn vae_losses(
 pub struct LossInputs<'a> {
     /// `L x [B, h, w]`.
     pub scale_maps: &'a [Tensor],
+    /// `P_map`, `[B, h, w]`.
     pub fused_map: &'a Tensor,
+    /// `S_final`, `[B]`.
     pub score: &'a Tensor,
+    /// The fused global feature the VAE encodes.
     pub vae_input: &'a Tensor,
+    /// The VAE's reconstruction of it.
     pub vae_reconstruction: &'a Tensor,
+    /// The latent mean.
     pub mu: &'a Tensor,
+    /// The latent log-variance.
     pub logvar: &'a Tensor,
+    /// The margin term of the forward pass.
     pub margin: &'a Tensor,
 }
 

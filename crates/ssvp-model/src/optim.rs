@@ -15,7 +15,9 @@ use crate::head::{ParamGroup, SsvpHead};
 /// Learning-rate multiplier per optimiser step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CosineSchedule {
+    /// Steps of linear warm-up.
     pub warmup_steps: usize,
+    /// Steps of the whole run.
     pub total_steps: usize,
     /// Without decay the multiplier stays 1 after warm-up.
     pub cosine: bool,
@@ -90,6 +92,7 @@ impl SsvpOptimizer {
         })
     }
 
+    /// The learning-rate schedule.
     pub fn schedule(&self) -> &CosineSchedule {
         &self.schedule
     }

@@ -14,9 +14,22 @@ use crate::error::Result;
 /// How one tensor starts.
 #[derive(Debug, Clone, Copy)]
 pub enum Init {
+    /// Every value the same.
     Const(f64),
-    Normal { mean: f64, std: f64 },
-    Uniform { lo: f64, hi: f64 },
+    /// Drawn from a normal distribution.
+    Normal {
+        /// Its mean.
+        mean: f64,
+        /// Its standard deviation.
+        std: f64,
+    },
+    /// Drawn uniformly from `[lo, hi)`.
+    Uniform {
+        /// The lower bound.
+        lo: f64,
+        /// The upper bound.
+        hi: f64,
+    },
 }
 
 /// SplitMix64 ([`ssvp_util::rng`]) followed by Box-Muller: tiny, portable and good enough for
@@ -50,6 +63,7 @@ pub struct ParamBuilder {
 }
 
 impl ParamBuilder {
+    /// A builder that creates its tensors in `varmap`, drawing initial values from `seed`.
     pub fn new(varmap: VarMap, seed: u64, device: &Device) -> Self {
         Self {
             varmap,
@@ -59,6 +73,7 @@ impl ParamBuilder {
         }
     }
 
+    /// The device the tensors are created on.
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -23,9 +23,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::SsvpConfig;
 use crate::error::{Error, Result};
 
+/// The full [`SsvpConfig`] the run trains with.
 pub const CONFIG_FILE: &str = "config.toml";
+/// The identity of the frozen backbones the features came from.
 pub const IDENTITY_FILE: &str = "backbones.json";
+/// The run's progress ([`RunState`]); the commit point of a checkpoint.
 pub const STATE_FILE: &str = "state.json";
+/// One JSON object per optimiser step (`crate::train::StepRecord`).
 pub const LOG_FILE: &str = "train_log.jsonl";
 
 /// Version of the run-directory layout written by this crate.
@@ -38,9 +42,13 @@ pub struct TrainingData {
     pub root: PathBuf,
     /// Layout name (`ssvp_eval::datasets::Layout::name`).
     pub layout: String,
+    /// The split trained on (`test` under the zero-shot protocol).
     pub split: String,
+    /// The categories trained on (on-disk names).
     pub categories: Vec<String>,
+    /// Images trained on.
     pub samples: usize,
+    /// Of which anomalous.
     pub anomalous: usize,
     /// Whether unreadable samples were skipped (`--skip-bad`); a resumed run skips them too.
     #[serde(default)]
@@ -50,11 +58,17 @@ pub struct TrainingData {
 /// Progress of a run; the commit point of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
+    /// Version of the run-directory layout ([`RUN_FORMAT_VERSION`] when written by this build).
     pub format_version: u32,
+    /// What the run trains on.
     pub data: TrainingData,
+    /// Epochs of the whole run.
     pub epochs: usize,
+    /// Images per optimiser step.
     pub batch_size: usize,
+    /// Optimiser steps per epoch (the last batch of an epoch may be partial).
     pub steps_per_epoch: usize,
+    /// Optimiser steps of the whole run.
     pub total_steps: usize,
     /// Optimiser steps done (the next step to run).
     pub step: usize,
@@ -88,7 +102,7 @@ impl RunDir {
         let path = path.as_ref().to_path_buf();
         if path.exists() {
             if !path.is_dir() {
-                return Err(Error::Io(format!(
+                return Err(Error::RunDir(format!(
                     "{} exists and is not a directory",
                     path.display()
                 )));
@@ -98,7 +112,7 @@ impl RunDir {
                 .next()
                 .is_some();
             if non_empty && !force {
-                return Err(Error::Io(format!(
+                return Err(Error::RunDir(format!(
                     "run directory {} is not empty: pass --resume to continue its training or \
                      --force to start over",
                     path.display()
@@ -113,18 +127,20 @@ impl RunDir {
         Ok(Self { path })
     }
 
-    /// An existing run (it must hold `state.json`, `config.toml` and `backbones.json`).
+    /// An existing run (it must hold `state.json`, `config.toml` and `backbones.json`). A path
+    /// that does not exist is [`Error::NotFound`], one that cannot be read [`Error::Io`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if !path.is_dir() {
-            return Err(Error::Io(format!(
-                "{} is not a run directory (no such directory)",
+        let meta = fs::metadata(&path).map_err(|e| io_err(&path, e))?;
+        if !meta.is_dir() {
+            return Err(Error::RunDir(format!(
+                "{} is not a run directory (not a directory)",
                 path.display()
             )));
         }
         for name in [STATE_FILE, CONFIG_FILE, IDENTITY_FILE] {
             if !path.join(name).is_file() {
-                return Err(Error::Io(format!(
+                return Err(Error::RunDir(format!(
                     "{} is not a run directory of `ssvp train`: {name} is missing",
                     path.display()
                 )));
@@ -133,10 +149,12 @@ impl RunDir {
         Ok(Self { path })
     }
 
+    /// The run directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The path of the run file `name`.
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
@@ -164,18 +182,21 @@ impl RunDir {
         .map_err(|e| failed.take().unwrap_or_else(|| io_err(&fin, e)))
     }
 
+    /// Writes the run's [`CONFIG_FILE`].
     pub fn write_config(&self, cfg: &SsvpConfig) -> Result<()> {
         self.write_atomic(CONFIG_FILE, cfg.to_toml_string()?.as_bytes())
     }
 
+    /// Reads the run's [`CONFIG_FILE`].
     pub fn read_config(&self) -> Result<SsvpConfig> {
         SsvpConfig::from_toml_file(self.file(CONFIG_FILE))
     }
 
     /// Writes the backbones' identity (any serde value) as pretty JSON.
     pub fn write_identity<T: Serialize>(&self, identity: &T) -> Result<()> {
-        let text = serde_json::to_string_pretty(identity)
-            .map_err(|e| Error::Io(format!("cannot serialise the backbone identity: {e}")))?;
+        let text = serde_json::to_string_pretty(identity).map_err(|e| {
+            Error::Serialize(format!("cannot serialise the backbone identity: {e}"))
+        })?;
         self.write_atomic(IDENTITY_FILE, text.as_bytes())
     }
 
@@ -185,27 +206,34 @@ impl RunDir {
         read_json(&self.file(IDENTITY_FILE))
     }
 
+    /// Reads the stored identity as `T` (`ssvp_features::BackboneIdentity`).
     pub fn read_identity<T: for<'de> Deserialize<'de>>(&self) -> Result<T> {
         read_json(&self.file(IDENTITY_FILE))
     }
 
+    /// Reads the run's progress. A state of another format version is [`Error::Version`]
+    /// (checked before the rest is parsed, whose fields may have changed with the version); a
+    /// state that does not parse is [`Error::Checkpoint`].
     pub fn read_state(&self) -> Result<RunState> {
-        let state: RunState = read_json(&self.file(STATE_FILE))?;
-        if state.format_version != RUN_FORMAT_VERSION {
-            return Err(Error::Checkpoint(format!(
-                "{}: run format version {} (this build reads {RUN_FORMAT_VERSION})",
-                self.file(STATE_FILE).display(),
-                state.format_version
-            )));
+        let path = self.file(STATE_FILE);
+        let value: serde_json::Value = read_json(&path)?;
+        let found = value.get("format_version").and_then(|v| v.as_u64());
+        if let Some(found) = found.filter(|&v| v != u64::from(RUN_FORMAT_VERSION)) {
+            return Err(Error::Version {
+                path,
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: RUN_FORMAT_VERSION,
+            });
         }
-        Ok(state)
+        serde_json::from_value(value)
+            .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))
     }
 
     /// Commits `state` (whose checkpoint files must already be written) and deletes the
     /// checkpoint files of other steps.
     pub fn commit_state(&self, state: &RunState) -> Result<()> {
         let text = serde_json::to_string_pretty(state)
-            .map_err(|e| Error::Io(format!("cannot serialise the run state: {e}")))?;
+            .map_err(|e| Error::Serialize(format!("cannot serialise the run state: {e}")))?;
         self.write_atomic(STATE_FILE, text.as_bytes())?;
         for entry in fs::read_dir(&self.path).map_err(|e| io_err(&self.path, e))? {
             let name = entry
@@ -293,25 +321,31 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io(format!("{}: {e}", path.display()))
+    Error::io(path, e)
 }
 
 /// A trained head loaded from a run directory, with what it was trained on.
 pub struct TrainedRun {
+    /// The run directory.
     pub run: RunDir,
+    /// The run's config (with the post-processing of [`TrainedRun::set_postprocess`]).
     pub config: SsvpConfig,
+    /// The run's progress, naming the checkpoint the head was loaded from.
     pub state: RunState,
+    /// The head with the trained tensors.
     pub head: crate::SsvpHead,
     /// The backbones' identity as stored (`backbones.json`).
-    pub identity: crate::features::BackboneIdentity,
+    pub identity: ssvp_features::BackboneIdentity,
 }
 
 impl TrainedRun {
     /// Opens `dir` (a run directory of `ssvp train`) and loads the head of its last checkpoint.
-    pub fn load(dir: impl AsRef<Path>, device: &candle_core::Device) -> anyhow::Result<Self> {
+    pub fn load(dir: impl AsRef<Path>, device: &candle_core::Device) -> Result<Self> {
         let run = RunDir::open(dir)?;
-        let config = run.read_config()?;
+        // The state first: a run of another format version is told as such, whatever else
+        // changed with the version.
         let state = run.read_state()?;
+        let config = run.read_config()?;
         let identity = run.read_identity()?;
         let head = crate::SsvpHead::new(&config, device)?;
         head.load(run.file(&state.head_file))?;
@@ -330,7 +364,7 @@ impl TrainedRun {
         &mut self,
         postprocess: crate::PostprocessConfig,
         device: &candle_core::Device,
-    ) -> anyhow::Result<()> {
+    ) -> Result<()> {
         if postprocess == self.config.postprocess {
             return Ok(());
         }
@@ -343,20 +377,18 @@ impl TrainedRun {
 
     /// Refuses backbones whose identity differs from the one the head was trained on, naming
     /// the fields that differ (the same weights under another path or hub id are accepted).
-    pub fn check_identity(
-        &self,
-        current: &crate::features::BackboneIdentity,
-    ) -> anyhow::Result<()> {
-        use anyhow::Context;
-        self.identity.check_matches(current).with_context(|| {
-            format!(
+    /// A differing identity is [`Error::Mismatch`].
+    pub fn check_identity(&self, current: &ssvp_features::BackboneIdentity) -> Result<()> {
+        self.identity.check_matches(current).map_err(|e| {
+            Error::Mismatch(format!(
                 "the checkpoint {} ({}) was trained on features of other backbones than the \
-                 requested ones ({} / {}); use the backbones it was trained with",
+                 requested ones ({} / {}); use the backbones it was trained with: {}",
                 self.run.path().display(),
                 self.run.file(IDENTITY_FILE).display(),
                 current.clip,
-                current.dino
-            )
+                current.dino,
+                ssvp_util::error::message_chain(&e)
+            ))
         })
     }
 }

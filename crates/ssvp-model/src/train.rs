@@ -2,8 +2,8 @@
 //! test split of, e.g., VisA, all categories, with masks), the backbones frozen.
 //!
 //! Choices (docs/method.md §2 #11 and #14 leave them to the training loop):
-//! - **Features** come from a [`FeatureSource`]; the CLI wraps the backbones in a `FeatureCache`,
-//!   and [`train`] first runs one pass over every image so the cache is filled before the first
+//! - **Features** come from a [`FeatureSource`]; [`run_job`] wraps the backbones in a
+//!   `FeatureCache`, and [`train`] first runs one pass over every image so the cache is filled before the first
 //!   epoch: epochs then cost the head (and the text tower under the prompts) only.
 //! - **Augmentation** (`[augment]`, off by default) acts on pixels before the frozen backbones:
 //!   an augmented image is decoded, transformed with its mask, and run through the backbones
@@ -24,12 +24,14 @@
 //! - **Resume** restores the Adam moments exactly: [`TrainOptimizer`] is the same update as
 //!   [`crate::SsvpOptimizer`] (one Adam(W) per learning-rate group, same schedule, same
 //!   operation order) with its moments readable and writable.
+//! - **Two entry points.** [`train`] trains a given head on given samples into a run directory;
+//!   [`run_job`] is a whole run as `ssvp train` asks for it (config and overrides, data, backbones,
+//!   cache), and holds every check of a resumed run against the options it is given.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use ssvp_eval::datasets::Dataset;
@@ -37,7 +39,10 @@ use ssvp_image::{GrayImage8, RgbImage8};
 
 use crate::augment::{grid_values, load_image_and_mask, mask_to_training, AugmentPlan, Augmenter};
 use crate::config::{OptimConfig, SsvpConfig};
-use crate::features::{stack_features, BackboneIdentity, FeatureSource, ImageFeatures};
+use crate::error::{Error, Result};
+use ssvp_features::{BackboneIdentity, FeatureSource, ImageFeatures};
+
+use crate::head::stack_features;
 use crate::head::{Mode, ParamGroup, SsvpHead};
 use crate::loss::Targets;
 use crate::optim::CosineSchedule;
@@ -49,33 +54,10 @@ use ssvp_eval::datasets::eval_mask;
 /// Default side of the square training masks.
 pub const DEFAULT_MASK_SIZE: usize = 518;
 
-/// One training image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrainSample {
-    pub category: String,
-    /// The class name the prompts are built with (the category's prompt name).
-    pub class_name: String,
-    pub image_path: PathBuf,
-    pub mask_path: Option<PathBuf>,
-    pub anomalous: bool,
-}
+pub use crate::samples::{samples_from_dataset, TrainSample};
+pub use job::{run_job, CacheChoice, JobEvent, JobStart, JobSummary, TrainJob};
 
-/// Every sample of every category of `dataset`, with its category's prompt name.
-pub fn samples_from_dataset(dataset: &Dataset) -> Vec<TrainSample> {
-    dataset
-        .categories
-        .iter()
-        .flat_map(|cat| {
-            cat.samples.iter().map(|s| TrainSample {
-                category: cat.name.clone(),
-                class_name: cat.prompt_name.clone(),
-                image_path: s.image_path.clone(),
-                mask_path: s.mask_path.clone(),
-                anomalous: s.label.is_anomalous(),
-            })
-        })
-        .collect()
-}
+mod job;
 
 /// What [`train`] records about its data in the run directory.
 pub fn training_data(dataset: &Dataset) -> TrainingData {
@@ -107,6 +89,23 @@ pub struct TrainOptions {
     pub warm_cache: bool,
 }
 
+impl TrainOptions {
+    /// Refuses options the loop cannot run with (a zero mask size).
+    pub fn validate(&self) -> Result<()> {
+        check_mask_size(self.mask_size)
+    }
+}
+
+/// Refuses a zero training mask size (the one place this is checked).
+pub(crate) fn check_mask_size(size: usize) -> Result<()> {
+    if size == 0 {
+        return Err(Error::Config(
+            "the training mask size must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
@@ -125,11 +124,14 @@ pub struct StepRecord {
     pub epoch: usize,
     /// 0-based step over the whole run.
     pub step: usize,
+    /// Images in the batch (the last batch of an epoch may be partial).
     pub batch_size: usize,
     /// How many images of the batch were augmented (their features computed afresh).
     #[serde(default)]
     pub augmented: usize,
+    /// Learning rate of the prompt group at this step.
     pub lr_prompts: f64,
+    /// Learning rate of everything else at this step.
     pub lr_rest: f64,
     /// Every loss term of [`crate::LossTerms::named`].
     #[serde(flatten)]
@@ -143,17 +145,25 @@ pub struct StepRecord {
 pub enum TrainEvent<'a> {
     /// Feature extraction pass: `done` of `total` images.
     Features {
+        /// Images done.
         done: usize,
+        /// Images in all.
         total: usize,
     },
     /// Training starts (or resumes) at `step` of `total_steps`.
     Start {
+        /// The first step to run.
         step: usize,
+        /// Steps of the whole run.
         total_steps: usize,
+        /// Steps per epoch.
         steps_per_epoch: usize,
     },
+    /// A step is done (and logged).
     Step(&'a StepRecord),
+    /// A checkpoint after `step` steps is committed.
     Checkpoint {
+        /// Steps done.
         step: usize,
     },
 }
@@ -170,10 +180,13 @@ pub enum Start {
 /// What a call of [`train`] did.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
+    /// The run's state after the call (its last checkpoint).
     pub state: RunState,
     /// Steps run by this call.
     pub steps_run: usize,
+    /// Wall time of the steps run.
     pub seconds: f64,
+    /// The last step run by this call.
     pub last: Option<StepRecord>,
 }
 
@@ -194,7 +207,8 @@ struct AdamGroup {
 }
 
 impl TrainOptimizer {
-    pub fn new(head: &SsvpHead, cfg: &OptimConfig, total_steps: usize) -> anyhow::Result<Self> {
+    /// Zero moments for the head's trainable tensors, the schedule over `total_steps`.
+    pub fn new(head: &SsvpHead, cfg: &OptimConfig, total_steps: usize) -> Result<Self> {
         let groups = [
             (ParamGroup::Prompts, cfg.lr_prompts),
             (ParamGroup::Rest, cfg.lr_rest),
@@ -212,7 +226,7 @@ impl TrainOptimizer {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Ok(AdamGroup { base_lr, vars })
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             groups,
             schedule: CosineSchedule::new(cfg, total_steps),
@@ -233,7 +247,7 @@ impl TrainOptimizer {
     }
 
     /// One update from gradients.
-    pub fn step(&mut self, grads: &candle_core::backprop::GradStore) -> anyhow::Result<()> {
+    pub fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
         let factor = self.schedule.factor(self.step);
         // candle's AdamW counts its own steps from 1; every group steps every time.
         let t = (self.step + 1) as i32;
@@ -277,15 +291,16 @@ impl TrainOptimizer {
     }
 
     /// Writes the moments as safetensors.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn save(&self, path: &Path) -> Result<()> {
         let tensors: std::collections::HashMap<String, Tensor> =
             self.state_tensors().into_iter().collect();
-        candle_core::safetensors::save(&tensors, path)
-            .with_context(|| format!("writing {}", path.display()))
+        Ok(candle_core::safetensors::save(&tensors, path)?)
     }
 
     /// Restores the moments written by [`Self::save`] after `step` steps.
-    pub fn load(&mut self, path: &Path, step: usize) -> anyhow::Result<()> {
+    /// A missing file is [`Error::NotFound`], an unreadable one [`Error::Io`], one that does
+    /// not hold exactly the moments of the head's tensors [`Error::Checkpoint`].
+    pub fn load(&mut self, path: &Path, step: usize) -> Result<()> {
         let device = self
             .groups
             .iter()
@@ -293,32 +308,34 @@ impl TrainOptimizer {
             .map(|(_, v, _, _)| v.device().clone())
             .next()
             .unwrap_or(Device::Cpu);
-        let tensors = candle_core::safetensors::load(path, &device)
-            .with_context(|| format!("reading optimiser state {}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &device).map_err(|e| {
+            Error::Checkpoint(format!("reading optimiser state {}: {e}", path.display()))
+        })?;
         for (name, _, m, v) in self.groups.iter().flat_map(|g| &g.vars) {
             for (prefix, var) in [("m", m), ("v", v)] {
                 let key = format!("{prefix}.{name}");
-                let t = tensors
-                    .get(&key)
-                    .with_context(|| format!("optimiser state {} lacks {key}", path.display()))?;
+                let t = tensors.get(&key).ok_or_else(|| {
+                    Error::Checkpoint(format!("optimiser state {} lacks {key}", path.display()))
+                })?;
                 if t.dims() != var.dims() {
-                    bail!(
+                    return Err(Error::Checkpoint(format!(
                         "optimiser state {}: {key} has shape {:?}, the head's {:?}",
                         path.display(),
                         t.dims(),
                         var.dims()
-                    );
+                    )));
                 }
                 var.set(t)?;
             }
         }
-        if tensors.len() != 2 * self.groups.iter().map(|g| g.vars.len()).sum::<usize>() {
-            bail!(
-                "optimiser state {} holds {} tensors, the head needs {}",
+        let needed = 2 * self.groups.iter().map(|g| g.vars.len()).sum::<usize>();
+        if tensors.len() != needed {
+            return Err(Error::Checkpoint(format!(
+                "optimiser state {} holds {} tensors, the head needs {needed}",
                 path.display(),
                 tensors.len(),
-                2 * self.groups.iter().map(|g| g.vars.len()).sum::<usize>()
-            );
+            )));
         }
         self.step = step;
         Ok(())
@@ -336,34 +353,30 @@ pub fn epoch_permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
 }
 
 /// Standard-normal VAE noise `[b, d]` of step `step`.
-pub fn step_noise(
-    seed: u64,
-    step: usize,
-    b: usize,
-    d: usize,
-    device: &Device,
-) -> anyhow::Result<Tensor> {
+pub fn step_noise(seed: u64, step: usize, b: usize, d: usize, device: &Device) -> Result<Tensor> {
     let mut rng = Rng::new(seed, STREAM_NOISE, step as u64);
     let data: Vec<f32> = (0..b * d).map(|_| rng.normal() as f32).collect();
     Ok(Tensor::from_vec(data, (b, d), device)?)
 }
 
 /// The training mask of one sample, `size x size`, 1 = defect (all zero for a normal image).
-pub fn training_mask(sample: &TrainSample, size: usize) -> anyhow::Result<Vec<f32>> {
+pub fn training_mask(sample: &TrainSample, size: usize) -> Result<Vec<f32>> {
     require_mask(sample)?;
-    if size == 0 {
-        bail!("the training mask size must be positive");
-    }
-    Ok(grid_values(&eval_mask(sample.mask_path.as_deref(), size)?))
+    check_mask_size(size)?;
+    let grid = eval_mask(sample.mask_path.as_deref(), size).map_err(|source| Error::Dataset {
+        context: format!("the mask of {}", sample.image_path.display()),
+        source,
+    })?;
+    Ok(grid_values(&grid))
 }
 
 /// Refuses an anomalous training image without a mask: training needs its pixel labels.
-fn require_mask(sample: &TrainSample) -> anyhow::Result<()> {
+fn require_mask(sample: &TrainSample) -> Result<()> {
     if sample.anomalous && sample.mask_path.is_none() {
-        bail!(
+        return Err(Error::Data(format!(
             "{}: anomalous training image without a mask (training needs pixel labels)",
             sample.image_path.display()
-        );
+        )));
     }
     Ok(())
 }
@@ -374,7 +387,7 @@ pub fn batch_t_init(
     head: &SsvpHead,
     encoder: &dyn PromptTextEncoder,
     class_names: &[&str],
-) -> anyhow::Result<Tensor> {
+) -> Result<Tensor> {
     let mut distinct: Vec<&str> = Vec::new();
     let mut index = Vec::with_capacity(class_names.len());
     for name in class_names {
@@ -391,9 +404,9 @@ pub fn batch_t_init(
         .iter()
         .map(|name| {
             head.encode_prompts(encoder, name)
-                .with_context(|| format!("encoding the prompts of `{name}`"))
+                .map_err(|e| e.context(format!("encoding the prompts of `{name}`")))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     let stacked = Tensor::stack(&encoded, 0)?;
     if distinct.len() == 1 {
         let (p, d) = (stacked.dim(1)?, stacked.dim(2)?);
@@ -419,7 +432,7 @@ fn batch_inputs(
     batch: &[usize],
     plans: &[AugmentPlan],
     mask_size: usize,
-) -> anyhow::Result<BatchInputs> {
+) -> Result<BatchInputs> {
     let b = batch.len();
     let mut features: Vec<Option<ImageFeatures>> = (0..b).map(|_| None).collect();
     let mut masks: Vec<Vec<f32>> = vec![Vec::new(); b];
@@ -437,7 +450,7 @@ fn batch_inputs(
         masks[j] = training_mask(s, mask_size)?;
         labels[j] = if s.anomalous { 1.0 } else { 0.0 };
     }
-    let tile = |i: usize| -> anyhow::Result<(RgbImage8, GrayImage8)> {
+    let tile = |i: usize| -> Result<(RgbImage8, GrayImage8)> {
         let s = &samples[i];
         load_image_and_mask(&s.image_path, s.mask_path.as_deref())
     };
@@ -449,7 +462,7 @@ fn batch_inputs(
         let (image, mask) = tile(batch[j])?;
         let (image, mask) = plans[j]
             .apply(image, mask, &tile)
-            .with_context(|| format!("augmenting {}", s.image_path.display()))?;
+            .map_err(|e| e.context(format!("augmenting {}", s.image_path.display())))?;
         masks[j] = mask_to_training(&mask, mask_size)?;
         // A mosaic is built from anomalous images only.
         labels[j] = if s.anomalous || plans[j].mosaic.is_some() {
@@ -460,12 +473,13 @@ fn batch_inputs(
         images.push(image);
     }
     let computed = source.features_of_images(&images)?;
-    anyhow::ensure!(
-        computed.len() == changed.len(),
-        "the feature source returned {} results for {} images",
-        computed.len(),
-        changed.len()
-    );
+    if computed.len() != changed.len() {
+        return Err(Error::Shape(format!(
+            "the feature source returned {} results for {} images",
+            computed.len(),
+            changed.len()
+        )));
+    }
     for (&j, f) in changed.iter().zip(computed) {
         features[j] = Some(f);
     }
@@ -494,7 +508,7 @@ fn train_step(
     mask_size: usize,
     seed: u64,
     device: &Device,
-) -> anyhow::Result<(BTreeMap<String, f64>, usize)> {
+) -> Result<(BTreeMap<String, f64>, usize)> {
     let inputs = batch_inputs(source, samples, batch, plans, mask_size)?;
     let features = stack_features(&inputs.features)?;
     let b = batch.len();
@@ -515,10 +529,15 @@ fn train_step(
         device,
     )?;
     let out = head.forward(&features, &t_init, &Mode::Train { noise }, Some(&targets))?;
-    let loss = out.loss.context("the head returned no loss terms")?;
+    let loss = out
+        .loss
+        .ok_or_else(|| Error::Shape("the head returned no loss terms".into()))?;
     let total = loss.total.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     if !total.is_finite() {
-        bail!("the training loss is {total} at step {}", opt.step_index());
+        return Err(Error::Diverged {
+            loss: total,
+            step: opt.step_index(),
+        });
     }
     let grads = loss.total.backward()?;
     opt.step(&grads)?;
@@ -531,7 +550,7 @@ fn train_step(
                 t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
             ))
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect::<candle_core::Result<_>>()?;
     Ok((losses, inputs.augmented))
 }
 
@@ -540,13 +559,10 @@ fn write_checkpoint(
     head: &SsvpHead,
     opt: &TrainOptimizer,
     state: &mut RunState,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let (head_file, optim_file) = checkpoint_names(opt.step_index());
     run.write_atomic_with(&head_file, |tmp| head.save(tmp))?;
-    run.write_atomic_with(&optim_file, |tmp| {
-        opt.save(tmp)
-            .map_err(|e| crate::error::Error::Io(format!("{e:#}")))
-    })?;
+    run.write_atomic_with(&optim_file, |tmp| opt.save(tmp))?;
     state.step = opt.step_index();
     state.complete = state.step >= state.total_steps;
     state.head_file = head_file;
@@ -571,18 +587,14 @@ pub fn train(
     opts: &TrainOptions,
     start: Start,
     on_event: &mut dyn FnMut(TrainEvent),
-) -> anyhow::Result<TrainSummary> {
+) -> Result<TrainSummary> {
     let cfg: SsvpConfig = head.config().clone();
     let oc = &cfg.optim;
     if samples.is_empty() {
-        bail!("no training samples");
+        return Err(Error::Data("no training samples".into()));
     }
-    if oc.batch_size == 0 || oc.epochs == 0 {
-        bail!("optim.batch_size and optim.epochs must be positive");
-    }
-    if opts.mask_size == 0 {
-        bail!("the training mask size must be positive");
-    }
+    oc.validate()?;
+    opts.validate()?;
     let steps_per_epoch = samples.len().div_ceil(oc.batch_size);
     let total_steps = steps_per_epoch * oc.epochs;
     let device = head
@@ -617,27 +629,31 @@ pub fn train(
         Start::Resume => {
             let state = run.read_state()?;
             let stored_cfg = run.read_config()?;
-            if stored_cfg != cfg {
-                bail!(
-                    "{}: the run was trained with a different configuration (resume uses the \
-                     run's config.toml; start a new run to change it)",
-                    run.path().display()
-                );
-            }
+            job::check_resume(
+                run,
+                &stored_cfg,
+                &state,
+                &job::ResumeRequest {
+                    config: Some((&cfg, None)),
+                    mask_size: Some(opts.mask_size),
+                    ..Default::default()
+                },
+            )?;
             let stored: BackboneIdentity = run.read_identity()?;
-            stored.check_matches(identity).with_context(|| {
-                format!(
-                    "{}: the run's features were {}",
+            stored.check_matches(identity).map_err(|e| {
+                Error::Mismatch(format!(
+                    "{}: the run's features were made with other backbones than the ones given \
+                     now: {}",
                     run.path().display(),
-                    "made with other backbones than the ones given now"
-                )
+                    ssvp_util::error::message_chain(&e)
+                ))
             })?;
             if state.data.samples != data.samples
                 || state.data.categories != data.categories
                 || state.steps_per_epoch != steps_per_epoch
                 || state.total_steps != total_steps
             {
-                bail!(
+                return Err(Error::Mismatch(format!(
                     "{}: the run trained on {} samples of {:?} ({} steps); the data given now \
                      has {} samples of {:?} ({} steps)",
                     run.path().display(),
@@ -647,15 +663,7 @@ pub fn train(
                     data.samples,
                     data.categories,
                     total_steps
-                );
-            }
-            if state.mask_size != opts.mask_size {
-                bail!(
-                    "{}: the run trained with {1}x{1} masks, not {2}x{2}",
-                    run.path().display(),
-                    state.mask_size,
-                    opts.mask_size
-                );
+                )));
             }
             head.load(run.file(&state.head_file))?;
             opt.load(&run.file(&state.optimizer_file), state.step)?;
@@ -733,7 +741,9 @@ pub fn train(
             losses,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        run.append_log(&[serde_json::to_string(&record)?])?;
+        let line = serde_json::to_string(&record)
+            .map_err(|e| Error::Serialize(format!("cannot serialise a step record: {e}")))?;
+        run.append_log(&[line])?;
         on_event(TrainEvent::Step(&record));
         last = Some(record);
         let done = opt.step_index();

@@ -23,6 +23,7 @@ use crate::params::{Init, ParamBuilder};
 /// graph to `prompt_tokens`. The real encoder splices the tokens into the frozen CLIP text tower
 /// in place of placeholder words before `<class name>`.
 pub trait PromptTextEncoder {
+    /// The text embeddings `[2P, D_c]` of `prompt_tokens` for `class_name`.
     fn encode(&self, class_name: &str, prompt_tokens: &Tensor) -> Result<Tensor>;
 }
 
@@ -38,6 +39,7 @@ pub struct PromptBank {
 }
 
 impl PromptBank {
+    /// The prompts with their initial values (context N(0, 0.02), states N(±0.5, 0.02)).
     pub fn new(pb: &ParamBuilder, cfg: &ModelConfig) -> Result<Self> {
         let (p, w) = (cfg.prompts_per_state, cfg.text_width);
         let normal = |mean| Init::Normal { mean, std: 0.02 };
@@ -71,6 +73,7 @@ pub struct SoftplusMlp {
 }
 
 impl SoftplusMlp {
+    /// Three linear layers `in_dim -> hidden -> hidden -> out_dim` with softplus between.
     pub fn new(pb: &ParamBuilder, in_dim: usize, hidden: usize, out_dim: usize) -> Result<Self> {
         Ok(Self {
             fc1: pb.linear("fc1", in_dim, hidden)?,
@@ -79,6 +82,7 @@ impl SoftplusMlp {
         })
     }
 
+    /// `fc3(softplus(fc2(softplus(fc1(x)))))`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = softplus(&self.fc1.forward(x)?)?;
         let x = softplus(&self.fc2.forward(&x)?)?;
@@ -95,7 +99,9 @@ pub fn softplus(x: &Tensor) -> Result<Tensor> {
 /// What the VAE produced for one batch.
 #[derive(Debug, Clone)]
 pub struct VaeOutput {
+    /// The latent mean `μ`, `[B, d_z]`.
     pub mu: Tensor,
+    /// The latent log-variance `log σ²`, `[B, d_z]`.
     pub logvar: Tensor,
     /// The latent actually used: `μ + ε·exp(log σ² / 2)` in training, `μ` in evaluation.
     pub z: Tensor,
@@ -113,6 +119,7 @@ pub struct Vae {
 }
 
 impl Vae {
+    /// The encoder (mean and log-variance MLPs) and the decoder, initialised from `pb`.
     pub fn new(pb: &ParamBuilder, cfg: &ModelConfig) -> Result<Self> {
         let (dc, h, dz) = (cfg.clip_dim, cfg.vae_hidden, cfg.vae_latent);
         Ok(Self {
@@ -163,6 +170,7 @@ pub struct LatentInjection {
 }
 
 impl LatentInjection {
+    /// The injection's attention and gate, initialised from `pb`.
     pub fn new(pb: &ParamBuilder, cfg: &ModelConfig) -> Result<Self> {
         let tok = cfg.latent_token_dim();
         Ok(Self {
@@ -206,12 +214,16 @@ pub fn margin_loss(t_final: &Tensor, t_init: &Tensor, floor: f64) -> Result<Tens
 /// The trainable parts of VCPG downstream of the text encoder, plus the prompt bank.
 #[derive(Debug, Clone)]
 pub struct Vcpg {
+    /// The learnable prompts.
     pub prompts: PromptBank,
+    /// The VAE on the fused global feature.
     pub vae: Vae,
+    /// The latent injection into the text embeddings.
     pub inject: LatentInjection,
 }
 
 impl Vcpg {
+    /// Every part, initialised from `pb`.
     pub fn new(pb: &ParamBuilder, cfg: &ModelConfig) -> Result<Self> {
         Ok(Self {
             prompts: PromptBank::new(&pb.pp("prompts"), cfg)?,

@@ -64,13 +64,16 @@ pub struct VtamOutput {
     pub scale_weights: Tensor,
     /// `P_map`, `[B, N]`.
     pub fused_map: Tensor,
+    /// `S_global`, `[B]`.
     pub score_global: Tensor,
+    /// `S_local`, `[B]`: read from `P_map` by `model.local_score`.
     pub score_local: Tensor,
     /// `S = (1-γ) S_global + γ S_local`, `[B]`.
     pub score: Tensor,
 }
 
 impl Vtam {
+    /// The mapper with its temperature and gates, initialised from `pb`.
     pub fn new(pb: &ParamBuilder, cfg: &ModelConfig) -> Result<Self> {
         let init_scale = (1.0 / cfg.tau_init).ln();
         let log_logit_scale = if cfg.tau_learnable {

@@ -12,14 +12,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context;
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use ssvp_image::RgbImage8;
 
-use super::{sha256_hex, BackboneIdentity, FeatureSource, ImageFeatures, FEATURE_FORMAT};
+use crate::error::{ensure_fits, Error, Result};
+use crate::features::{FeatureSource, ImageFeatures};
+use crate::identity::{sha256_hex, BackboneIdentity, FEATURE_FORMAT};
 
 /// On-disk precision of cached features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -44,7 +45,9 @@ impl CacheStorage {
 /// Counters since the cache was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CacheStats {
+    /// Images read from disk.
     pub hits: u64,
+    /// Images computed by the inner source (and stored).
     pub misses: u64,
     /// Entries that existed but were unreadable or mismatched, and were recomputed.
     pub recovered: u64,
@@ -84,16 +87,22 @@ impl<S: FeatureSource> FeatureCache<S> {
     }
 
     /// Opens (creating it if needed) the cache for `inner`'s identity under `dir`.
-    pub fn new(inner: S, dir: PathBuf, storage: CacheStorage) -> anyhow::Result<Self> {
+    pub fn new(inner: S, dir: PathBuf, storage: CacheStorage) -> Result<Self> {
         let digest = inner.identity().digest();
         let sub = dir.join(&digest);
-        std::fs::create_dir_all(&sub)
-            .with_context(|| format!("cannot create the feature cache {}", sub.display()))?;
+        std::fs::create_dir_all(&sub).map_err(|e| {
+            Error::io(
+                format!("cannot create the feature cache {}", sub.display()),
+                &sub,
+                e,
+            )
+        })?;
         let about = sub.join("identity.json");
         if !about.is_file() {
-            let json = serde_json::to_string_pretty(inner.identity())?;
+            let json =
+                serde_json::to_string_pretty(inner.identity()).expect("an identity serialises");
             ssvp_util::fs::write_atomic(&about, json.as_bytes())
-                .with_context(|| format!("cannot write {}", about.display()))?;
+                .map_err(|e| Error::io(format!("cannot write {}", about.display()), &about, e))?;
         }
         Ok(Self {
             inner,
@@ -113,10 +122,12 @@ impl<S: FeatureSource> FeatureCache<S> {
         self
     }
 
+    /// The source misses go to.
     pub fn inner(&self) -> &S {
         &self.inner
     }
 
+    /// The source misses go to, owned.
     pub fn into_inner(self) -> S {
         self.inner
     }
@@ -126,10 +137,12 @@ impl<S: FeatureSource> FeatureCache<S> {
         &self.dir
     }
 
+    /// The on-disk precision.
     pub fn storage(&self) -> CacheStorage {
         self.storage
     }
 
+    /// Hits, misses and recovered entries since the cache was opened.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
@@ -144,9 +157,14 @@ impl<S: FeatureSource> FeatureCache<S> {
     }
 
     /// The content hash of an image file (its key in the cache).
-    pub fn content_hash(image_path: &Path) -> anyhow::Result<String> {
-        let bytes = std::fs::read(image_path)
-            .with_context(|| format!("cannot read image {}", image_path.display()))?;
+    pub fn content_hash(image_path: &Path) -> Result<String> {
+        let bytes = std::fs::read(image_path).map_err(|e| Error::Image {
+            context: format!("cannot read image {}", image_path.display()),
+            source: ssvp_image::Error::Io {
+                path: image_path.to_path_buf(),
+                source: e,
+            },
+        })?;
         Ok(sha256_hex(&bytes))
     }
 
@@ -171,27 +189,29 @@ impl<S: FeatureSource> FeatureCache<S> {
         }
     }
 
-    fn read_entry(&self, path: &Path, content: &str) -> anyhow::Result<ImageFeatures> {
-        let bytes = std::fs::read(path)?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    fn read_entry(&self, path: &Path, content: &str) -> Result<ImageFeatures> {
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io("cannot read the cache entry", path, e))?;
+        let unreadable = |e: safetensors::SafeTensorError| Error::Mismatch(e.to_string());
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(unreadable)?;
         let meta = meta.metadata().clone().unwrap_or_default();
         let get = |k: &str| {
             meta.get(k)
                 .map(String::as_str)
-                .ok_or_else(|| anyhow::anyhow!("metadata has no `{k}`"))
+                .ok_or_else(|| Error::Mismatch(format!("metadata has no `{k}`")))
         };
-        anyhow::ensure!(
+        ensure_fits!(
             get(META_FORMAT)? == FEATURE_FORMAT.to_string(),
             "feature format {} (this build writes {FEATURE_FORMAT})",
             get(META_FORMAT)?
         );
-        anyhow::ensure!(
+        ensure_fits!(
             get(META_IDENTITY)? == self.digest,
             "written for backbone identity {}, these backbones are {}",
             get(META_IDENTITY)?,
             self.digest
         );
-        anyhow::ensure!(
+        ensure_fits!(
             get(META_CONTENT)? == content,
             "written for image content {}, the file hashes to {content}",
             get(META_CONTENT)?
@@ -200,35 +220,35 @@ impl<S: FeatureSource> FeatureCache<S> {
         let grid = grid
             .split_once(',')
             .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)))
-            .ok_or_else(|| anyhow::anyhow!("bad grid `{grid}`"))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)?;
+            .ok_or_else(|| Error::Mismatch(format!("bad grid `{grid}`")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(unreadable)?;
         let device = self.inner.device();
-        let load = |name: &str| -> anyhow::Result<Tensor> {
+        let load = |name: &str| -> Result<Tensor> {
             let view = st
                 .tensor(name)
-                .map_err(|_| anyhow::anyhow!("no tensor `{name}`"))?;
+                .map_err(|_| Error::Mismatch(format!("no tensor `{name}`")))?;
             Ok(view.load(device)?.to_dtype(DType::F32)?)
         };
         let id = self.inner.identity();
         let features = ImageFeatures {
             clip_local: (0..id.clip_layers.len())
                 .map(|l| load(&format!("clip_local.{l}")))
-                .collect::<anyhow::Result<_>>()?,
+                .collect::<Result<_>>()?,
             dino_local: (0..id.dino_layers.len())
                 .map(|l| load(&format!("dino_local.{l}")))
-                .collect::<anyhow::Result<_>>()?,
+                .collect::<Result<_>>()?,
             clip_global: load("clip_global")?,
             dino_global: load("dino_global")?,
             grid,
         };
         let expected = 2 + id.clip_layers.len() + id.dino_layers.len();
-        anyhow::ensure!(
+        ensure_fits!(
             st.len() == expected,
             "{} tensors, expected {expected}",
             st.len()
         );
         features.check(id)?;
-        let finite = |t: &Tensor| -> anyhow::Result<bool> {
+        let finite = |t: &Tensor| -> Result<bool> {
             Ok(t.abs()?.max_all()?.to_scalar::<f32>()?.is_finite())
         };
         for t in features
@@ -237,13 +257,13 @@ impl<S: FeatureSource> FeatureCache<S> {
             .chain(&features.dino_local)
             .chain([&features.clip_global, &features.dino_global])
         {
-            anyhow::ensure!(finite(t)?, "holds non-finite values");
+            ensure_fits!(finite(t)?, "holds non-finite values");
         }
         Ok(features)
     }
 
     /// Writes an entry atomically (temporary file in the same directory, then rename).
-    fn store(&self, content: &str, features: &ImageFeatures) -> anyhow::Result<()> {
+    fn store(&self, content: &str, features: &ImageFeatures) -> Result<()> {
         let dtype = self.storage.dtype();
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (l, t) in features.clip_local.iter().enumerate() {
@@ -268,21 +288,29 @@ impl<S: FeatureSource> FeatureCache<S> {
             ),
         ]);
         let bytes =
-            safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))?;
+            safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
+                .map_err(|e| Error::Candle(candle_core::Error::wrap(e)))?;
         let target = self.entry_path(content);
         // Atomic: concurrent writers of one entry (two processes warming one cache) each rename
         // a complete file into place, and a killed writer leaves only a stray temporary file.
         // Not synced to disk: an entry lost in a crash is recomputed, and an fsync per image
         // would slow the warm-up for nothing.
-        ssvp_util::fs::write_atomic_with(&target, |tmp| std::fs::write(tmp, &bytes))
-            .with_context(|| format!("cannot write the cache entry {}", target.display()))?;
+        ssvp_util::fs::write_atomic_with(&target, |tmp| std::fs::write(tmp, &bytes)).map_err(
+            |e| {
+                Error::io(
+                    format!("cannot write the cache entry {}", target.display()),
+                    &target,
+                    e,
+                )
+            },
+        )?;
         Ok(())
     }
 
     /// What the cache hands out for freshly computed features: exactly what a later hit will
     /// read back (rounded through f16 when the storage is f16), so a run never depends on
     /// whether an image was cached.
-    fn as_stored(&self, features: ImageFeatures) -> anyhow::Result<ImageFeatures> {
+    fn as_stored(&self, features: ImageFeatures) -> Result<ImageFeatures> {
         if self.storage == CacheStorage::F32 {
             return Ok(features);
         }
@@ -292,12 +320,12 @@ impl<S: FeatureSource> FeatureCache<S> {
                 .clip_local
                 .iter()
                 .map(round)
-                .collect::<Result<_, _>>()?,
+                .collect::<candle_core::Result<_>>()?,
             dino_local: features
                 .dino_local
                 .iter()
                 .map(round)
-                .collect::<Result<_, _>>()?,
+                .collect::<candle_core::Result<_>>()?,
             clip_global: round(&features.clip_global)?,
             dino_global: round(&features.dino_global)?,
             grid: features.grid,
@@ -311,7 +339,7 @@ impl<S: FeatureSource> FeatureSource for FeatureCache<S> {
     }
 
     /// Decoded images bypass the cache (nothing keys them); the inner source computes them.
-    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
+    fn features_of_images(&self, images: &[RgbImage8]) -> Result<Vec<ImageFeatures>> {
         self.inner.features_of_images(images)
     }
 
@@ -319,13 +347,13 @@ impl<S: FeatureSource> FeatureSource for FeatureCache<S> {
         self.inner.device()
     }
 
-    fn features(&self, image_path: &Path) -> anyhow::Result<ImageFeatures> {
+    fn features(&self, image_path: &Path) -> Result<ImageFeatures> {
         let mut out = self.features_batch(&[image_path.to_path_buf()])?;
         Ok(out.remove(0))
     }
 
     /// Hits are read from disk; all misses go to the inner source as one batch.
-    fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
+    fn features_batch(&self, image_paths: &[PathBuf]) -> Result<Vec<ImageFeatures>> {
         let mut out: Vec<Option<ImageFeatures>> = Vec::with_capacity(image_paths.len());
         let mut missing: Vec<(usize, String)> = Vec::new();
         for (i, path) in image_paths.iter().enumerate() {
@@ -348,7 +376,7 @@ impl<S: FeatureSource> FeatureSource for FeatureCache<S> {
                 .map(|(i, _)| image_paths[*i].clone())
                 .collect();
             let computed = self.inner.features_batch(&paths)?;
-            anyhow::ensure!(
+            ensure_fits!(
                 computed.len() == paths.len(),
                 "the feature source returned {} results for {} images",
                 computed.len(),

@@ -1,10 +1,10 @@
 //! Behaviour of a freshly initialised head (it starts as pure CLIP), checkpoint save/load of the
 //! trainable tensors only, parameter groups, and clear errors on bad input.
 
-mod common;
+use crate::common;
 
+use crate::common::{inputs, plain_layer_norm, t_init, tiny_config};
 use candle_core::{Device, Tensor};
-use common::{inputs, plain_layer_norm, t_init, tiny_config};
 use ssvp_model::vtam::top_k_mean;
 use ssvp_model::{Error, Mode, ParamGroup, SsvpHead};
 

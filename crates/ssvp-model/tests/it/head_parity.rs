@@ -6,11 +6,11 @@
 //! computed in float64 from the same float32 parameters; measured errors are printed with
 //! `--nocapture`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 
-use common::{assert_close, inputs, load, t_init, tiny_config};
+use crate::common::{assert_close, inputs, load, t_init, tiny_config};
 use ssvp_model::{HeadOutput, Mode, SsvpHead, SsvpOptimizer};
 
 const TOL: f32 = 1e-4;

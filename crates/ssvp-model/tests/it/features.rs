@@ -12,12 +12,11 @@ use ssvp_backbones::clip::{
 };
 use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
 use ssvp_backbones::weights::seeded_var_builder;
+use ssvp_features::{tiny_clip_config, tiny_dino_config};
+use ssvp_features::{Backbones, BackbonesConfig, DinoLayerSet, FeatureSource, ImageFeatures};
 use ssvp_image::Preprocess;
-use ssvp_model::features::{tiny_clip_config, tiny_dino_config};
-use ssvp_model::{
-    stack_features, Backbones, BackbonesConfig, DinoLayerSet, FeatureSource, ImageFeatures,
-    SsvpConfig,
-};
+use ssvp_model::PromptEncoding;
+use ssvp_model::{stack_features, SsvpConfig};
 
 /// A deterministic RGB test picture with structure (gradients plus a square "defect").
 fn write_image(dir: &Path, name: &str, w: u32, h: u32, variant: u32) -> PathBuf {
@@ -73,7 +72,7 @@ fn assert_same(a: &ImageFeatures, b: &ImageFeatures) {
 
 fn tiny() -> Backbones {
     let cfg = SsvpConfig::tiny();
-    Backbones::load(&cfg.backbones, &cfg.model, &Device::Cpu).unwrap()
+    ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &Device::Cpu).unwrap()
 }
 
 #[test]
@@ -142,7 +141,7 @@ fn tiny_preset_is_deterministic_and_seeded() {
 
     let mut cfg = SsvpConfig::tiny();
     cfg.backbones.seed += 1;
-    let other = Backbones::load(&cfg.backbones, &cfg.model, &Device::Cpu).unwrap();
+    let other = ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &Device::Cpu).unwrap();
     let c = other.features(&img).unwrap();
     assert!(max_abs_diff(&a.clip_local[0], &c.clip_local[0]) > 1e-3);
     assert!(max_abs_diff(&a.dino_global, &c.dino_global) > 1e-3);
@@ -316,12 +315,13 @@ fn a_small_non_tiny_pair() {
         clip,
         dino,
         &bcfg,
-        &mcfg,
+        &mcfg.taps(),
         "seeded:1".into(),
         "seeded:2".into(),
         &dev,
     )
     .unwrap();
+    mcfg.check_backbones(bb.identity()).unwrap();
     let id = bb.identity();
     assert_eq!(id.clip_layers, vec![3, 6, 9, 12]);
     assert_eq!(id.dino_layers, vec![4, 7, 10, 12]);
@@ -358,7 +358,7 @@ fn a_small_non_tiny_pair() {
 fn configuration_errors_say_what_to_change() {
     let dev = Device::Cpu;
     let load = |b: &BackbonesConfig, m: &ssvp_model::ModelConfig| {
-        Backbones::load(b, m, &dev)
+        ssvp_model::load_backbones(b, m, &dev)
             .err()
             .map(|e| format!("{e:#}"))
             .unwrap_or_default()
@@ -417,7 +417,7 @@ fn configuration_errors_say_what_to_change() {
     assert!(!load(&b, &tiny.model).is_empty());
 
     // An unreadable image names the file.
-    let bb = Backbones::load(&tiny.backbones, &tiny.model, &dev).unwrap();
+    let bb = ssvp_model::load_backbones(&tiny.backbones, &tiny.model, &dev).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("broken.png");
     std::fs::write(&bad, b"not a png").unwrap();
@@ -447,11 +447,11 @@ fn backbones_section_in_toml() {
 
     // The bilinear / DPAM switches change the CLIP features and the identity.
     let dev = Device::Cpu;
-    let bb_a = Backbones::load(&tiny.backbones, &tiny.model, &dev).unwrap();
+    let bb_a = ssvp_model::load_backbones(&tiny.backbones, &tiny.model, &dev).unwrap();
     let mut b = tiny.backbones.clone();
     b.pos_interp = ssvp_model::config::PosInterp::Bilinear;
     b.dpam_from = Some(2);
-    let bb_b = Backbones::load(&b, &tiny.model, &dev).unwrap();
+    let bb_b = ssvp_model::load_backbones(&b, &tiny.model, &dev).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let img = write_image(dir.path(), "a.png", 64, 64, 1);
     let (fa, fb) = (bb_a.features(&img).unwrap(), bb_b.features(&img).unwrap());

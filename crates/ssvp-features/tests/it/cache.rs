@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
-use ssvp_model::features::CacheStats;
-use ssvp_model::{
-    BackboneIdentity, Backbones, CacheStorage, FeatureCache, FeatureSource, ImageFeatures,
-    SsvpConfig,
+use ssvp_features::{
+    BackboneIdentity, Backbones, BackbonesConfig, CacheStats, CacheStorage, FeatureCache,
+    FeatureSource, ImageFeatures,
 };
+
+use crate::tiny_taps;
 
 /// Counts the images the wrapped source is asked for.
 struct Counting<S> {
@@ -42,10 +43,10 @@ impl<S: FeatureSource> FeatureSource for Counting<S> {
     fn device(&self) -> &Device {
         self.inner.device()
     }
-    fn features(&self, p: &Path) -> anyhow::Result<ImageFeatures> {
+    fn features(&self, p: &Path) -> ssvp_features::Result<ImageFeatures> {
         Ok(self.features_batch(&[p.to_path_buf()])?.remove(0))
     }
-    fn features_batch(&self, ps: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
+    fn features_batch(&self, ps: &[PathBuf]) -> ssvp_features::Result<Vec<ImageFeatures>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.images.fetch_add(ps.len(), Ordering::Relaxed);
         self.inner.features_batch(ps)
@@ -53,9 +54,11 @@ impl<S: FeatureSource> FeatureSource for Counting<S> {
 }
 
 fn tiny_with_seed(seed: u64) -> Backbones {
-    let mut cfg = SsvpConfig::tiny();
-    cfg.backbones.seed = seed;
-    Backbones::load(&cfg.backbones, &cfg.model, &Device::Cpu).unwrap()
+    let cfg = BackbonesConfig {
+        seed,
+        ..BackbonesConfig::tiny()
+    };
+    Backbones::load(&cfg, &tiny_taps(), &Device::Cpu).unwrap()
 }
 
 fn write_image(dir: &Path, name: &str, variant: u8) -> PathBuf {

@@ -1,116 +1,32 @@
 //! [`Backbones`]: the frozen CLIP and DINOv3 towers, loaded from weights or built as the seeded
 //! `tiny` preset, aligned on one patch grid, and run on image files.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
-use sha2::{Digest, Sha256};
-use ssvp_backbones::clip::{
-    self, Activation as ClipActivation, ClipConfig, ClipModel, ClipTextConfig, ClipVisionConfig,
-    ConfigChoice, LoadOptions, VisionOptions,
-};
-use ssvp_backbones::dinov3::{self, Activation as DinoActivation, Dinov3Config, Dinov3Model};
+use ssvp_backbones::clip::{self, ClipConfig, ClipModel, ConfigChoice, LoadOptions, VisionOptions};
+use ssvp_backbones::dinov3::{self, Dinov3Config, Dinov3Model};
 use ssvp_backbones::weights::{seeded_var_builder, ModelSource, WantedFiles};
 use ssvp_image::{Preprocess, RgbImage8};
 
-use super::prompt::{ClipPromptEncoder, PromptCache};
-use super::{hex, BackboneIdentity, FeatureSource, ImageFeatures, FEATURE_FORMAT};
-use crate::config::{BackbonesConfig, ModelConfig, PosInterp, TINY};
+use crate::config::{BackbonesConfig, PosInterp, TapLayers, TINY};
+use crate::error::{ensure_fits, Error, Result};
+use crate::features::{FeatureSource, ImageFeatures};
+use crate::identity::{weights_fingerprint, BackboneIdentity, FEATURE_FORMAT};
+use crate::tiny::{tiny_clip_config, tiny_dino_config, tiny_seeds};
 
-/// The `tiny` CLIP: the real architecture (pre-LN ViT with QuickGELU, patch 14, causal text
-/// tower with the real 49,408-token vocabulary) at width 64 and 4 blocks per tower. Its trained
-/// grid is 4 x 4 (56 px), so any other grid goes through the same positional resampling as
-/// ViT-L/14@336 at 518 px. About 0.2M parameters per tower's blocks; the token embedding adds
-/// 3.2M because the tokenizer is the real one.
-pub fn tiny_clip_config() -> ClipConfig {
-    ClipConfig {
-        vision: Some(ClipVisionConfig {
-            hidden_size: 64,
-            intermediate_size: 256,
-            num_hidden_layers: 4,
-            num_attention_heads: 4,
-            num_channels: 3,
-            image_size: 56,
-            patch_size: 14,
-            hidden_act: ClipActivation::QuickGelu,
-            layer_norm_eps: 1e-5,
-        }),
-        text: Some(ClipTextConfig {
-            vocab_size: 49408,
-            hidden_size: 64,
-            intermediate_size: 256,
-            num_hidden_layers: 4,
-            num_attention_heads: 4,
-            max_position_embeddings: 77,
-            hidden_act: ClipActivation::QuickGelu,
-            layer_norm_eps: 1e-5,
-            bos_token_id: 49406,
-            eos_token_id: 49407,
-            pad_token_id: 1,
-        }),
-        projection_dim: 64,
-    }
-}
-
-/// The `tiny` DINOv3: the released ViT layout (CLS + 4 registers, 2D RoPE, LayerScale, GELU MLP,
-/// no key bias, patch 16) at width 64, 4 heads of 16, 4 blocks; about 0.2M parameters.
-pub fn tiny_dino_config() -> Dinov3Config {
-    Dinov3Config {
-        hidden_size: 64,
-        num_hidden_layers: 4,
-        num_attention_heads: 4,
-        intermediate_size: 256,
-        patch_size: 16,
-        num_channels: 3,
-        num_register_tokens: 4,
-        layer_norm_eps: 1e-5,
-        rope_theta: 100.0,
-        use_gated_mlp: false,
-        hidden_act: DinoActivation::GeluErf,
-        query_bias: true,
-        key_bias: false,
-        value_bias: true,
-        proj_bias: true,
-        mlp_bias: true,
-    }
-}
-
-/// Seeds of the two tiny towers (different, so that no tensor of one mirrors the other).
-fn tiny_seeds(seed: u64) -> (u64, u64) {
-    (seed, seed ^ 0xD1_70_D1_70)
-}
-
-fn parse_dtype(name: &str) -> anyhow::Result<DType> {
+fn parse_dtype(name: &str) -> Result<DType> {
     Ok(match name {
         "f32" => DType::F32,
         "f16" => DType::F16,
         "bf16" => DType::BF16,
-        other => anyhow::bail!("backbones.dtype `{other}` is not one of f32, f16, bf16"),
+        other => {
+            return Err(Error::Config(format!(
+                "backbones.dtype `{other}` is not one of f32, f16, bf16"
+            )))
+        }
     })
-}
-
-/// A cheap content fingerprint of a weights file: its size and the SHA-256 of its first and last
-/// 4 MiB (hashing whole multi-GB checkpoints on every start would cost seconds).
-fn weights_fingerprint(path: &Path) -> anyhow::Result<String> {
-    const SPAN: u64 = 4 << 20;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let size = f.metadata()?.len();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; SPAN.min(size) as usize];
-    f.read_exact(&mut buf)?;
-    hasher.update(&buf);
-    if size > SPAN {
-        let start = size.saturating_sub(SPAN).max(SPAN);
-        f.seek(SeekFrom::Start(start))?;
-        let mut tail = Vec::new();
-        f.read_to_end(&mut tail)?;
-        hasher.update(&tail);
-    }
-    Ok(format!("sha256-ends:{size}:{}", hex(&hasher.finalize())))
 }
 
 /// Which towers a pass runs.
@@ -146,86 +62,76 @@ pub struct Backbones {
     vision_opts: VisionOptions,
     dino_blocks: Vec<usize>,
     device: Device,
-    /// Tokenised prompt templates, shared by every encoder this creates.
-    prompt_cache: PromptCache,
 }
 
 impl Backbones {
-    /// Loads (or, for `tiny`, builds) both towers and checks them against the head's config:
-    /// the grids must match, the requested blocks exist, and `clip_dim`, `dino_dim` and
-    /// `text_width` equal the towers' widths.
-    pub fn load(
-        cfg: &BackbonesConfig,
-        model_cfg: &ModelConfig,
-        device: &Device,
-    ) -> anyhow::Result<Self> {
+    /// Loads (or, for `tiny`, builds) both towers, tapped at `taps`: the grids must match and
+    /// the tapped blocks exist.
+    pub fn load(cfg: &BackbonesConfig, taps: &TapLayers, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let dtype = parse_dtype(&cfg.dtype)?;
         let (clip_seed, dino_seed) = tiny_seeds(cfg.seed);
         let (clip, clip_weights) = if cfg.clip == TINY {
             let vb = seeded_var_builder(clip_seed, dtype, device);
-            let model = ClipModel::new(&tiny_clip_config(), vb, "tiny")?;
+            let model = ClipModel::new(&tiny_clip_config(), vb, "tiny")
+                .map_err(|e| Error::backbone("building the tiny CLIP", e))?;
             (model, format!("seeded:{clip_seed}"))
         } else {
-            let files = ModelSource::parse(&cfg.clip)?.resolve(WantedFiles {
-                weights: clip::WEIGHTS_FILES,
-                config: Some("config.json"),
-            })?;
+            let loading = || format!("loading CLIP from `{}`", cfg.clip);
+            let files = ModelSource::parse(&cfg.clip)
+                .and_then(|source| {
+                    source.resolve(WantedFiles {
+                        weights: clip::WEIGHTS_FILES,
+                        config: Some("config.json"),
+                    })
+                })
+                .map_err(|e| Error::backbone(loading(), e))?;
             let opts = LoadOptions {
                 config: ConfigChoice::Auto,
                 activation: None,
                 dtype,
                 device: device.clone(),
             };
-            let model = ClipModel::load_files(&files, &opts)
-                .with_context(|| format!("loading CLIP from `{}`", cfg.clip))?;
+            let model =
+                ClipModel::load_files(&files, &opts).map_err(|e| Error::backbone(loading(), e))?;
             (model, weights_fingerprint(&files.weights)?)
         };
         let (dino, dino_weights) = if cfg.dino == TINY {
             let vb = seeded_var_builder(dino_seed, dtype, device);
             let model = Dinov3Model::new(&tiny_dino_config(), vb)
-                .map_err(|e| anyhow::anyhow!("building the tiny DINOv3: {e}"))?;
+                .map_err(|e| Error::backbone("building the tiny DINOv3", e))?;
             (model, format!("seeded:{dino_seed}"))
         } else {
-            let files = dinov3::resolve(&cfg.dino)?;
+            let loading = || format!("loading DINOv3 from `{}`", cfg.dino);
+            let files = dinov3::resolve(&cfg.dino).map_err(|e| Error::backbone(loading(), e))?;
             let model = Dinov3Model::load_files(&files, None, dtype, device)
-                .with_context(|| format!("loading DINOv3 from `{}`", cfg.dino))?;
+                .map_err(|e| Error::backbone(loading(), e))?;
             (model, weights_fingerprint(&files.weights)?)
         };
-        Self::from_models(
-            clip,
-            dino,
-            cfg,
-            model_cfg,
-            clip_weights,
-            dino_weights,
-            device,
-        )
+        Self::from_models(clip, dino, cfg, taps, clip_weights, dino_weights, device)
     }
 
     /// The paper's towers, CLIP ViT-L/14@336 and DINOv3 ViT-L/16, with seeded random weights
     /// (seeds 1 and 2) at the sizes of `cfg`: what the benchmarks time at the real sizes when no
     /// checkpoint is at hand. The features carry no meaning.
-    pub fn seeded_vitl(
-        cfg: &BackbonesConfig,
-        model_cfg: &ModelConfig,
-        device: &Device,
-    ) -> anyhow::Result<Self> {
+    pub fn seeded_vitl(cfg: &BackbonesConfig, taps: &TapLayers, device: &Device) -> Result<Self> {
+        let building = "building the seeded ViT-L towers";
         let clip = ClipModel::new(
-            &ClipConfig::preset("ViT-L-14-336")?,
+            &ClipConfig::preset("ViT-L-14-336").map_err(|e| Error::backbone(building, e))?,
             seeded_var_builder(1, DType::F32, device),
             "seeded ViT-L/14@336",
-        )?;
+        )
+        .map_err(|e| Error::backbone(building, e))?;
         let dino = Dinov3Model::new(
             &Dinov3Config::vitl16(),
             seeded_var_builder(2, DType::F32, device),
         )
-        .map_err(|e| anyhow::anyhow!("building the seeded DINOv3 ViT-L/16: {e}"))?;
+        .map_err(|e| Error::backbone("building the seeded DINOv3 ViT-L/16", e))?;
         Self::from_models(
             clip,
             dino,
             cfg,
-            model_cfg,
+            taps,
             "seeded:1".into(),
             "seeded:2".into(),
             device,
@@ -239,58 +145,31 @@ impl Backbones {
         clip: ClipModel,
         dino: Dinov3Model,
         cfg: &BackbonesConfig,
-        model_cfg: &ModelConfig,
+        taps: &TapLayers,
         clip_weights: String,
         dino_weights: String,
         device: &Device,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         cfg.validate()?;
-        model_cfg.validate()?;
-        let vision = clip.vision()?;
+        let vision = clip
+            .vision()
+            .map_err(|e| Error::backbone("the CLIP model", e))?;
         let vcfg = vision.config().clone();
         let dcfg = dino.config().clone();
         let g = cfg.grid(vcfg.patch_size, dcfg.patch_size)?;
         let (clip_layers, dino_layers) =
-            model_cfg.backbone_layers(vcfg.num_hidden_layers, dcfg.num_hidden_layers)?;
+            taps.resolve(vcfg.num_hidden_layers, dcfg.num_hidden_layers)?;
         if let Some(from) = cfg.dpam_from {
-            anyhow::ensure!(
-                from <= vcfg.num_hidden_layers,
-                "backbones.dpam_from = {from}, but the CLIP vision tower has blocks 1..={}",
-                vcfg.num_hidden_layers
-            );
+            if from > vcfg.num_hidden_layers {
+                return Err(Error::Config(format!(
+                    "backbones.dpam_from = {from}, but the CLIP vision tower has blocks 1..={}",
+                    vcfg.num_hidden_layers
+                )));
+            }
         }
         let clip_dim = vision.embed_dim();
         let dino_dim = dcfg.hidden_size;
         let text_width = clip.text().map(|t| t.config().hidden_size).unwrap_or(0);
-        let mismatch = |name: &str, head: usize, tower: usize, what: &str| {
-            anyhow::anyhow!(
-                "model.{name} = {head} but the {what} is {tower} wide; set model.{name} = {tower}"
-            )
-        };
-        if model_cfg.clip_dim != clip_dim {
-            return Err(mismatch(
-                "clip_dim",
-                model_cfg.clip_dim,
-                clip_dim,
-                "CLIP joint space",
-            ));
-        }
-        if model_cfg.dino_dim != dino_dim {
-            return Err(mismatch(
-                "dino_dim",
-                model_cfg.dino_dim,
-                dino_dim,
-                "DINOv3 token",
-            ));
-        }
-        if text_width != 0 && model_cfg.text_width != text_width {
-            return Err(mismatch(
-                "text_width",
-                model_cfg.text_width,
-                text_width,
-                "CLIP text token embedding",
-            ));
-        }
         let clip_pre = Preprocess::clip(cfg.clip_size);
         // The satellite DINOv3 weights have their own normalisation constants.
         let dino_pre = if cfg.dino.to_ascii_lowercase().contains("sat493m") {
@@ -325,7 +204,7 @@ impl Backbones {
             clip,
             dino,
             tokenizer: clip::tokenizer::ClipTokenizer::openai()
-                .map_err(|e| anyhow::anyhow!("loading the CLIP tokenizer: {e}"))?,
+                .map_err(|e| Error::backbone(format!("loading the CLIP tokenizer: {e}"), e))?,
             identity,
             clip_pre,
             dino_pre,
@@ -336,29 +215,39 @@ impl Backbones {
             },
             dino_blocks: dino_layers,
             device: device.clone(),
-            prompt_cache: PromptCache::default(),
         })
     }
 
+    /// CLIP's vision tower (a text-only CLIP cannot make features).
+    fn vision(&self) -> Result<&clip::ClipVisionTransformer> {
+        self.clip
+            .vision()
+            .map_err(|e| Error::backbone("the CLIP model", e))
+    }
+
+    /// The CLIP model (vision and, when loaded, text tower).
     pub fn clip(&self) -> &ClipModel {
         &self.clip
     }
 
+    /// The DINOv3 model.
     pub fn dino(&self) -> &Dinov3Model {
         &self.dino
     }
 
+    /// CLIP's BPE tokenizer, for the text tower's prompts.
     pub fn tokenizer(&self) -> &clip::tokenizer::ClipTokenizer {
         &self.tokenizer
     }
 
-    /// The real prompt text encoder over this CLIP's text tower.
-    pub fn prompt_encoder(&self) -> anyhow::Result<ClipPromptEncoder<'_>> {
-        Ok(ClipPromptEncoder::new(
-            self.clip.text()?,
-            &self.tokenizer,
-            &self.prompt_cache,
-        ))
+    /// What these backbones are, by content (also [`FeatureSource::identity`]).
+    pub fn identity(&self) -> &BackboneIdentity {
+        &self.identity
+    }
+
+    /// Where the towers' tensors live.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Width of the CLIP text token embeddings (0 for a vision-only CLIP).
@@ -388,15 +277,18 @@ impl Backbones {
         &self,
         images: &[(&RgbImage8, String)],
         towers: TowerSet,
-    ) -> anyhow::Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let b = images.len();
-        anyhow::ensure!(b > 0, "no images to preprocess");
-        let batch = |pre: &Preprocess, tower: &str| -> anyhow::Result<Tensor> {
+        if b == 0 {
+            return Err(Error::Config("no images to preprocess".into()));
+        }
+        let batch = |pre: &Preprocess, tower: &str| -> Result<Tensor> {
             let mut data = Vec::with_capacity(b * 3 * pre.width * pre.height);
             for (img, name) in images {
-                let px = pre
-                    .apply(img)
-                    .with_context(|| format!("preprocessing {name} for {tower}"))?;
+                let px = pre.apply(img).map_err(|source| Error::Image {
+                    context: format!("preprocessing {name} for {tower}"),
+                    source,
+                })?;
                 data.extend(px.data);
             }
             Ok(Tensor::from_vec(
@@ -417,17 +309,17 @@ impl Backbones {
     }
 
     /// Both towers' inputs of a batch of named images.
-    fn pixels_of_named(&self, images: &[(&RgbImage8, String)]) -> anyhow::Result<(Tensor, Tensor)> {
+    fn pixels_of_named(&self, images: &[(&RgbImage8, String)]) -> Result<(Tensor, Tensor)> {
         match self.pixels_of_named_towers(images, TowerSet::BOTH)? {
             (Some(clip), Some(dino)) => Ok((clip, dino)),
-            _ => anyhow::bail!("both towers were asked for"),
+            _ => unreachable!("both towers were asked for"),
         }
     }
 
     /// Preprocesses decoded images for both towers (resize, normalise), giving the inputs of
     /// [`Backbones::features_from_pixels`]: `([B, 3, Hc, Wc], [B, 3, Hd, Wd])`. Split from the
     /// forward pass so that callers can time (or overlap) the two stages.
-    pub fn preprocess_batch(&self, images: &[&RgbImage8]) -> anyhow::Result<(Tensor, Tensor)> {
+    pub fn preprocess_batch(&self, images: &[&RgbImage8]) -> Result<(Tensor, Tensor)> {
         let named: Vec<(&RgbImage8, String)> = images
             .iter()
             .enumerate()
@@ -441,7 +333,7 @@ impl Backbones {
         &self,
         images: &[&RgbImage8],
         towers: TowerSet,
-    ) -> anyhow::Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let named: Vec<(&RgbImage8, String)> = images
             .iter()
             .enumerate()
@@ -452,10 +344,7 @@ impl Backbones {
 
     /// Preprocesses a batch of decoded images (each with a name for error messages) and runs
     /// each tower once on it.
-    fn features_of_decoded(
-        &self,
-        images: &[(&RgbImage8, String)],
-    ) -> anyhow::Result<Vec<ImageFeatures>> {
+    fn features_of_decoded(&self, images: &[(&RgbImage8, String)]) -> Result<Vec<ImageFeatures>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -465,11 +354,10 @@ impl Backbones {
 
     /// Multiply-add work of one image through each tower of `towers`, in FLOPs: `(clip, dino)`,
     /// 0 for a tower left out (see `ClipVisionTransformer::flops`, `Dinov3Model::flops`).
-    pub fn tower_flops(&self, towers: TowerSet) -> anyhow::Result<(f64, f64)> {
+    pub fn tower_flops(&self, towers: TowerSet) -> Result<(f64, f64)> {
         let grid = self.identity.grid;
         let clip = if towers.clip {
-            self.clip
-                .vision()?
+            self.vision()?
                 .flops(grid, &self.vision_opts, towers.globals)
         } else {
             0.0
@@ -492,7 +380,7 @@ impl Backbones {
         &self,
         clip_pixels: &Tensor,
         dino_pixels: &Tensor,
-    ) -> anyhow::Result<Vec<ImageFeatures>> {
+    ) -> Result<Vec<ImageFeatures>> {
         self.features_of_towers(Some(clip_pixels), Some(dino_pixels), true)
     }
 
@@ -507,7 +395,7 @@ impl Backbones {
         clip_pixels: Option<&Tensor>,
         dino_pixels: Option<&Tensor>,
         globals: bool,
-    ) -> anyhow::Result<Vec<ImageFeatures>> {
+    ) -> Result<Vec<ImageFeatures>> {
         Ok(self
             .features_of_towers_timed(clip_pixels, dino_pixels, globals)?
             .0)
@@ -520,11 +408,11 @@ impl Backbones {
         clip_pixels: Option<&Tensor>,
         dino_pixels: Option<&Tensor>,
         globals: bool,
-    ) -> anyhow::Result<(Vec<ImageFeatures>, TowerTimes)> {
+    ) -> Result<(Vec<ImageFeatures>, TowerTimes)> {
         let mut times = TowerTimes::default();
         let b = match (clip_pixels, dino_pixels) {
             (Some(c), Some(d)) => {
-                anyhow::ensure!(
+                ensure_fits!(
                     d.dim(0)? == c.dim(0)?,
                     "{} CLIP images but {} DINO images",
                     c.dim(0)?,
@@ -534,7 +422,7 @@ impl Backbones {
             }
             (Some(c), None) => c.dim(0)?,
             (None, Some(d)) => d.dim(0)?,
-            (None, None) => anyhow::bail!("no tower to run"),
+            (None, None) => return Err(Error::Config("no tower to run".into())),
         };
         let to_f32 = |t: Tensor| t.to_dtype(DType::F32);
         let expected = self.identity.grid;
@@ -543,7 +431,7 @@ impl Backbones {
         let started = Instant::now();
         let (clip_local, clip_global) = match clip_pixels {
             Some(px) => {
-                let vision = self.clip.vision()?;
+                let vision = self.vision()?;
                 let (patch, global, grid) = if globals {
                     let vis = vision.forward(px, &self.vision_opts)?;
                     (vis.patch, to_f32(vis.image_embed)?, vis.grid)
@@ -551,7 +439,7 @@ impl Backbones {
                     let vis = vision.forward_layers(px, &self.vision_opts)?;
                     (vis.patch, empty()?, vis.grid)
                 };
-                anyhow::ensure!(
+                ensure_fits!(
                     grid == expected,
                     "CLIP ran at a {grid:?} grid; expected {expected:?}"
                 );
@@ -576,7 +464,7 @@ impl Backbones {
                     let (hidden, grid) = self.dino.forward_blocks(px, &self.dino_blocks, true)?;
                     (hidden, empty()?, grid)
                 };
-                anyhow::ensure!(
+                ensure_fits!(
                     grid == expected,
                     "DINOv3 ran at a {grid:?} grid; expected {expected:?}"
                 );
@@ -596,14 +484,20 @@ impl Backbones {
             .map(|i| {
                 let pick = |t: &Tensor| t.get(i)?.contiguous();
                 Ok(ImageFeatures {
-                    clip_local: clip_local.iter().map(pick).collect::<Result<_, _>>()?,
-                    dino_local: dino_local.iter().map(pick).collect::<Result<_, _>>()?,
+                    clip_local: clip_local
+                        .iter()
+                        .map(pick)
+                        .collect::<candle_core::Result<_>>()?,
+                    dino_local: dino_local
+                        .iter()
+                        .map(pick)
+                        .collect::<candle_core::Result<_>>()?,
                     clip_global: pick(&clip_global)?,
                     dino_global: pick(&dino_global)?,
                     grid: expected,
                 })
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_>>()?;
         Ok((features, times))
     }
 }
@@ -612,7 +506,9 @@ impl Backbones {
 /// (0 for a tower that did not run).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TowerTimes {
+    /// CLIP's vision tower.
     pub clip_ms: f64,
+    /// DINOv3.
     pub dino_ms: f64,
 }
 
@@ -625,20 +521,22 @@ impl FeatureSource for Backbones {
         &self.device
     }
 
-    fn features(&self, image_path: &Path) -> anyhow::Result<ImageFeatures> {
+    fn features(&self, image_path: &Path) -> Result<ImageFeatures> {
         let mut out = self.features_batch(&[image_path.to_path_buf()])?;
         Ok(out.remove(0))
     }
 
     /// Decodes and preprocesses every image, then runs each tower once on the whole batch.
-    fn features_batch(&self, image_paths: &[PathBuf]) -> anyhow::Result<Vec<ImageFeatures>> {
+    fn features_batch(&self, image_paths: &[PathBuf]) -> Result<Vec<ImageFeatures>> {
         let decoded = image_paths
             .iter()
             .map(|path| {
-                ssvp_image::load_rgb8(path)
-                    .with_context(|| format!("cannot read image {}", path.display()))
+                ssvp_image::load_rgb8(path).map_err(|source| Error::Image {
+                    context: format!("cannot read image {}", path.display()),
+                    source,
+                })
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let named: Vec<(&RgbImage8, String)> = decoded
             .iter()
             .zip(image_paths)
@@ -647,7 +545,7 @@ impl FeatureSource for Backbones {
         self.features_of_decoded(&named)
     }
 
-    fn features_of_images(&self, images: &[RgbImage8]) -> anyhow::Result<Vec<ImageFeatures>> {
+    fn features_of_images(&self, images: &[RgbImage8]) -> Result<Vec<ImageFeatures>> {
         let named: Vec<(&RgbImage8, String)> = images
             .iter()
             .enumerate()

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use ssvp_backbones::clip::tokenizer::ClipTokenizer;
 use ssvp_backbones::clip::{Activation, ClipConfig, ClipModel, ClipTextConfig};
-use ssvp_model::features::{ClipPromptEncoder, PromptCache};
+use ssvp_model::ClipPromptEncoder;
 use ssvp_model::PromptTextEncoder;
 
 fn fixture_dir() -> PathBuf {
@@ -95,8 +95,7 @@ fn fixture() -> Fixture {
 fn matches_transformers_outputs_and_gradients() {
     let fx = fixture();
     let tokenizer = ClipTokenizer::openai().unwrap();
-    let cache = PromptCache::default();
-    let encoder = ClipPromptEncoder::new(fx.model.text().unwrap(), &tokenizer, &cache);
+    let encoder = ClipPromptEncoder::new(fx.model.text().unwrap(), &tokenizer);
     let cases = fx.cases.as_array().unwrap();
     assert_eq!(cases.len(), 4);
     for (i, case) in cases.iter().enumerate() {
@@ -138,8 +137,7 @@ fn matches_transformers_outputs_and_gradients() {
 fn bad_inputs_are_errors() {
     let fx = fixture();
     let tokenizer = ClipTokenizer::openai().unwrap();
-    let cache = PromptCache::default();
-    let encoder = ClipPromptEncoder::new(fx.model.text().unwrap(), &tokenizer, &cache);
+    let encoder = ClipPromptEncoder::new(fx.model.text().unwrap(), &tokenizer);
     let dev = Device::Cpu;
     let ok = Tensor::zeros((2, 3, 32), DType::F32, &dev).unwrap();
     // Wrong width.

@@ -41,20 +41,18 @@ type PromptMap = HashMap<(String, usize), Arc<PromptIds>>;
 pub struct ClipPromptEncoder<'a> {
     text: &'a ClipTextTransformer,
     tokenizer: &'a ClipTokenizer,
-    cache: &'a PromptCache,
+    cache: PromptCache,
 }
 
 impl<'a> ClipPromptEncoder<'a> {
-    /// An encoder over `text` (usually [`super::Backbones::prompt_encoder`] builds it).
-    pub fn new(
-        text: &'a ClipTextTransformer,
-        tokenizer: &'a ClipTokenizer,
-        cache: &'a PromptCache,
-    ) -> Self {
+    /// An encoder over `text` (usually [`crate::PromptEncoding::prompt_encoder`] builds it).
+    /// It keeps the tokenised templates of the classes it encodes, so one encoder serves a
+    /// whole training run or a detector's lifetime.
+    pub fn new(text: &'a ClipTextTransformer, tokenizer: &'a ClipTokenizer) -> Self {
         Self {
             text,
             tokenizer,
-            cache,
+            cache: PromptCache::default(),
         }
     }
 

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use ssvp_eval::datasets::{self, LoadOptions, Split};
 use ssvp_eval::synth::{generate, Kind, SynthConfig};
-use ssvp_model::features::{stack_features, Backbones, CacheStorage, FeatureCache, FeatureSource};
+use ssvp_features::{Backbones, CacheStorage, FeatureCache, FeatureSource};
 use ssvp_model::run_dir::{RunDir, LOG_FILE};
 use ssvp_model::train::{
     batch_t_init, epoch_permutation, samples_from_dataset, train, training_data, Start,
     TrainOptimizer, TrainOptions, TrainSample,
 };
-use ssvp_model::{Mode, MosaicWhen, SsvpConfig, SsvpHead, SsvpOptimizer, Targets};
+use ssvp_model::{
+    stack_features, Mode, MosaicWhen, PromptEncoding, SsvpConfig, SsvpHead, SsvpOptimizer, Targets,
+};
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -50,7 +52,8 @@ fn fixture() -> Fixture {
     let mut cfg = SsvpConfig::tiny();
     cfg.optim.epochs = 2;
     cfg.optim.batch_size = 3;
-    let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &Device::Cpu).unwrap());
+    let backbones =
+        Arc::new(ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &Device::Cpu).unwrap());
     Fixture {
         root: tmp.path().to_path_buf(),
         _tmp: tmp,
@@ -366,5 +369,119 @@ fn run_directory_refusals() {
     assert!(
         format!("{err:#}").contains("different configuration"),
         "{err:#}"
+    );
+}
+
+/// `run_job` resolves a resumed run's options from the run and refuses given ones that
+/// contradict it, before anything is loaded; a fresh run into a used directory needs `force`.
+#[test]
+fn train_jobs_resume_from_the_run_and_refuse_contradictions() {
+    use ssvp_model::train::{run_job, CacheChoice, JobEvent, JobStart, TrainJob};
+    use ssvp_model::ErrorKind;
+
+    let f = fixture();
+    let out = f.root.join("job");
+    let fresh = TrainJob {
+        out: out.clone(),
+        start: JobStart::Fresh { force: false },
+        config: None,
+        backbones_preset: Some("tiny".into()),
+        epochs: Some(1),
+        batch_size: Some(4),
+        seed: None,
+        augment: false,
+        root: Some(f.root.join("data")),
+        layout: None,
+        categories: vec!["woven".into()],
+        mask_size: Some(32),
+        skip_bad: false,
+        checkpoint_every: None,
+        max_steps: Some(1),
+        cache: CacheChoice::Off,
+        device: Device::Cpu,
+    };
+    let mut loaded = 0;
+    let done = run_job(&fresh, &mut |ev| {
+        if let JobEvent::Loaded { samples, .. } = ev {
+            loaded = samples.len();
+        }
+    })
+    .unwrap();
+    let woven = f.dataset.categories.iter().find(|c| c.name == "woven");
+    assert_eq!(loaded, woven.unwrap().samples.len());
+    assert_eq!(
+        (done.train.state.step, done.train.state.complete),
+        (1, false)
+    );
+    assert!(done.cache.is_none());
+
+    // Again without force: refused, the run left as it was.
+    let err = run_job(&fresh, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, ssvp_model::Error::RunDir(_)), "{err:?}");
+    assert!(out.join("head-step-0000001.safetensors").is_file());
+
+    // Resume needs no data options; every contradicting one is refused, naming both values.
+    let resume = TrainJob {
+        start: JobStart::Resume,
+        backbones_preset: None,
+        epochs: None,
+        batch_size: None,
+        root: None,
+        categories: Vec::new(),
+        mask_size: None,
+        max_steps: None,
+        ..fresh.clone()
+    };
+    for (job, needle) in [
+        (
+            TrainJob {
+                seed: Some(5),
+                ..resume.clone()
+            },
+            "--seed 5 differs from the run's",
+        ),
+        (
+            TrainJob {
+                mask_size: Some(48),
+                ..resume.clone()
+            },
+            "--mask-size 48 differs from the run's 32",
+        ),
+        (
+            TrainJob {
+                categories: vec!["disc".into()],
+                ..resume.clone()
+            },
+            "--categories disc differs from the run's woven",
+        ),
+        (
+            TrainJob {
+                batch_size: Some(2),
+                ..resume.clone()
+            },
+            "--batch-size 2 differs from the run's 4",
+        ),
+    ] {
+        let err = run_job(&job, &mut |_| {}).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Mismatch, "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let done = run_job(&resume, &mut |_| {}).unwrap();
+    assert!(done.train.state.complete);
+    assert_eq!(done.train.state.mask_size, 32);
+
+    // Nothing to resume: not found, with the option named.
+    let err = run_job(
+        &TrainJob {
+            out: f.root.join("nothing"),
+            ..resume.clone()
+        },
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert!(
+        err.to_string().contains("holds no run to continue"),
+        "{err}"
     );
 }
