@@ -16,10 +16,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use ssvp_detect::memory::{references_memory, ReferenceScoring};
 use ssvp_detect::{Detector, DetectorOptions, InputImage};
+use ssvp_features::{Backbones, FeatureSource};
 use ssvp_memory::mutual::{mutual_scores, MutualOptions};
 use ssvp_memory::{BankMeta, PatchBank};
-use ssvp_model::features::FeatureSource;
-use ssvp_model::{Backbones, SsvpConfig};
+use ssvp_model::SsvpConfig;
 
 const N: usize = 37 * 37;
 const D: usize = 1024;
@@ -143,7 +143,7 @@ fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--detect") {
         let backbones = Arc::new(Backbones::seeded_vitl(
             &cfg.backbones,
-            &cfg.model,
+            &cfg.model.taps(),
             &Device::Cpu,
         )?);
         let id = backbones.identity();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use ssvp_backbones::runtime::{device_name, measure_fma_peak, peak_resident_mib, FmaPeak};
-use ssvp_model::features::FeatureSource;
+use ssvp_features::FeatureSource;
 
 use crate::detection::Timings;
 use crate::detector::Detector;
@@ -184,19 +184,14 @@ pub fn run(detector: &Detector, setting: &str, opts: &BenchOptions) -> Result<Be
     };
     // Only the stages that ran: a tower left out, no head or no memory has no row.
     let towers = detector.towers();
+    let ran = detector.description().map(|d| d.stages).unwrap_or_default();
     let stages = [
         (true, stage("decode", sum.decode_ms * k, None)),
         (true, stage("preprocess", sum.preprocess_ms * k, None)),
         (towers.clip, stage("clip", sum.clip_ms * k, Some(clip_flop))),
         (towers.dino, stage("dino", sum.dino_ms * k, Some(dino_flop))),
-        (
-            detector.head().is_some(),
-            stage("head", sum.head_ms * k, None),
-        ),
-        (
-            detector.memory().is_some(),
-            stage("memory", sum.memory_ms * k, None),
-        ),
+        (ran.head, stage("head", sum.head_ms * k, None)),
+        (ran.memory, stage("memory", sum.memory_ms * k, None)),
         (
             true,
             stage(

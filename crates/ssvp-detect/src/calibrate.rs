@@ -31,8 +31,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use ssvp_image::ColorScale;
 
-use crate::detector::{DetectorSettings, ModelIdentity};
+use crate::decision::is_anomalous;
 use crate::error::{Error, ErrorKind, Result};
+use crate::settings::{DetectorSettings, ModelIdentity};
 
 /// Version of the calibration file.
 pub const CALIBRATION_FORMAT: u32 = 1;
@@ -149,6 +150,49 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
+/// Checks a calibration before any image is scored: the target false-alarm rate in (0, 1),
+/// the held-out fraction in [0, 1), and enough of the `n` normal images left after the hold-out
+/// for a conformal threshold at that rate. [`Calibration::fit`] checks the same, so a front may
+/// call this early (before loading a model) without restating any rule.
+pub fn check_plan(n: usize, target_fpr: f64, holdout_fraction: f64) -> Result<()> {
+    if !(target_fpr > 0.0 && target_fpr < 1.0) {
+        return Err(Error::invalid(format!(
+            "the target false-positive rate must lie in (0, 1), got {target_fpr}"
+        )));
+    }
+    if !(0.0..1.0).contains(&holdout_fraction) {
+        return Err(Error::invalid(format!(
+            "the held-out fraction must lie in [0, 1), got {holdout_fraction}"
+        )));
+    }
+    let (fit, held) = split_sizes(n, holdout_fraction);
+    let needed = min_images(target_fpr);
+    if fit < needed {
+        let total_needed = if holdout_fraction > 0.0 {
+            (needed as f64 / (1.0 - holdout_fraction)).ceil() as usize
+        } else {
+            needed
+        };
+        let alpha_possible = 1.0 / (fit as f64 + 1.0);
+        return Err(Error::new(
+            ErrorKind::NotEnoughData,
+            format!(
+                "{fit} normal images are left for calibration ({} given, {held} held out), but a \
+                 false-alarm rate of {target_fpr} needs at least {needed} ({total_needed} with \
+                 this held-out fraction); add normal images, or raise the target to at least \
+                 {alpha_possible:.4}{}",
+                n,
+                if held > 0 {
+                    ", or hold out fewer (--holdout 0)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Calibration {
     /// Fits a calibration to the normal images' scores (see the module docs); a
     /// `holdout_fraction` of them, drawn with `seed`, is kept out of the fit and measured.
@@ -160,52 +204,20 @@ impl Calibration {
         model: ModelIdentity,
         settings: DetectorSettings,
     ) -> Result<Self> {
-        if !(target_fpr > 0.0 && target_fpr < 1.0) {
-            return Err(Error::invalid(format!(
-                "the target false-positive rate must lie in (0, 1), got {target_fpr}"
-            )));
-        }
-        if !(0.0..1.0).contains(&holdout_fraction) {
-            return Err(Error::invalid(format!(
-                "the held-out fraction must lie in [0, 1), got {holdout_fraction}"
-            )));
-        }
+        check_plan(normal.len(), target_fpr, holdout_fraction)?;
         if let Some(bad) = normal
             .iter()
             .find(|n| !n.score.is_finite() || !n.map_max.is_finite())
         {
-            return Err(Error::model(anyhow::anyhow!(
-                "a normal image has a non-finite score or map ({bad:?})"
-            )));
+            return Err(Error::new(
+                ErrorKind::Model,
+                format!("a normal image has a non-finite score or map ({bad:?})"),
+            ));
         }
         let (_, held) = split_sizes(normal.len(), holdout_fraction);
         let order = permutation(normal.len(), seed);
         let (held_idx, fit_idx) = order.split_at(held);
         let n = fit_idx.len();
-        let needed = min_images(target_fpr);
-        if n < needed {
-            let total_needed = if holdout_fraction > 0.0 {
-                (needed as f64 / (1.0 - holdout_fraction)).ceil() as usize
-            } else {
-                needed
-            };
-            let alpha_possible = 1.0 / (n as f64 + 1.0);
-            return Err(Error::new(
-                ErrorKind::NotEnoughData,
-                format!(
-                    "{n} normal images are left for calibration ({} given, {held} held out), but a \
-                     false-alarm rate of {target_fpr} needs at least {needed} ({total_needed} with \
-                     this held-out fraction); add normal images, or raise the target to at least \
-                     {alpha_possible:.4}{}",
-                    normal.len(),
-                    if held > 0 {
-                        ", or hold out fewer (--holdout 0)"
-                    } else {
-                        ""
-                    }
-                ),
-            ));
-        }
         let rank = conformal_rank(n, target_fpr);
         let mut scores: Vec<f64> = fit_idx.iter().map(|&i| normal[i].score).collect();
         scores.sort_by(f64::total_cmp);
@@ -238,7 +250,7 @@ impl Calibration {
         let holdout = (held > 0).then(|| {
             let false_alarms = held_idx
                 .iter()
-                .filter(|&&i| normal[i].score > threshold)
+                .filter(|&&i| is_anomalous(normal[i].score, threshold))
                 .count();
             Holdout {
                 images: held,
@@ -307,34 +319,8 @@ impl Calibration {
         settings: &DetectorSettings,
     ) -> Result<()> {
         model.check_matches(&self.model, "the calibration")?;
-        if &self.settings != settings {
-            let mut diffs = Vec::new();
-            let (a, b) = (&self.settings, settings);
-            if a.class_name != b.class_name {
-                diffs.push(format!(
-                    "class name `{}` (now `{}`)",
-                    a.class_name, b.class_name
-                ));
-            }
-            if a.map_size != b.map_size {
-                diffs.push(format!("map size {} (now {})", a.map_size, b.map_size));
-            }
-            if a.postprocess != b.postprocess {
-                diffs.push(format!(
-                    "post-processing {:?} (now {:?})",
-                    a.postprocess, b.postprocess
-                ));
-            }
-            if a.tiling != b.tiling {
-                diffs.push(format!("tiling {:?} (now {:?})", a.tiling, b.tiling));
-            }
-            if a.memory != b.memory {
-                diffs.push(format!(
-                    "training-free scoring {} (now {})",
-                    memory_name(a.memory.as_ref()),
-                    memory_name(b.memory.as_ref())
-                ));
-            }
+        let diffs = self.settings.differences(settings);
+        if !diffs.is_empty() {
             return Err(Error::new(
                 ErrorKind::Mismatch,
                 format!(
@@ -373,14 +359,6 @@ impl Calibration {
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(Error::model)?;
         ssvp_util::fs::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
-    }
-}
-
-/// How a calibration message names a detector's training-free settings.
-fn memory_name(memory: Option<&crate::detector::MemorySettings>) -> String {
-    match memory {
-        None => "none (the head alone)".into(),
-        Some(m) => serde_json::to_string(m).unwrap_or_else(|_| format!("{m:?}")),
     }
 }
 

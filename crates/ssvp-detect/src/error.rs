@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use ssvp_util::error::message_chain;
 
 /// What went wrong, from the caller's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -27,12 +28,27 @@ pub enum ErrorKind {
     Model,
     /// Reading or writing a file failed (HTTP 500).
     Io,
+    /// Weights in a gated Hugging Face repository and no token that may read them (HTTP 500:
+    /// the server's setup, not the request).
+    Gated,
+    /// Weights that are neither local nor in the Hugging Face cache, with the hub out of reach
+    /// or `HF_HUB_OFFLINE` set (HTTP 500).
+    Offline,
+    /// A tensor could not be allocated (HTTP 503: another request may fit later).
+    OutOfMemory,
 }
 
 impl ErrorKind {
     /// Whether the caller can fix it by changing the request (a 4xx rather than a 5xx).
     pub fn is_client_error(self) -> bool {
-        !matches!(self, ErrorKind::Model | ErrorKind::Io)
+        !matches!(
+            self,
+            ErrorKind::Model
+                | ErrorKind::Io
+                | ErrorKind::Gated
+                | ErrorKind::Offline
+                | ErrorKind::OutOfMemory
+        )
     }
 }
 
@@ -59,8 +75,13 @@ impl Error {
     }
 
     /// A failure of the model or of the code around it, with its whole cause chain.
-    pub fn model(err: impl Into<anyhow::Error>) -> Self {
-        Self::new(ErrorKind::Model, format!("{:#}", err.into()))
+    pub fn model(err: impl std::error::Error + 'static) -> Self {
+        Self::new(ErrorKind::Model, message_chain(&err))
+    }
+
+    /// A failure of the model or of the code around it, described by `message`.
+    pub fn model_msg(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Model, message)
     }
 
     /// An I/O failure on `path`.
@@ -89,29 +110,65 @@ impl Error {
 
 impl From<ssvp_image::Error> for Error {
     fn from(err: ssvp_image::Error) -> Self {
-        use ssvp_image::Error as E;
-        let kind = match &err {
-            E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                ErrorKind::NotFound
-            }
-            E::Io { .. } => ErrorKind::Io,
-            E::Unsupported { .. } => ErrorKind::Unsupported,
-            E::TooLarge { .. } => ErrorKind::TooLarge,
-            _ => ErrorKind::InvalidInput,
-        };
-        Self::new(kind, err.to_string())
+        Self::new(image_kind(&err), err.to_string())
+    }
+}
+
+/// The detector's kind of an image error.
+fn image_kind(err: &ssvp_image::Error) -> ErrorKind {
+    use ssvp_image::Error as E;
+    match err {
+        E::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            ErrorKind::NotFound
+        }
+        E::Io { .. } => ErrorKind::Io,
+        E::Unsupported { .. } => ErrorKind::Unsupported,
+        E::TooLarge { .. } => ErrorKind::TooLarge,
+        _ => ErrorKind::InvalidInput,
+    }
+}
+
+impl From<ssvp_features::Error> for Error {
+    fn from(err: ssvp_features::Error) -> Self {
+        let message = message_chain(&err);
+        Self::from_features_ref(&err, message)
+    }
+}
+
+/// The detector's kind of a feature-extraction error kind.
+fn kind_of_features(kind: ssvp_features::ErrorKind) -> ErrorKind {
+    use ssvp_features::ErrorKind as K;
+    match kind {
+        K::Config | K::InvalidImage => ErrorKind::InvalidInput,
+        K::NotFound => ErrorKind::NotFound,
+        K::Mismatch => ErrorKind::Mismatch,
+        K::Unsupported | K::Format => ErrorKind::Unsupported,
+        K::Gated => ErrorKind::Gated,
+        K::Offline => ErrorKind::Offline,
+        K::OutOfMemory => ErrorKind::OutOfMemory,
+        K::Io => ErrorKind::Io,
+        _ => ErrorKind::Model,
     }
 }
 
 impl From<ssvp_model::Error> for Error {
     fn from(err: ssvp_model::Error) -> Self {
-        use ssvp_model::Error as E;
-        let kind = match &err {
-            E::Config(_) | E::Checkpoint(_) => ErrorKind::InvalidInput,
-            E::Io(_) => ErrorKind::Io,
+        use ssvp_model::ErrorKind as K;
+        let message = message_chain(&err);
+        // A features error keeps its own kind, also under the model's context.
+        if let Some(f) = err.features() {
+            return Error::from_features_ref(f, message);
+        }
+        let kind = match err.kind() {
+            K::NotFound => ErrorKind::NotFound,
+            K::Io => ErrorKind::Io,
+            // A run directory of another format version.
+            K::Unsupported => ErrorKind::Unsupported,
+            K::InvalidInput => ErrorKind::InvalidInput,
+            K::Mismatch => ErrorKind::Mismatch,
             _ => ErrorKind::Model,
         };
-        Self::new(kind, err.to_string())
+        Self::new(kind, message)
     }
 }
 
@@ -130,9 +187,22 @@ impl From<ssvp_memory::Error> for Error {
     }
 }
 
+impl Error {
+    /// The kind of a feature error reached through another error, with that error's message.
+    fn from_features_ref(err: &ssvp_features::Error, message: String) -> Self {
+        let kind = match err {
+            // The image's own kind: undecodable, unsupported or over the pixel budget.
+            ssvp_features::Error::Image { source, .. } => image_kind(source),
+            _ => kind_of_features(err.kind()),
+        };
+        Self::new(kind, message)
+    }
+}
+
 impl From<candle_core::Error> for Error {
     fn from(err: candle_core::Error) -> Self {
-        Self::model(err)
+        // Through the features' classification: an allocation failure is told apart.
+        Self::from(ssvp_features::Error::from(err))
     }
 }
 

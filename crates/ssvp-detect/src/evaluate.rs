@@ -23,7 +23,7 @@ use ssvp_eval::maps::io::npy_bytes;
 use ssvp_eval::metrics::predictions::ImageScore;
 use ssvp_eval::metrics::{binary_metrics, PixelAccumulator};
 use ssvp_eval::report::{CategoryResult, EvaluationReport};
-use ssvp_model::features::{FeatureSource, ImageFeatures};
+use ssvp_features::{FeatureSource, ImageFeatures};
 use ssvp_util::rng::{fnv1a, mix64, SplitMix64};
 
 use crate::detector::{features_of_files, Detector};
@@ -186,6 +186,201 @@ pub fn evaluate(
     })
 }
 
+/// What scores in an evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvalMode {
+    /// The trained head.
+    Head,
+    /// Distances to references drawn from each category's good training images.
+    References,
+    /// Mutual scoring of each category's test images.
+    Mutual,
+}
+
+impl EvalMode {
+    /// The mode asked for, else the head when there is one; the head mode needs a head.
+    pub fn resolve(asked: Option<EvalMode>, has_head: bool) -> Result<EvalMode> {
+        match (asked, has_head) {
+            (Some(EvalMode::Head), false) => Err(Error::invalid("--mode head needs --checkpoint")),
+            (Some(m), _) => Ok(m),
+            (None, true) => Ok(EvalMode::Head),
+            (None, false) => Err(Error::invalid(
+                "give a trained run (--checkpoint) or a mode without training (--mode references \
+                 or --mode mutual)",
+            )),
+        }
+    }
+
+    /// The protocol's name of the mode: a training-free mode with a head is `fused`.
+    pub fn protocol_name(self, has_head: bool) -> &'static str {
+        match (self, has_head) {
+            (EvalMode::Head, _) => "head",
+            (_, true) => "fused",
+            (EvalMode::References, false) => "references",
+            (EvalMode::Mutual, false) => "mutual",
+        }
+    }
+}
+
+/// The references an evaluation draws: for each `shots` K, `draws` seeded permutations of each
+/// category's good training images.
+#[derive(Debug, Clone)]
+pub struct ReferencePlan {
+    /// The dataset's train split.
+    pub train: Dataset,
+    /// References per category, one run per value.
+    pub shots: Vec<usize>,
+    /// Draws per value of `shots`.
+    pub draws: usize,
+    /// Seed of the permutations.
+    pub seed: u64,
+    /// How each category's bank is built.
+    pub bank: BankOptions,
+    /// How distances become scores.
+    pub scoring: ReferenceScoring,
+}
+
+impl ReferencePlan {
+    /// Every (K, draw) of the plan, in order.
+    pub fn draws(&self) -> Vec<ReferenceDraw> {
+        self.shots
+            .iter()
+            .flat_map(|&shots| {
+                (0..self.draws as u64).map(move |draw| ReferenceDraw {
+                    train: self.train.clone(),
+                    shots,
+                    draw,
+                    seed: self.seed,
+                    bank: self.bank.clone(),
+                    scoring: self.scoring.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The runs of one evaluation: one run, or one per (K, draw) of a [`ReferencePlan`].
+pub struct EvalRuns {
+    /// How it scored.
+    pub protocol: EvalProtocol,
+    /// Each run with its draw (`None`: no references drawn).
+    pub runs: Vec<(Option<ReferenceDraw>, Evaluation)>,
+}
+
+/// What an evaluation runs.
+#[derive(Debug, Clone)]
+pub struct EvalRequest {
+    /// What scores.
+    pub mode: EvalMode,
+    /// The references to draw (references mode).
+    pub references: Option<ReferencePlan>,
+    /// Maps to save and unreadable samples to skip, per run.
+    pub options: EvalOptions,
+    /// Outputs that hold one run only are asked for (maps, a scores file).
+    pub single_run: bool,
+}
+
+/// Evaluates `detector` on `dataset`: once, or in references mode once per (K, draw) of the
+/// reference plan. `on_draw` hears of each draw before it runs.
+pub fn evaluate_runs(
+    detector: &Detector,
+    source: &dyn FeatureSource,
+    dataset: &Dataset,
+    request: &EvalRequest,
+    on_draw: &mut dyn FnMut(&ReferenceDraw),
+    on_progress: &mut dyn FnMut(EvalProgress),
+) -> Result<EvalRuns> {
+    let (mode, references, opts) = (request.mode, request.references.as_ref(), &request.options);
+    let draws: Vec<Option<ReferenceDraw>> = match (mode, references) {
+        (EvalMode::References, Some(plan)) => {
+            if plan.shots.is_empty() || plan.draws == 0 {
+                return Err(Error::invalid(
+                    "references mode needs at least one number of shots and one draw",
+                ));
+            }
+            plan.draws().into_iter().map(Some).collect()
+        }
+        (EvalMode::References, None) => {
+            return Err(Error::invalid("references mode needs a reference plan"))
+        }
+        _ => vec![None],
+    };
+    if draws.len() > 1 && (request.single_run || opts.save_maps.is_some()) {
+        return Err(Error::invalid(
+            "--save-maps and --scores need a single run (one K, one draw)",
+        ));
+    }
+    let mut runs = Vec::with_capacity(draws.len());
+    for draw in draws {
+        if let Some(d) = &draw {
+            on_draw(d);
+        }
+        let run_opts = EvalOptions {
+            references: draw.clone(),
+            ..opts.clone()
+        };
+        let evaluation = evaluate(detector, source, dataset, &run_opts, on_progress)?;
+        runs.push((draw, evaluation));
+    }
+    let plan = references.filter(|_| mode == EvalMode::References);
+    let protocol = EvalProtocol {
+        mode: mode.protocol_name(detector.head().is_some()).to_string(),
+        shots: plan.map(|p| p.shots[0]),
+        draws: plan.map(|p| p.draws),
+        seed: plan.map(|p| p.seed),
+        settings: detector.settings(),
+    };
+    Ok(EvalRuns { protocol, runs })
+}
+
+impl EvalRuns {
+    /// The summary of each K over its draws, in the order of `shots`.
+    pub fn summaries(&self, shots: &[usize]) -> Vec<DrawSummary> {
+        shots
+            .iter()
+            .map(|&k| {
+                let reports: Vec<EvaluationReport> = self
+                    .runs
+                    .iter()
+                    .filter(|(d, _)| d.as_ref().is_some_and(|d| d.shots == k))
+                    .map(|(_, e)| e.report.clone())
+                    .collect();
+                summarize_draws(k, &reports)
+            })
+            .collect()
+    }
+
+    /// The JSON of the runs: a single run as the `ssvp metrics` schema with its `protocol`;
+    /// several as `protocol`, `runs` (each K, draw and report) and `summary`.
+    pub fn to_json(&self, shots: &[usize]) -> serde_json::Value {
+        if let [(_, evaluation)] = self.runs.as_slice() {
+            let mut json = serde_json::to_value(&evaluation.report).expect("reports serialise");
+            json["protocol"] = serde_json::to_value(&self.protocol).expect("protocols serialise");
+            return json;
+        }
+        let protocol = EvalProtocol {
+            shots: None,
+            ..self.protocol.clone()
+        };
+        let runs: Vec<serde_json::Value> = self
+            .runs
+            .iter()
+            .map(|(d, e)| {
+                serde_json::json!({
+                    "shots": d.as_ref().map(|d| d.shots),
+                    "draw": d.as_ref().map(|d| d.draw),
+                    "report": e.report,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "protocol": protocol,
+            "runs": runs,
+            "summary": self.summaries(shots),
+        })
+    }
+}
+
 /// How an evaluation scored, recorded beside its metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalProtocol {
@@ -201,7 +396,7 @@ pub struct EvalProtocol {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// The detector's scoring settings (taps, mutual options, post-processing).
-    pub settings: crate::detector::DetectorSettings,
+    pub settings: crate::settings::DetectorSettings,
 }
 
 /// The mean metrics of several draws of one `shots`: mean and sample standard deviation (0 for
@@ -298,7 +493,11 @@ fn evaluate_category(
         Some(draw) => Some(category_memory(detector, source, draw, &cat.name)?),
         None => None,
     };
-    let memory = drawn.as_ref().or(detector.memory());
+    let drawn = drawn.map(|memory| detector.scorer_of(memory)).transpose()?;
+    let scorer = match &drawn {
+        Some(s) => s.as_ref(),
+        None => detector.scorer()?,
+    };
     let batch_size = detector.options().batch_size;
     // Images per scoring call: a mutual set scores as a whole, anything else per batch (drawn
     // references are never mutual, so the detector's own rule holds).
@@ -321,16 +520,13 @@ fn evaluate_category(
             continue;
         }
         let feats: Vec<_> = kept.iter().map(|(_, f)| f.clone()).collect();
-        let results = detector.score_features_with(&feats, &cat.prompt_name, memory)?;
+        let results = detector.score_features_with(&feats, &cat.prompt_name, scorer)?;
         for ((sample, _), result) in kept.iter().zip(results) {
             let mask = eval_mask(sample.mask_path.as_deref(), map_size)
                 .map_err(|e| Error::invalid(e.to_string()))?;
             acc.push(&result.map.data, &mask.data, map_size, map_size)
                 .map_err(|e| {
-                    Error::model(anyhow::anyhow!(
-                        "map of {}: {e}",
-                        sample.image_path.display()
-                    ))
+                    Error::model_msg(format!("map of {}: {e}", sample.image_path.display()))
                 })?;
             if let Some(dir) = &opts.save_maps {
                 let path = dir.join(Path::new(&sample.rel_path).with_extension("npy"));
@@ -353,7 +549,7 @@ fn evaluate_category(
     }
     let raw: Vec<f64> = scores.iter().map(|s| s.score).collect();
     let labels: Vec<bool> = scores.iter().map(|s| s.anomalous).collect();
-    let image = binary_metrics(&raw, &labels).map_err(|e| Error::model(anyhow::anyhow!("{e}")))?;
+    let image = binary_metrics(&raw, &labels).map_err(|e| Error::model_msg(format!("{e}")))?;
     let pixel = acc.finish();
     let anomalous = labels.iter().filter(|&&l| l).count() as u64;
     let result = CategoryResult::new(&image, Some(&pixel), scores.len() as u64, anomalous);

@@ -13,13 +13,12 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
-use crate::calibrate::{Calibration, NormalScore};
+use crate::calibrate::{check_plan, Calibration, NormalScore};
 use crate::detection::Detection;
 use crate::detector::{Detector, PreparedBatch};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{read_image, DecodeOptions, InputImage};
 use crate::inputs::{InputFile, Shard};
-use crate::memory::Memory;
 use crate::output::csv::records_csv;
 use crate::output::files::{stems, write_image_files, FileOptions};
 use crate::output::html;
@@ -401,7 +400,7 @@ fn map_median(values: &[f32]) -> f32 {
 /// A reference scores (nearly) zero against its own bank, so calibrating on references would
 /// set the threshold far too low: they are refused, by canonical path.
 fn refuse_references(detector: &Detector, inputs: &[InputFile]) -> Result<()> {
-    let Some(Memory::References { bank, .. }) = detector.memory() else {
+    let Some(bank) = detector.scorer()?.bank() else {
         return Ok(());
     };
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
@@ -439,6 +438,8 @@ pub fn calibrate_files(
             "calibrate with an uncalibrated detector (drop --calibration)",
         ));
     }
+    // Before any image is scored, since scoring can take a while.
+    check_plan(inputs.len(), job.target_fpr, job.holdout)?;
     refuse_references(detector, inputs)?;
     let started = Instant::now();
     let refs: Vec<&InputFile> = inputs.iter().collect();

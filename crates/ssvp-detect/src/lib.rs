@@ -3,11 +3,16 @@
 //! at each image's resolution, defect regions, and reports out.
 //!
 //! The crate reads down the data path:
+//! - [`settings`]: what a detector is and how it decides, as plain data (options, the settings
+//!   a calibration holds for, the model's identity);
 //! - [`input`]: decoding with a pixel budget and EXIF orientation;
-//! - [`detector`]: [`Detector`], the one per-image pipeline (backbones -> SSVP head -> maps as
-//!   in evaluation -> image resolution), with [`tiling`] for large images;
-//! - [`memory`]: the training-free scorers (normal references, mutual scoring) and their fusion
-//!   with the head;
+//! - [`load`]: where a model comes from (a run directory, backbones alone, a memory);
+//! - [`scorer`]: the [`Scorer`] seam and its implementations (the SSVP head, references,
+//!   mutual scoring, fused), each stating which towers and taps it reads;
+//! - [`memory`]: reference banks and mutual-scoring configurations, made into scorers;
+//! - [`detector`]: [`Detector`], the one per-image pipeline (preprocess -> towers -> scorer ->
+//!   maps at the image's resolution -> decision -> regions), with [`tiling`] for large images;
+//! - [`decision`]: the decision rule;
 //! - [`calibrate`]: thresholds and calibrated scores from normal images only;
 //! - [`detection`]: [`Detection`], the serde answer every front emits;
 //! - [`evaluate`]: the same pipeline over a benchmark, with exact metrics (`ssvp eval`);
@@ -19,8 +24,10 @@
 
 #![warn(missing_docs)]
 
+mod assembly;
 pub mod bench;
 pub mod calibrate;
+pub mod decision;
 pub mod detection;
 pub mod detector;
 pub mod error;
@@ -28,14 +35,21 @@ pub mod evaluate;
 pub mod input;
 pub mod inputs;
 pub mod job;
+pub mod load;
 pub mod memory;
 pub mod output;
+pub mod scorer;
+pub mod settings;
 pub mod tiling;
 
 pub use calibrate::Calibration;
 pub use detection::{Detection, MapStats, Timings};
-pub use detector::{Detector, DetectorOptions, DetectorSettings, LoadSpec, ModelIdentity};
+pub use detector::Detector;
 pub use error::{Error, ErrorKind, Result};
 pub use input::InputImage;
-pub use memory::{BankOptions, Memory, MemorySpec, MutualConfig, TapSelection};
+pub use load::{LoadSpec, LoadedRun};
+pub use memory::{BankOptions, Memory, MemorySpec, MutualConfig};
+pub use scorer::{Description, ScoreContext, Scorer, UnitScore};
+pub use settings::{DetectorOptions, DetectorSettings, ModelIdentity, ScorerSettings};
+pub use ssvp_features::TapSelection;
 pub use tiling::Tiling;

@@ -17,13 +17,25 @@
 //!   with the head's γ: the image is as anomalous as its most anomalous tile, and an image that
 //!   fits in one tile gets exactly the head's `S_final`. (The stitched map's own maximum is not
 //!   used: blending and smoothing lower its peaks, so it would rank tiled images below whole
-//!   ones.)
+//!   ones.) [`tiled_head_score`] is this rule; a scorer without a head takes its highest tile.
 
 use serde::{Deserialize, Serialize};
 use ssvp_eval::postprocess::AnomalyMap;
 use ssvp_image::RgbImage8;
 
 use crate::error::{Error, Result};
+
+/// The head's image score of a tiled image: `(1 - γ)·max_t S_global(t) + γ·max_t S_local(t)`,
+/// from the maxima over the tiles of `S_global` and `S_local` (see the module docs).
+pub fn tiled_head_score(max_global: f64, max_local: f64, gamma: f64) -> f64 {
+    (1.0 - gamma) * max_global + gamma * max_local
+}
+
+/// Whether an image of `width x height` is cut into tiles under `tiling`: only when a side is
+/// longer than the tile.
+pub fn is_tiled(width: usize, height: usize, tiling: Option<&Tiling>) -> bool {
+    tiling.is_some_and(|t| width > t.size || height > t.size)
+}
 
 /// Tile size and minimum overlap, in pixels of the original image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,12 +160,9 @@ impl Stitcher {
             || tile.x + tile.width > self.width
             || tile.y + tile.height > self.height
         {
-            return Err(Error::model(anyhow::anyhow!(
+            return Err(Error::model_msg(format!(
                 "a {}x{} tile map does not fit tile {tile:?} of a {}x{} image",
-                map.width,
-                map.height,
-                self.width,
-                self.height
+                map.width, map.height, self.width, self.height
             )));
         }
         let wx = ramp(tile.width, self.overlap);
@@ -173,10 +182,9 @@ impl Stitcher {
     /// The blended map; fails if some pixel was covered by no tile.
     pub fn finish(self) -> Result<AnomalyMap> {
         if self.weight.iter().any(|&w| w <= 0.0) {
-            return Err(Error::model(anyhow::anyhow!(
+            return Err(Error::model_msg(format!(
                 "the tiles do not cover the whole {}x{} image",
-                self.width,
-                self.height
+                self.width, self.height
             )));
         }
         let data = self

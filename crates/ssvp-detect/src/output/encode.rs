@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// The detection's map in `format` (16-bit PNG levels on `scale`, or exact float32 npy/TIFF).
 pub fn map_bytes(detection: &Detection, format: MapFormat, scale: ColorScale) -> Result<Vec<u8>> {
     encode_map(&detection.map, format, scale)
-        .map_err(|e| Error::model(anyhow::anyhow!("encoding the map: {e}")))
+        .map_err(|e| Error::model_msg(format!("encoding the map: {e}")))
 }
 
 /// The overlay: the image with the map blended in on the fixed colour scale, and the outlines

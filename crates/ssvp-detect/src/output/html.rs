@@ -1263,9 +1263,9 @@ fn score_parts(det: &Detection) -> String {
 mod tests {
     use super::*;
     use crate::detection::MapStats;
-    use crate::detector::{DetectorSettings, ModelIdentity};
     use crate::error::ErrorKind;
     use crate::output::records::{OutputFiles, RecordError, SourceRecord};
+    use crate::settings::{DetectorSettings, ModelIdentity};
     use crate::tiling::Tiling;
     use ssvp_eval::maps::regions::Region;
     use ssvp_eval::postprocess::{AnomalyMap, PostprocessConfig};

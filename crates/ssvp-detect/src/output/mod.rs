@@ -31,7 +31,7 @@ pub const RUN_FILE: &str = "run.json";
 
 use serde::{Deserialize, Serialize};
 
-use crate::detector::{DetectorSettings, ModelIdentity};
+use crate::settings::{DetectorSettings, ModelIdentity};
 
 /// What a run was: written as `run.json` beside the records, shown at the top of the report,
 /// and read back by `ssvp report` to merge shards (which must agree on it).

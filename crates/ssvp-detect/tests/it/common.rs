@@ -8,10 +8,10 @@ use candle_core::Device;
 use ssvp_detect::{Detector, DetectorOptions};
 use ssvp_eval::datasets::{self, Dataset, LoadOptions, Split};
 use ssvp_eval::synth::{generate, Kind, SynthConfig};
-use ssvp_model::features::{Backbones, CacheStorage, FeatureCache};
+use ssvp_features::{Backbones, CacheStorage, FeatureCache};
 use ssvp_model::run_dir::RunDir;
 use ssvp_model::train::{samples_from_dataset, train, training_data, Start, TrainOptions};
-use ssvp_model::{SsvpConfig, SsvpHead};
+use ssvp_model::{PromptEncoding, SsvpConfig, SsvpHead};
 
 /// Writes a synthetic benchmark of `kinds` under `dir`.
 pub fn synth(dir: &Path, kinds: &[Kind], per_category: usize, size: u32, seed: u64) {
@@ -54,7 +54,10 @@ pub fn tiny_config(seed: u64) -> SsvpConfig {
 
 /// The tiny seeded backbones of `cfg`.
 pub fn backbones(cfg: &SsvpConfig) -> Arc<Backbones> {
-    Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &Device::Cpu).expect("tiny backbones"))
+    Arc::new(
+        ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &Device::Cpu)
+            .expect("tiny backbones"),
+    )
 }
 
 /// A head trained on the test split of a synthetic draw, kept on disk as a run directory.
@@ -70,7 +73,7 @@ pub struct TrainedFixture {
 impl TrainedFixture {
     /// A detector over the trained head.
     pub fn detector(&self, options: DetectorOptions) -> Detector {
-        let loaded = ssvp_detect::detector::load_run(&self.run, None, None, &Device::Cpu)
+        let loaded = ssvp_detect::load::load_run(&self.run, None, None, &Device::Cpu)
             .expect("the trained run loads");
         Detector::from_run(loaded, options).expect("detector")
     }

@@ -19,10 +19,10 @@ use candle_core::Device;
 use ssvp_detect::evaluate::{evaluate, EvalOptions};
 use ssvp_detect::{Detector, DetectorOptions};
 use ssvp_eval::synth::Kind;
-use ssvp_model::features::{Backbones, CacheStorage, FeatureCache};
+use ssvp_features::{CacheStorage, FeatureCache};
 use ssvp_model::run_dir::RunDir;
 use ssvp_model::train::{samples_from_dataset, train, training_data, Start, TrainOptions};
-use ssvp_model::{SsvpConfig, SsvpHead};
+use ssvp_model::{PromptEncoding, SsvpConfig, SsvpHead};
 
 use crate::common::{synth, test_split};
 
@@ -44,7 +44,8 @@ fn train_and_evaluate(augment: bool) -> (Report, Report) {
     cfg.optim.seed = 111;
     cfg.augment.enabled = augment;
     let device = Device::Cpu;
-    let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &device).unwrap());
+    let backbones =
+        Arc::new(ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &device).unwrap());
     let cache = FeatureCache::new(
         Arc::clone(&backbones),
         tmp.path().join("cache"),

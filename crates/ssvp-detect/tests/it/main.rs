@@ -7,4 +7,5 @@ mod detect_eval;
 mod e2e_zero_shot;
 mod inputs;
 mod tiling;
+mod toy_scorer;
 mod training_free;

@@ -22,7 +22,7 @@ use ssvp_eval::datasets::{self, Dataset, LoadOptions, Split};
 use ssvp_eval::postprocess::PostprocessConfig;
 use ssvp_eval::report::EvaluationReport;
 use ssvp_eval::synth::Kind;
-use ssvp_model::features::{Backbones, CacheStorage, FeatureCache, FeatureSource};
+use ssvp_features::{Backbones, CacheStorage, FeatureCache, FeatureSource};
 use ssvp_model::SsvpConfig;
 
 use crate::common::{backbones, shared_fixture, synth, test_split};
@@ -329,7 +329,7 @@ fn detections_in_every_mode_and_what_each_refuses() {
     // A bank of other backbones (another seed) is refused by content.
     let mut other = SsvpConfig::tiny();
     other.backbones.seed += 1;
-    let other = Backbones::load(&other.backbones, &other.model, &Device::Cpu).unwrap();
+    let other = ssvp_model::load_backbones(&other.backbones, &other.model, &Device::Cpu).unwrap();
     let err = ssvp_detect::memory::references_memory(
         bank.clone(),
         other.identity(),
