@@ -70,26 +70,32 @@ pub struct DetectResponse {
 /// `GET /healthz`, `GET /v2/health/live`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Live {
+    /// Always true: the process answers.
     pub live: bool,
 }
 
 /// `GET /readyz`, `GET /v2/health/ready` when ready.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Ready {
+    /// True: the model is loaded and the server is not draining.
     pub ready: bool,
 }
 
 /// `GET /v2/models/{name}/ready` when ready.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelReady {
+    /// The model's name (`--model-name`).
     pub name: String,
+    /// True: the model is loaded and the server is not draining.
     pub ready: bool,
 }
 
 /// `GET /v2`: server metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ServerMetadata {
+    /// The server's name: `ssvp`.
     pub name: String,
+    /// The server's version.
     pub version: String,
     /// Protocol extensions supported: `binary_tensor_data`.
     pub extensions: Vec<String>,
@@ -98,17 +104,24 @@ pub struct ServerMetadata {
 /// A tensor's name, type and shape (-1: any size).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TensorMetadata {
+    /// The tensor's name.
     pub name: String,
+    /// The element type (`BYTES`, `FP32`, `BOOL`, `UINT8`, `INT32`).
     pub datatype: String,
+    /// The shape; -1 for a dimension of any size.
     pub shape: Vec<i64>,
 }
 
 /// `GET /v2/models/{name}`: model metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModelMetadata {
+    /// The model's name (`--model-name`).
     pub name: String,
+    /// The runtime: `ssvp_rust`.
     pub platform: String,
+    /// The inputs the model takes: `image`.
     pub inputs: Vec<TensorMetadata>,
+    /// The outputs it can return.
     pub outputs: Vec<TensorMetadata>,
 }
 
@@ -135,8 +148,11 @@ pub struct InferRequest {
 /// One input tensor of an [`InferRequest`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InferInput {
+    /// The input's name: `image`.
     pub name: String,
+    /// The shape: `[N]`, one element per image.
     pub shape: Vec<u64>,
+    /// The element type: `BYTES`.
     pub datatype: String,
     /// `content_type`: `base64` (the default) for JSON data; `binary_data_size`: the input's
     /// bytes follow the JSON (the binary tensor data extension).
@@ -152,7 +168,10 @@ pub struct InferInput {
 /// An output asked for by name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RequestedOutput {
+    /// The output's name.
     pub name: String,
+    /// `binary_data` (bool): the output's bytes follow the JSON (the binary tensor data
+    /// extension).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
@@ -161,6 +180,7 @@ pub struct RequestedOutput {
 /// The answer of `POST /v2/models/{name}/infer`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InferResponse {
+    /// The model's name (`--model-name`).
     pub model_name: String,
     /// The request's id, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,14 +188,18 @@ pub struct InferResponse {
     /// `threshold` (when known), `mode`, `class_name`, `calibrated`.
     #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
+    /// The output tensors, in the order asked for (or the default order).
     pub outputs: Vec<InferOutput>,
 }
 
 /// One output tensor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InferOutput {
+    /// The output's name.
     pub name: String,
+    /// The shape, e.g. `[N]` for the scores or `[N, H, W]` for the maps.
     pub shape: Vec<u64>,
+    /// The element type.
     pub datatype: String,
     /// `binary_data_size` when the output's bytes follow the JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]

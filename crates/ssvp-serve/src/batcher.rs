@@ -42,18 +42,25 @@ impl Default for BatchOptions {
 
 /// A scored image, with the image itself back (for the overlay) and how long it waited.
 pub struct Scored {
+    /// What the detector said about the image.
     pub detection: Detection,
+    /// The decoded image, handed back for the overlay.
     pub image: InputImage,
+    /// Seconds the image waited in the queue before its batch started.
     pub queue_seconds: f64,
+    /// Images in the batch it was scored in.
     pub batch_size: usize,
 }
 
 /// One image waiting to be scored.
 pub struct Job {
+    /// The decoded image.
     pub image: InputImage,
+    /// The class name to score it as.
     pub class_name: String,
     /// After this instant the job is answered 503 instead of being scored.
     pub deadline: Instant,
+    /// Where the answer goes (dropped unanswered when the request was abandoned).
     pub reply: oneshot::Sender<Result<Scored, ApiError>>,
     enqueued: Instant,
 }

@@ -1,6 +1,10 @@
 //! Every error answer of the server: an HTTP status and `{"error": "..."}`, the Open Inference
 //! Protocol's error shape, on the native route too. Library errors arrive typed
 //! ([`ssvp_detect::ErrorKind`]) and are mapped to a status here, in one place.
+//!
+//! [`Error`] is the other kind: why the server itself could not start or stopped.
+
+use std::net::SocketAddr;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -89,7 +93,12 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Mismatch => StatusCode::CONFLICT,
-        ErrorKind::Model | ErrorKind::Io => StatusCode::INTERNAL_SERVER_ERROR,
+        // The server's own setup (weights it cannot fetch), not the request.
+        ErrorKind::Model | ErrorKind::Io | ErrorKind::Gated | ErrorKind::Offline => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        // Another request may fit once this one's tensors are freed.
+        ErrorKind::OutOfMemory => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -112,4 +121,37 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Why [`serve`](crate::serve) or [`run`](crate::run) returned an error: the server could not
+/// start, or stopped. Causes are kept as sources (`{:#}` of `anyhow` prints them, as does
+/// `ssvp_util::error::message_chain`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The [`ServeOptions`](crate::ServeOptions) are inconsistent; the message names the value.
+    #[error("{0}")]
+    Options(String),
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The address cannot be listened on (in use, not this machine's, a privileged port).
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Accepting connections failed.
+    #[error("the server failed")]
+    Serve(#[source] std::io::Error),
+    /// The model loader returned an error or panicked; the source is its error.
+    #[error("the model could not be loaded")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The model was loaded but the server cannot take it (mutual scoring, which scores sets);
+    /// the message says why.
+    #[error("the model could not be loaded: {0}")]
+    Refused(String),
 }

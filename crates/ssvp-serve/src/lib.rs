@@ -12,6 +12,8 @@
 //!
 //! docs/serve.md describes the API, the flags and deployment.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod batcher;
 pub mod error;
@@ -22,6 +24,6 @@ pub mod server;
 pub mod state;
 
 pub use batcher::BatchOptions;
-pub use error::ApiError;
+pub use error::{ApiError, Error};
 pub use server::{init_logging, run, serve, termination, LogFormat};
 pub use state::{ServeOptions, Service};

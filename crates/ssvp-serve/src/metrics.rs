@@ -23,32 +23,46 @@ const LATENCY_BUCKETS: [f64; 15] = [
 ];
 const BATCH_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
+/// Labels of the request counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
+    /// The route's pattern (`/v2/models/{name}/infer`), never the raw path.
     pub route: String,
+    /// The HTTP status code.
     pub status: String,
 }
 
+/// Labels of the request latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Route {
+    /// The route's pattern.
     pub route: String,
 }
 
+/// Labels of the refused-images counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
+    /// `unsupported`, `too_large` or `invalid`.
     pub reason: String,
 }
 
+/// Labels of `ssvp_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildInfo {
+    /// The server's version.
     pub version: String,
 }
 
+/// Labels of `ssvp_model_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelInfo {
+    /// The model's name (`--model-name`).
     pub model: String,
+    /// The scoring mode (`Detection::mode`).
     pub mode: String,
+    /// The class name images are scored as by default.
     pub class_name: String,
+    /// `true` when a calibration is loaded.
     pub calibrated: String,
 }
 
@@ -59,19 +73,33 @@ fn latency_histogram() -> Histogram {
 /// Every metric of the server.
 pub struct Metrics {
     registry: Registry,
+    /// `ssvp_http_requests_total`: requests answered, by route and status.
     pub requests: Family<RouteStatus, Counter>,
+    /// `ssvp_http_request_duration_seconds`: arrival to answer, by route.
     pub request_seconds: Family<Route, Histogram, fn() -> Histogram>,
+    /// `ssvp_queue_wait_duration_seconds`: an image's wait in the batch queue.
     pub queue_wait_seconds: Histogram,
+    /// `ssvp_inference_duration_seconds`: the time to score one batch.
     pub inference_seconds: Histogram,
+    /// `ssvp_batch_size`: images per scored batch.
     pub batch_size: Histogram,
+    /// `ssvp_http_requests_in_flight`: requests being handled.
     pub in_flight: Gauge,
+    /// `ssvp_queue_depth`: images waiting in the batch queue.
     pub queue_depth: Gauge,
+    /// `ssvp_images_decoded_total`: uploaded images decoded.
     pub images_decoded: Counter,
+    /// `ssvp_images_refused_total`: uploaded images refused before scoring, by reason.
     pub images_refused: Family<Reason, Counter>,
+    /// `ssvp_images_scored_total`: images scored.
     pub images_scored: Counter,
+    /// `ssvp_images_anomalous_total`: images judged anomalous.
     pub images_anomalous: Counter,
+    /// `ssvp_model_load_duration_seconds`: the time the model took to load.
     pub model_load_seconds: Gauge<f64, AtomicU64>,
+    /// `ssvp_model_ready`: 1 once the model is loaded and the server is not draining.
     pub model_ready: Gauge,
+    /// `ssvp_model_info`: the served model, as labels (value 1).
     pub model_info: Family<ModelInfo, Gauge>,
 }
 

@@ -10,6 +10,7 @@ use ssvp_detect::Detector;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::error::Error;
 use crate::state::{ServeOptions, Service};
 
 /// How the log lines look.
@@ -44,31 +45,36 @@ pub fn init_logging(format: LogFormat) {
 /// 3. the batch queue closes once every queued image is answered, within the same deadline.
 ///
 /// `load` runs on a blocking thread while probes are already answered (live, not ready). If it
-/// fails, the server stops and the error is returned.
-pub async fn serve<L, S>(
+/// fails (or panics), the server stops and returns [`Error::Load`] with the loader's error as
+/// its source; a model the server cannot take is [`Error::Refused`]. Any error type that boxes
+/// into `Box<dyn std::error::Error + Send + Sync>` will do, `anyhow::Error` included.
+pub async fn serve<L, E, S>(
     listener: TcpListener,
     service: Service,
     load: L,
     shutdown: S,
-) -> anyhow::Result<()>
+) -> Result<(), Error>
 where
-    L: FnOnce() -> anyhow::Result<Detector> + Send + 'static,
+    L: FnOnce() -> Result<Detector, E> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
     S: Future<Output = ()> + Send + 'static,
 {
-    let (failed_tx, failed_rx) = oneshot::channel::<anyhow::Error>();
+    let (failed_tx, failed_rx) = oneshot::channel::<Error>();
     {
         let service = service.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let loaded = match tokio::task::spawn_blocking(load).await {
-                Ok(r) => r,
-                Err(e) => Err(anyhow::anyhow!("loading the model failed: {e}")),
+            let loaded = match tokio::task::spawn_blocking(move || load().map_err(Into::into)).await
+            {
+                Ok(r) => r.map_err(Error::Load),
+                // The loader panicked.
+                Err(e) => Err(Error::Load(Box::new(e))),
             };
             let installed = loaded.and_then(|detector| {
-                let mode = detector.mode();
+                let mode = detector.mode().to_string();
                 service
                     .install(detector, started.elapsed().as_secs_f64())
-                    .map_err(anyhow::Error::msg)
+                    .map_err(Error::Refused)
                     .map(|()| mode)
             });
             match installed {
@@ -112,7 +118,7 @@ where
     let timeout = service.options().shutdown_timeout;
     let load_error = tokio::select! {
         served = server => {
-            served?;
+            served.map_err(Error::Serve)?;
             None
         }
         Ok(err) = failed_rx => Some(err),
@@ -146,7 +152,7 @@ where
         tracing::warn!("a batch was still running at exit");
     }
     match load_error {
-        Some(err) => Err(err.context("the model could not be loaded")),
+        Some(err) => Err(err),
         None => {
             tracing::info!("stopped");
             Ok(())
@@ -177,28 +183,30 @@ pub async fn termination() {
 }
 
 /// `ssvp serve`: a runtime, the listener on `addr`, the model from `load`, until SIGTERM or
-/// Ctrl-C.
-pub fn run<L>(
+/// Ctrl-C. Errors as in [`serve`], and [`Error::Options`], [`Error::Runtime`] and
+/// [`Error::Listen`] before the server starts.
+pub fn run<L, E>(
     addr: SocketAddr,
     options: ServeOptions,
     log: LogFormat,
     load: L,
-) -> anyhow::Result<()>
+) -> Result<(), Error>
 where
-    L: FnOnce() -> anyhow::Result<Detector> + Send + 'static,
+    L: FnOnce() -> Result<Detector, E> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     init_logging(log);
-    let service = Service::new(options).map_err(anyhow::Error::msg)?;
+    let service = Service::new(options).map_err(Error::Options)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ssvp-serve")
-        .build()?;
+        .build()
+        .map_err(Error::Runtime)?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let listen = |source| Error::Listen { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(listen)?;
         tracing::info!(
-            addr = %listener.local_addr()?,
+            addr = %listener.local_addr().map_err(listen)?,
             model = %service.options().model_name,
             "listening; loading the model"
         );

@@ -11,7 +11,6 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use sha2::{Digest, Sha256};
 use ssvp_detect::input::{decode_image, DecodeOptions};
-use ssvp_detect::memory::Memory;
 use ssvp_detect::output::encode::ColorScale;
 use ssvp_detect::{Detector, ErrorKind, InputImage};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -105,14 +104,19 @@ impl ServeOptions {
 
 /// The loaded model and its queue.
 pub struct LoadedModel {
+    /// The detector every request is scored by.
     pub detector: Arc<Detector>,
+    /// The queue that gathers images into its batches.
     pub batcher: Batcher,
+    /// The value range the map PNGs are drawn on (the detector's map scale).
     pub map_scale: ColorScale,
 }
 
 /// The state behind every handler.
 pub struct AppState {
+    /// The server's options.
     pub options: ServeOptions,
+    /// The server's metrics.
     pub metrics: Arc<Metrics>,
     model: OnceLock<LoadedModel>,
     draining: AtomicBool,
@@ -347,7 +351,8 @@ impl Service {
     /// server is ready from here on. Mutual scoring is refused: it scores a set of images
     /// against each other, which a stream of single requests is not.
     pub fn install(&self, mut detector: Detector, load_seconds: f64) -> Result<(), String> {
-        if matches!(detector.memory(), Some(Memory::Mutual(_))) {
+        // A scorer of sets (mutual scoring) compares the images of one call with each other.
+        if detector.set_size().is_some() {
             return Err(
                 "`ssvp serve` cannot score mutually: mutual scoring needs a set of \
                         images scored together. Serve a trained head (--checkpoint) or good \

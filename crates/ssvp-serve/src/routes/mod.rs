@@ -163,7 +163,7 @@ impl Service {
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .route("/metrics", get(ops::metrics))
-            .route("/openapi.json", get(ops::openapi))
+            .route("/openapi.json", get(crate::openapi::openapi_json))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(state.options.max_body_bytes))

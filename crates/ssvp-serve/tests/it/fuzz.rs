@@ -6,10 +6,10 @@
 //! and `SSVP_FUZZ_SEED` set the run; a long run:
 //!
 //! ```text
-//! SSVP_FUZZ_ITERS=100000 cargo test --release -p ssvp-serve --test fuzz -- --nocapture
+//! SSVP_FUZZ_ITERS=100000 cargo test --release -p ssvp-serve --test it fuzz:: -- --nocapture
 //! ```
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 
@@ -73,6 +73,7 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn mutated_requests_end_in_2xx_or_4xx() {
+    let _gate = common::shared().await;
     let iterations: usize = std::env::var("SSVP_FUZZ_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -5,10 +5,10 @@
 //! 4) makes a longer run:
 //!
 //! ```text
-//! SSVP_LOAD_REQUESTS=50 cargo test --release -p ssvp-serve --test load -- --nocapture
+//! SSVP_LOAD_REQUESTS=50 cargo test --release -p ssvp-serve --test it load:: -- --nocapture
 //! ```
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_clients_get_their_own_answers() {
+    let _gate = common::alone().await;
     let per_client: usize = std::env::var("SSVP_LOAD_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -16,12 +16,27 @@ use http_body_util::BodyExt;
 use image::{ImageFormat, RgbImage};
 use ssvp_detect::memory::{BankOptions, MemorySpec, ReferenceScoring};
 use ssvp_detect::{Detector, DetectorOptions, LoadSpec};
-use ssvp_model::features::Backbones;
 use ssvp_model::{SsvpConfig, SsvpHead};
 use ssvp_serve::{ServeOptions, Service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tower::ServiceExt;
+
+/// The tests share one process. Those that measure the process itself (its resident memory,
+/// its throughput, the timing of a drain) run alone: they hold [`alone`] while every other
+/// async test holds [`shared`], so no other test's images or threads are counted in theirs.
+static GATE: RwLock<()> = RwLock::const_new(());
+
+/// Runs beside the other tests, but not beside a test that holds [`alone`].
+pub async fn shared() -> RwLockReadGuard<'static, ()> {
+    GATE.read().await
+}
+
+/// Runs with no other gated test in the process.
+pub async fn alone() -> RwLockWriteGuard<'static, ()> {
+    GATE.write().await
+}
 
 /// Side of the test images.
 pub const SIDE: u32 = 96;
@@ -109,7 +124,8 @@ pub fn references_detector(dir: &Path, options: DetectorOptions) -> Detector {
 pub fn head_detector(options: DetectorOptions) -> Detector {
     let cfg = SsvpConfig::tiny();
     let backbones = Arc::new(
-        Backbones::load(&cfg.backbones, &cfg.model, &Device::Cpu).expect("tiny backbones"),
+        ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &Device::Cpu)
+            .expect("tiny backbones"),
     );
     let head = SsvpHead::new(&cfg, &Device::Cpu).expect("head");
     Detector::new(head, backbones, options).expect("detector")
@@ -193,7 +209,7 @@ pub fn infer_body(images: &[Vec<u8>], parameters: serde_json::Value) -> Vec<u8> 
 pub struct Running {
     pub addr: SocketAddr,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
-    pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub done: tokio::task::JoinHandle<Result<(), ssvp_serve::Error>>,
     pub service: Service,
 }
 
@@ -206,7 +222,7 @@ pub async fn spawn(detector: Detector, options: ServeOptions) -> Running {
     let done = tokio::spawn(ssvp_serve::serve(
         listener,
         service.clone(),
-        move || Ok(detector),
+        move || Ok::<_, std::convert::Infallible>(detector),
         async move {
             let _ = stopped.await;
         },

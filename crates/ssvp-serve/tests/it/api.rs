@@ -2,7 +2,7 @@
 //! seeded backbones. The answers are checked against the detector called directly on the same
 //! image: the server adds transport, never a different result.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -50,6 +50,7 @@ fn error_of(status: StatusCode, body: &[u8], expected: StatusCode, needle: &str)
 
 #[tokio::test]
 async fn v1_detect_answers_what_the_detector_says() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let detector = references_detector(dir.path(), options());
     let bad = png(&part(7, true));
@@ -93,6 +94,7 @@ async fn v1_detect_answers_what_the_detector_says() {
 
 #[tokio::test]
 async fn v1_detect_takes_every_format_and_multipart() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let service = common::service(
         references_detector(dir.path(), options()),
@@ -139,6 +141,7 @@ async fn v1_detect_takes_every_format_and_multipart() {
 
 #[tokio::test]
 async fn v1_detect_refuses_bad_input_with_the_right_code() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let options = ServeOptions {
         max_body_bytes: 64 * 1024,
@@ -272,6 +275,7 @@ async fn v1_detect_refuses_bad_input_with_the_right_code() {
 
 #[tokio::test]
 async fn not_ready_and_overload_answer_503_with_retry_after() {
+    let _gate = common::shared().await;
     // Not loaded yet: live, not ready, inference refused.
     let loading = Service::new(ServeOptions::default()).unwrap();
     for path in ["/readyz", "/v2/health/ready", "/v2/models/ssvp/ready"] {
@@ -335,6 +339,7 @@ async fn not_ready_and_overload_answer_503_with_retry_after() {
 
 #[tokio::test]
 async fn open_inference_protocol_routes_and_outputs() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options();
     opts.pixel_threshold = Some(0.2);
@@ -528,6 +533,7 @@ async fn open_inference_protocol_routes_and_outputs() {
 
 #[tokio::test]
 async fn open_inference_protocol_errors() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let options = ServeOptions {
         max_images_per_request: 2,
@@ -697,6 +703,7 @@ async fn open_inference_protocol_errors() {
 
 #[tokio::test]
 async fn api_key_guards_everything_but_the_probes() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let options = ServeOptions {
         api_key: Some("s3cret-key".into()),
@@ -752,6 +759,7 @@ fn service_with_public_metrics(dir: &tempfile::TempDir) -> Service {
 
 #[tokio::test]
 async fn metrics_count_requests_images_batches_and_the_model() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let service = common::service(
         references_detector(dir.path(), common::options()),
@@ -805,6 +813,7 @@ async fn metrics_count_requests_images_batches_and_the_model() {
 
 #[tokio::test]
 async fn a_head_and_a_calibration_are_served_like_detect() {
+    let _gate = common::shared().await;
     // The trained-head path.
     let detector = head_detector(options());
     let img = png(&part(5, true));
@@ -887,6 +896,7 @@ async fn a_head_and_a_calibration_are_served_like_detect() {
 
 #[tokio::test]
 async fn mutual_scoring_is_refused_at_install() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let detector = ssvp_detect::Detector::load(&LoadSpec {
         checkpoint: None,
@@ -946,6 +956,7 @@ fn stalled() -> Body {
 
 #[tokio::test]
 async fn stalled_uploads_time_out_and_are_bounded_in_number() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let mut options = ServeOptions {
         request_timeout: Duration::from_millis(300),
@@ -1001,6 +1012,7 @@ async fn stalled_uploads_time_out_and_are_bounded_in_number() {
 
 #[tokio::test]
 async fn concurrent_images_are_gathered_into_one_batch() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let detector = references_detector(dir.path(), common::options());
     let images: Vec<Vec<u8>> = (0..4).map(|i| png(&part(30 + i, i == 0))).collect();
@@ -1096,6 +1108,7 @@ fn split_binary(headers: &axum::http::HeaderMap, body: &[u8]) -> (serde_json::Va
 
 #[tokio::test]
 async fn the_binary_tensor_data_extension_in_and_out() {
+    let _gate = common::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let service = common::service(
         references_detector(dir.path(), common::options()),

@@ -1,7 +1,7 @@
 //! The committed OpenAPI document (docs/openapi.json) is the one the server generates and
 //! serves, and it describes every route the router has.
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::*;
@@ -22,6 +22,7 @@ fn the_committed_document_is_the_generated_one() {
 
 #[tokio::test]
 async fn the_server_serves_it_and_it_covers_every_route() {
+    let _gate = common::shared().await;
     let service = Service::new(ServeOptions::default()).unwrap();
     let (status, _, body) = call(&service, get("/openapi.json")).await;
     assert_eq!(status, StatusCode::OK);

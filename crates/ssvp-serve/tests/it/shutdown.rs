@@ -3,7 +3,7 @@
 //! the replica out); then the listener closes and the requests in flight finish. No request
 //! that reached the server gets a reset connection or a lost answer, and `serve` returns Ok.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use ssvp_serve::ServeOptions;
+use ssvp_serve::{ServeOptions, Service};
+use ssvp_util::error::message_chain;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn draining_answers_every_request_that_arrived() {
+    let _gate = common::alone().await;
     let dir = tempfile::tempdir().unwrap();
     let drain = Duration::from_millis(800);
     let options = ServeOptions {
@@ -121,6 +123,47 @@ async fn draining_answers_every_request_that_arrived() {
     );
     // After the stop nothing listens.
     assert!(http(addr, "GET", "/healthz", &[], &[]).await.is_err());
+}
+
+/// A loader that fails stops the server with [`ssvp_serve::Error::Load`], its error kept as the
+/// source; a panicking one too. The front's `anyhow` error goes in and comes back out whole.
+#[tokio::test]
+async fn a_failed_load_stops_the_server_with_its_cause() {
+    let _gate = common::shared().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = ssvp_serve::serve(
+        listener,
+        Service::new(ServeOptions::default()).unwrap(),
+        || -> anyhow::Result<ssvp_detect::Detector> {
+            Err(anyhow::anyhow!("no such file").context("reading the weights"))
+        },
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ssvp_serve::Error::Load(_)), "{err:?}");
+    assert_eq!(
+        message_chain(&err),
+        "the model could not be loaded: reading the weights: no such file"
+    );
+    // As the CLI returns it: through `?` into an `anyhow::Error`, the causes intact.
+    let through_cli = (|| -> anyhow::Result<()> { Err(err)? })().unwrap_err();
+    assert_eq!(
+        format!("{through_cli:#}"),
+        "the model could not be loaded: reading the weights: no such file"
+    );
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = ssvp_serve::serve(
+        listener,
+        Service::new(ServeOptions::default()).unwrap(),
+        || -> Result<ssvp_detect::Detector, std::io::Error> { panic!("the loader broke") },
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ssvp_serve::Error::Load(_)), "{err:?}");
+    assert!(message_chain(&err).contains("panicked"), "{err}");
 }
 
 fn options_small() -> ssvp_detect::DetectorOptions {
