@@ -73,7 +73,13 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Each cause once, even where a message already ends with its cause.
+            eprintln!(
+                "error: {}",
+                ssvp_util::error::message_chain(
+                    AsRef::<dyn std::error::Error + Send + Sync>::as_ref(&err)
+                )
+            );
             ExitCode::from(2)
         }
     }

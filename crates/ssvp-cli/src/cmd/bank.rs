@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ssvp_detect::detector::load_backbones;
+use ssvp_detect::load::load_backbones;
 use ssvp_detect::memory::{build_bank, load_bank};
 
 use super::detector_args::ModelArgs;
@@ -65,20 +65,22 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         "give the good reference images with --normal DIR"
     );
     anyhow::ensure!(
-        m.checkpoint.is_none() && !m.memory.mutual && m.memory.bank.is_none(),
+        m.source.checkpoint.is_none() && !m.memory.mutual && m.memory.bank.is_none(),
         "a bank is built from --normal references only (no --checkpoint, --bank or --mutual)"
     );
     let references = m.memory.reference_files()?;
+    // On the device asked for (--device), as every command that runs a model.
+    let device = m.source.device.open()?;
     let (backbones, _) = load_backbones(
-        m.config.as_deref(),
-        m.backbones.as_deref(),
-        &candle_core::Device::Cpu,
+        m.source.config.as_deref(),
+        m.source.backbones.as_deref(),
+        &device,
     )?;
     let started = std::time::Instant::now();
     let built = build_bank(
         &backbones,
         &references,
-        &m.memory.bank_options(m.batch_size, m.decode())?,
+        &m.memory.bank_options(m.source.batch_size, m.decode())?,
     )?;
     for (path, err) in &built.skipped {
         eprintln!("warning: reference {} left out: {err}", path.display());

@@ -6,8 +6,8 @@ use anyhow::Context;
 use ssvp_detect::bench::{run as run_bench, BenchOptions};
 use ssvp_detect::memory::{bank_of_images, references_memory, BankOptions, ReferenceScoring};
 use ssvp_detect::{Detector, DetectorOptions};
-use ssvp_model::features::FeatureSource;
-use ssvp_model::{Backbones, SsvpConfig, SsvpHead};
+use ssvp_features::FeatureSource;
+use ssvp_model::{SsvpConfig, SsvpHead};
 
 use super::detector_args::{load_detector, ModelArgs};
 
@@ -74,12 +74,12 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         }
         setting => {
             anyhow::ensure!(
-                args.model.checkpoint.is_none()
+                args.model.source.checkpoint.is_none()
                     && args.normal.is_empty()
                     && args.model.memory.bank.is_none()
                     && !args.model.memory.mutual
-                    && args.model.backbones.is_none()
-                    && args.model.config.is_none(),
+                    && args.model.source.backbones.is_none()
+                    && args.model.source.config.is_none(),
                 "--setting {setting} builds its own model; --checkpoint, --normal, --bank, \
                  --mutual, --backbones and --config need --setting real"
             );
@@ -109,14 +109,14 @@ fn seeded_detector(
     args: &BenchArgs,
     options: DetectorOptions,
 ) -> anyhow::Result<Detector> {
-    let device = args.model.device.open()?;
+    let device = args.model.source.device.open()?;
     let (cfg, backbones) = if setting == "tiny" {
         let cfg = SsvpConfig::tiny();
-        let bb = Backbones::load(&cfg.backbones, &cfg.model, &device)?;
+        let bb = ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &device)?;
         (cfg, bb)
     } else {
         let cfg = SsvpConfig::default();
-        let bb = Backbones::seeded_vitl(&cfg.backbones, &cfg.model, &device)?;
+        let bb = ssvp_model::seeded_vitl_backbones(&cfg.backbones, &cfg.model, &device)?;
         (cfg, bb)
     };
     let backbones = Arc::new(backbones);
@@ -141,7 +141,7 @@ fn seeded_detector(
                 .context("making the synthetic references")?;
             let names = (0..k).map(|i| format!("synthetic-reference-{i}")).collect();
             let bank_opts = BankOptions {
-                batch_size: args.model.batch_size,
+                batch_size: args.model.source.batch_size,
                 ..BankOptions::default()
             };
             let bank = bank_of_images(backbones.as_ref(), &images, names, &bank_opts)?;

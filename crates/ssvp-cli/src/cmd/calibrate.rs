@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssvp_detect::calibrate::{min_images, split_sizes, DEFAULT_TARGET_FPR};
+use ssvp_detect::calibrate::{check_plan, DEFAULT_TARGET_FPR};
 use ssvp_detect::inputs::{collect, glob_set, require_some};
 use ssvp_detect::job::{calibrate_files, CalibrateJob};
 
@@ -55,32 +55,12 @@ pub struct CalibrateArgs {
 
 pub fn run(mut args: CalibrateArgs) -> anyhow::Result<()> {
     args.model.memory.normal = std::mem::take(&mut args.references);
-    anyhow::ensure!(
-        args.target_fpr > 0.0 && args.target_fpr < 1.0,
-        "--target-fpr must lie in (0, 1)"
-    );
-    anyhow::ensure!(
-        (0.0..1.0).contains(&args.holdout),
-        "--holdout must lie in [0, 1)"
-    );
     let globs = glob_set(&args.glob)?;
     let paths = expand_inputs(&args.normal)?;
     let inputs = collect(&paths, globs.as_ref())?;
     require_some(&inputs, &paths)?;
-    let needed = min_images(args.target_fpr);
-    let (usable, _) = split_sizes(inputs.len(), args.holdout);
-    if usable < needed {
-        // Said before any image is scored, since scoring can take a while.
-        anyhow::bail!(
-            "{} normal images ({} after holding out {}) cannot calibrate a false-alarm rate of \
-             {}: that needs at least {needed} calibration images; add images, raise \
-             --target-fpr or lower --holdout",
-            inputs.len(),
-            usable,
-            args.holdout,
-            args.target_fpr
-        );
-    }
+    // Said before the model is loaded and any image is scored, since that can take a while.
+    check_plan(inputs.len(), args.target_fpr, args.holdout)?;
     let detector = load_detector(&args.model.spec(args.model.options(), None)?)?;
     let bar =
         ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr());

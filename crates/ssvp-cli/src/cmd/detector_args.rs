@@ -5,28 +5,24 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ssvp_detect::detector::{DEFAULT_BATCH_SIZE, DEFAULT_CLASS_NAME, DEFAULT_MAP_SIZE};
 use ssvp_detect::input::{DecodeOptions, ExifOrientation, DEFAULT_MAX_PIXELS};
 use ssvp_detect::memory::{
     BankOptions, CoresetOptions, ForegroundOptions, MutualConfig, MutualOptions, ReferenceScoring,
-    TapSelection, DEFAULT_SET_SIZE,
+    DEFAULT_SET_SIZE,
 };
+use ssvp_detect::settings::{DEFAULT_BATCH_SIZE, DEFAULT_CLASS_NAME, DEFAULT_MAP_SIZE};
 use ssvp_detect::{DetectorOptions, LoadSpec, MemorySpec, Tiling};
+use ssvp_features::TapSelection;
 
-/// The model and how it runs.
+/// Which model runs, on what, in batches of what size: the model flags of every command that
+/// scores (detect, calibrate, serve, bank, bench, eval).
 #[derive(clap::Args, Clone)]
-pub struct ModelArgs {
-    /// Run directory written by `ssvp train` (its last checkpoint is used). Optional with
-    /// --normal, --bank or --mutual; with one of them as well, the head and the training-free
-    /// scores are fused.
+pub struct ModelSourceArgs {
+    /// Run directory written by `ssvp train` (its last checkpoint is used). Optional with a
+    /// training-free scorer (--normal, --bank, --mutual; eval's --mode references|mutual);
+    /// with one of them as well, the head and the training-free scores are fused.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    #[command(flatten)]
-    pub memory: MemoryArgs,
-    /// The class name in the prompts (SSVP's prompts are class-aware): what the parts are,
-    /// e.g. `bottle`, `screw`, `pcb`.
-    #[arg(long, default_value = DEFAULT_CLASS_NAME)]
-    pub class_name: String,
     /// Backbones to run with: `tiny` (default: those of the checkpoint's config; without a
     /// checkpoint, the paper's CLIP ViT-L/14@336 and DINOv3 ViT-L/16).
     #[arg(long)]
@@ -38,6 +34,21 @@ pub struct ModelArgs {
     /// Images (or tiles) per backbone pass.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The model and how it runs.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub source: ModelSourceArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
+    /// The class name in the prompts (SSVP's prompts are class-aware): what the parts are,
+    /// e.g. `bottle`, `screw`, `pcb`.
+    #[arg(long, default_value = DEFAULT_CLASS_NAME)]
+    pub class_name: String,
     /// Side of the square grid maps are upsampled and smoothed on before being resized to each
     /// image (the evaluation grid).
     #[arg(long, default_value_t = DEFAULT_MAP_SIZE)]
@@ -55,8 +66,6 @@ pub struct ModelArgs {
     /// Score images as stored, ignoring their EXIF orientation tag.
     #[arg(long)]
     pub ignore_exif: bool,
-    #[command(flatten)]
-    pub device: DeviceArgs,
 }
 
 /// Where the tensors run (every command that runs a model).
@@ -70,7 +79,7 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     /// The candle device, or why it cannot be opened.
     pub fn open(&self) -> anyhow::Result<candle_core::Device> {
-        ssvp_backbones::runtime::parse_device(&self.device)
+        Ok(ssvp_backbones::runtime::parse_device(&self.device)?)
     }
 }
 
@@ -92,7 +101,7 @@ impl ModelArgs {
         DetectorOptions {
             class_name: self.class_name.clone(),
             map_size: self.map_size,
-            batch_size: self.batch_size,
+            batch_size: self.source.batch_size,
             tiling: self.tile.map(|size| Tiling {
                 size,
                 overlap: self.overlap,
@@ -108,13 +117,13 @@ impl ModelArgs {
         calibration: Option<PathBuf>,
     ) -> anyhow::Result<LoadSpec> {
         Ok(LoadSpec {
-            checkpoint: self.checkpoint.clone(),
-            memory: self.memory.spec(self.batch_size, self.decode())?,
-            config: self.config.clone(),
-            backbones_preset: self.backbones.clone(),
+            checkpoint: self.source.checkpoint.clone(),
+            memory: self.memory.spec(self.source.batch_size, self.decode())?,
+            config: self.source.config.clone(),
+            backbones_preset: self.source.backbones.clone(),
             calibration,
             options,
-            device: self.device.open()?,
+            device: self.source.device.open()?,
         })
     }
 }

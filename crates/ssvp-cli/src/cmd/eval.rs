@@ -5,15 +5,16 @@
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssvp_detect::detector::{load_backbones, load_run, DEFAULT_MAP_SIZE};
 use ssvp_detect::evaluate::{
-    evaluate, summarize_draws, EvalOptions, EvalProtocol, Evaluation, ReferenceDraw,
+    evaluate_runs, EvalMode as Mode, EvalOptions, EvalRequest, EvalRuns, ReferencePlan,
 };
+use ssvp_detect::load::{load_backbones, load_run};
+use ssvp_detect::settings::DEFAULT_MAP_SIZE;
 use ssvp_detect::{Detector, DetectorOptions, Memory};
-use ssvp_eval::datasets::{CheckLevel, Dataset, Split};
+use ssvp_eval::datasets::{CheckLevel, Split};
 use ssvp_eval::metrics::predictions::scores_csv;
 
-use super::detector_args::{BankBuildArgs, FeatureArgs, MutualArgs};
+use super::detector_args::{BankBuildArgs, FeatureArgs, ModelSourceArgs, MutualArgs};
 use super::model_common::{check_dataset_args, feature_source, load_split, CacheArgs};
 use super::report_files::{write_text_files, ReportFiles};
 
@@ -54,11 +55,7 @@ pub enum EvalMode {
 #[command(after_help = EVAL_HELP)]
 pub struct EvalArgs {
     #[command(flatten)]
-    pub device: super::detector_args::DeviceArgs,
-    /// Run directory written by `ssvp train` (needed for --mode head; with another mode the
-    /// head is fused with it).
-    #[arg(long)]
-    pub checkpoint: Option<PathBuf>,
+    pub model: ModelSourceArgs,
     /// What scores (default: head with --checkpoint).
     #[arg(long, value_enum)]
     pub mode: Option<EvalMode>,
@@ -97,16 +94,6 @@ pub struct EvalArgs {
     /// Side of the square evaluation grid.
     #[arg(long, default_value_t = DEFAULT_MAP_SIZE)]
     pub eval_size: usize,
-    /// Images per head forward.
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Backbones to evaluate with: `tiny` (default: those of the checkpoint's config).
-    #[arg(long)]
-    pub backbones: Option<String>,
-    /// Take the [backbones] and [postprocess] sections from this config instead of the
-    /// checkpoint's (the head always comes from the checkpoint).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
     /// Drop unreadable samples (missing, truncated or corrupt files) instead of failing.
     #[arg(long)]
     pub skip_bad: bool,
@@ -114,35 +101,36 @@ pub struct EvalArgs {
     pub cache: CacheArgs,
 }
 
+impl From<EvalMode> for Mode {
+    fn from(mode: EvalMode) -> Self {
+        match mode {
+            EvalMode::Head => Mode::Head,
+            EvalMode::References => Mode::References,
+            EvalMode::Mutual => Mode::Mutual,
+        }
+    }
+}
+
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let layout = check_dataset_args(&args.dataset, &args.root)?;
+    let m = &args.model;
     anyhow::ensure!(
-        args.eval_size > 0 && args.batch_size > 0 && args.draws > 0,
+        args.eval_size > 0 && m.batch_size > 0 && args.draws > 0,
         "--eval-size, --batch-size and --draws must be positive"
     );
-    let mode = match (args.mode, &args.checkpoint) {
-        (Some(m), _) => m,
-        (None, Some(_)) => EvalMode::Head,
-        (None, None) => anyhow::bail!(
-            "give a trained run (--checkpoint) or a mode without training (--mode references or              --mode mutual)"
-        ),
-    };
-    anyhow::ensure!(
-        mode != EvalMode::Head || args.checkpoint.is_some(),
-        "--mode head needs --checkpoint"
-    );
-    let device = args.device.open()?;
+    let mode = Mode::resolve(args.mode.map(Mode::from), m.checkpoint.is_some())?;
+    let device = m.device.open()?;
     let options = DetectorOptions {
         map_size: args.eval_size,
-        batch_size: args.batch_size,
+        batch_size: m.batch_size,
         ..DetectorOptions::default()
     };
-    let (detector, source) = match &args.checkpoint {
+    let (detector, source) = match &m.checkpoint {
         Some(checkpoint) => {
             let loaded = load_run(
                 checkpoint,
-                args.config.as_deref(),
-                args.backbones.as_deref(),
+                m.config.as_deref(),
+                m.backbones.as_deref(),
                 &device,
             )?;
             let state = &loaded.run.state;
@@ -159,7 +147,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         None => {
             let (backbones, postprocess) =
-                load_backbones(args.config.as_deref(), args.backbones.as_deref(), &device)?;
+                load_backbones(m.config.as_deref(), m.backbones.as_deref(), &device)?;
             let source = feature_source(&backbones, &args.cache)?;
             (
                 Detector::without_head(backbones, postprocess, options)?,
@@ -168,7 +156,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
     };
     let detector = match mode {
-        EvalMode::Mutual => {
+        Mode::Mutual => {
             detector.with_memory(Memory::Mutual(args.mutual.config(&args.features)?))?
         }
         _ => detector,
@@ -187,114 +175,71 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         )
     };
     let dataset = split(Split::Test, "evaluation")?;
-    // One run per (K, draw) in references mode; one run otherwise.
-    let draws: Vec<Option<ReferenceDraw>> = if mode == EvalMode::References {
-        let train = split(Split::Train, "reference")?;
-        let scoring = args.bank_build.scoring();
-        let bank = args
-            .bank_build
-            .options(&args.features, args.batch_size, Default::default())?;
-        args.shots
-            .iter()
-            .flat_map(|&shots| {
-                (0..args.draws as u64).map({
-                    let (train, bank, scoring) = (train.clone(), bank.clone(), scoring.clone());
-                    move |draw| {
-                        Some(ReferenceDraw {
-                            train: train.clone(),
-                            shots,
-                            draw,
-                            seed: args.seed,
-                            bank: bank.clone(),
-                            scoring: scoring.clone(),
-                        })
-                    }
-                })
-            })
-            .collect()
-    } else {
-        vec![None]
+    let references = match mode {
+        Mode::References => Some(ReferencePlan {
+            train: split(Split::Train, "reference")?,
+            shots: args.shots.clone(),
+            draws: args.draws,
+            seed: args.seed,
+            bank: args
+                .bank_build
+                .options(&args.features, m.batch_size, Default::default())?,
+            scoring: args.bank_build.scoring(),
+        }),
+        _ => None,
     };
-    anyhow::ensure!(
-        draws.len() == 1 || (args.save_maps.is_none() && args.scores.is_none()),
-        "--save-maps and --scores need a single run (one K, one draw)"
-    );
-    let mut runs: Vec<(Option<ReferenceDraw>, Evaluation)> = Vec::new();
-    for draw in draws {
-        if let Some(d) = &draw {
-            eprintln!("references: {} shots, draw {}", d.shots, d.draw);
-        }
-        let opts = EvalOptions {
+    let request = EvalRequest {
+        mode,
+        references,
+        options: EvalOptions {
             save_maps: args.save_maps.clone(),
             skip_bad: args.skip_bad,
-            references: draw.clone(),
-        };
-        let evaluation = run_one(&detector, &source, &dataset, &opts)?;
-        runs.push((draw, evaluation));
-    }
-    let protocol = EvalProtocol {
-        mode: if mode == EvalMode::Head {
-            "head".into()
-        } else if args.checkpoint.is_some() {
-            "fused".into()
-        } else {
-            format!("{mode:?}").to_lowercase()
+            references: None,
         },
-        shots: (mode == EvalMode::References).then(|| args.shots[0]),
-        draws: (mode == EvalMode::References).then_some(args.draws),
-        seed: (mode == EvalMode::References).then_some(args.seed),
-        settings: detector.settings(),
+        single_run: args.scores.is_some() || args.save_maps.is_some(),
     };
-    write_outputs(&args, protocol, &runs)?;
-    if let Some(stats) = source.stats() {
-        eprintln!("{stats}");
-    }
-    Ok(())
-}
-
-/// One evaluation with a progress bar.
-fn run_one(
-    detector: &Detector,
-    source: &super::model_common::Source,
-    dataset: &Dataset,
-    opts: &EvalOptions,
-) -> anyhow::Result<Evaluation> {
     let bar =
         ProgressBar::with_draw_target(Some(dataset.len() as u64), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("eval {bar:30} {pos}/{len} images [{elapsed}<{eta}] {msg}")
             .expect("valid template"),
     );
-    let evaluation = evaluate(detector, source.as_source(), dataset, opts, &mut |p| {
-        bar.set_position(p.done as u64);
-        bar.set_message(p.category.to_string());
-    })?;
+    let runs = evaluate_runs(
+        &detector,
+        source.as_source(),
+        &dataset,
+        &request,
+        &mut |d| {
+            bar.suspend(|| eprintln!("references: {} shots, draw {}", d.shots, d.draw));
+            bar.set_position(0);
+        },
+        &mut |p| {
+            bar.set_position(p.done as u64);
+            bar.set_message(p.category.to_string());
+        },
+    )?;
     bar.finish_and_clear();
-    for (path, reason) in &evaluation.skipped {
-        eprintln!("skipped: {}: {reason}", path.display());
+    for (_, evaluation) in &runs.runs {
+        for (path, reason) in &evaluation.skipped {
+            eprintln!("skipped: {}: {reason}", path.display());
+        }
     }
-    Ok(evaluation)
+    write_outputs(&args, &runs)?;
+    if let Some(stats) = source.stats() {
+        eprintln!("{stats}");
+    }
+    Ok(())
 }
 
 /// Prints the tables and writes the requested files: a single run as the `ssvp metrics` schema
 /// with its protocol, several as runs plus a mean/std summary per K.
-fn write_outputs(
-    args: &EvalArgs,
-    mut protocol: EvalProtocol,
-    runs: &[(Option<ReferenceDraw>, Evaluation)],
-) -> anyhow::Result<()> {
+fn write_outputs(args: &EvalArgs, runs: &EvalRuns) -> anyhow::Result<()> {
     let mut outputs = Vec::new();
-    if let [(_, evaluation)] = runs {
+    if let [(_, evaluation)] = runs.runs.as_slice() {
         let report = &evaluation.report;
         print!("{}", report.to_table());
-        let csv_scores = scores_csv(&evaluation.scores);
         outputs = args.files.render(report);
-        if let Some(path) = &args.files.out.clone() {
-            let mut json = serde_json::to_value(report)?;
-            json["protocol"] = serde_json::to_value(&protocol)?;
-            outputs.retain(|(p, _)| p != path);
-            outputs.push((path.clone(), serde_json::to_string_pretty(&json)? + "\n"));
-        }
+        let csv_scores = scores_csv(&evaluation.scores);
         if let Some(path) = &args.scores {
             outputs.push((path.clone(), csv_scores.clone()));
         }
@@ -302,23 +247,7 @@ fn write_outputs(
             outputs.push((dir.join("scores.csv"), csv_scores));
         }
     } else {
-        protocol.shots = None;
-        let mut summaries = Vec::new();
-        let mut json_runs = Vec::new();
-        for &shots in &args.shots {
-            let reports: Vec<_> = runs
-                .iter()
-                .filter(|(d, _)| d.as_ref().is_some_and(|d| d.shots == shots))
-                .map(|(d, e)| {
-                    json_runs.push(serde_json::json!({
-                        "shots": shots,
-                        "draw": d.as_ref().map(|d| d.draw),
-                        "report": e.report,
-                    }));
-                    e.report.clone()
-                })
-                .collect();
-            let summary = summarize_draws(shots, &reports);
+        for summary in runs.summaries(&args.shots) {
             let show = |name: &str| {
                 format!(
                     "{:.1} +- {:.1}",
@@ -327,22 +256,19 @@ fn write_outputs(
                 )
             };
             println!(
-                "K={shots} ({} draws): image AUROC {}  pixel AUROC {}  AUPRO {}",
+                "K={} ({} draws): image AUROC {}  pixel AUROC {}  AUPRO {}",
+                summary.shots,
                 summary.draws,
                 show("image_auroc"),
                 show("pixel_auroc"),
                 show("pixel_aupro")
             );
-            summaries.push(summary);
         }
-        if let Some(path) = &args.files.out.clone() {
-            let json = serde_json::json!({
-                "protocol": protocol,
-                "runs": json_runs,
-                "summary": summaries,
-            });
-            outputs.push((path.clone(), serde_json::to_string_pretty(&json)? + "\n"));
-        }
+    }
+    if let Some(path) = &args.files.out {
+        let json = runs.to_json(&args.shots);
+        outputs.retain(|(p, _)| p != path);
+        outputs.push((path.clone(), serde_json::to_string_pretty(&json)? + "\n"));
     }
     write_text_files(&outputs)
 }

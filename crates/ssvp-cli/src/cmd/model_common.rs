@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ssvp_eval::datasets::{self, CheckLevel, Dataset, Layout, LoadOptions, OnProblem, Split};
-use ssvp_model::features::{Backbones, CacheStorage, FeatureCache, FeatureSource};
+use ssvp_features::{Backbones, CacheStorage, FeatureCache, FeatureSource};
 
 /// Feature cache options.
 #[derive(clap::Args, Clone)]
@@ -45,31 +45,9 @@ pub fn check_dataset_args(dataset: &str, root: &Path) -> anyhow::Result<Option<L
     Ok(layout)
 }
 
-/// The labelled test split of a dataset (what the zero-shot protocol trains and evaluates on),
-/// with skipped samples listed on stderr; `purpose` names the data in the error context.
-/// `check` is how thoroughly files are checked before the run (`Decode` catches truncated images
-/// up front, for a run that has no other way to skip them).
-pub fn load_test_split(
-    root: &Path,
-    layout: Option<Layout>,
-    categories: &[String],
-    skip_bad: bool,
-    check: CheckLevel,
-    purpose: &str,
-) -> anyhow::Result<Dataset> {
-    load_split(
-        root,
-        layout,
-        categories,
-        skip_bad,
-        check,
-        Split::Test,
-        purpose,
-    )
-}
-
-/// [`load_test_split`] for any split (the train split holds the good images references are
-/// drawn from).
+/// One split of a dataset, with skipped samples listed on stderr; `purpose` names the data in the
+/// error context. `check` is how thoroughly files are checked before the run (`Decode` catches
+/// truncated images up front, for a run that has no other way to skip them).
 pub fn load_split(
     root: &Path,
     layout: Option<Layout>,

@@ -141,7 +141,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let options = ServeOptions {
         model_name: args.model_name.clone(),
         batching: BatchOptions {
-            max_batch_size: args.model.batch_size,
+            max_batch_size: args.model.source.batch_size,
             max_queue_delay: Duration::from_millis(args.max_queue_delay_ms),
             max_queue_size: args.max_queue_size,
         },
@@ -163,5 +163,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         LogFormat::Text
     };
     let addr = SocketAddr::new(args.host, args.port);
-    ssvp_serve::run(addr, options, log, move || load_detector(&spec))
+    Ok(ssvp_serve::run(addr, options, log, move || {
+        load_detector(&spec)
+    })?)
 }

@@ -1,20 +1,13 @@
-//! `ssvp train`: train the SSVP head on an auxiliary dataset (library:
-//! `ssvp_model::train`, `ssvp_model::run_dir`, `ssvp_model::features`).
+//! `ssvp train`: train the SSVP head on an auxiliary dataset. The arguments become a
+//! `ssvp_model::train::TrainJob`; `ssvp_model::train::run_job` resolves, checks and runs it, and
+//! this file prints its progress and summary.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ssvp_eval::datasets::CheckLevel;
-use ssvp_model::features::Backbones;
-use ssvp_model::run_dir::{RunDir, RunState};
-use ssvp_model::train::{
-    samples_from_dataset, train, training_data, Start, TrainEvent, TrainOptions, DEFAULT_MASK_SIZE,
-};
-use ssvp_model::{SsvpConfig, SsvpHead};
+use ssvp_model::train::{run_job, CacheChoice, JobEvent, JobStart, TrainEvent, TrainJob};
 
-use super::model_common::{check_dataset_args, feature_source, load_test_split, CacheArgs};
+use super::model_common::{parse_layout, CacheArgs};
 
 const TRAIN_HELP: &str = "\
 Trains on the labelled TEST split of the auxiliary dataset (all categories, masks; normal images
@@ -92,167 +85,66 @@ pub struct TrainArgs {
     pub cache: CacheArgs,
 }
 
-/// The data options of a resumed run: taken from the run, and refused when given otherwise.
-struct DataChoice {
-    root: PathBuf,
-    dataset: String,
-    categories: Vec<String>,
-    mask_size: usize,
-    skip_bad: bool,
-}
-
-fn resumed_data(args: &TrainArgs, state: &RunState) -> anyhow::Result<DataChoice> {
-    let data = &state.data;
-    let differs = |flag: &str, given: String, stored: String| {
-        anyhow::anyhow!(
-            "--resume: {flag} {given} differs from the run's {stored} (resume takes the run's \
-             options; start a new run to change them)"
-        )
-    };
-    if let Some(m) = args.mask_size {
-        if m != state.mask_size {
-            return Err(differs(
-                "--mask-size",
-                m.to_string(),
-                state.mask_size.to_string(),
-            ));
-        }
-    }
-    if !args.categories.is_empty() && args.categories != data.categories {
-        return Err(differs(
-            "--categories",
-            args.categories.join(","),
-            data.categories.join(","),
-        ));
-    }
-    if args.dataset != "auto" && !args.dataset.eq_ignore_ascii_case(&data.layout) {
-        return Err(differs(
-            "--dataset",
-            args.dataset.clone(),
-            data.layout.clone(),
-        ));
-    }
-    Ok(DataChoice {
-        root: args.root.clone().unwrap_or_else(|| data.root.clone()),
-        dataset: data.layout.clone(),
-        categories: data.categories.clone(),
-        mask_size: state.mask_size,
-        skip_bad: args.skip_bad || data.skip_bad,
+/// The library's job for these arguments.
+fn job(args: &TrainArgs) -> anyhow::Result<TrainJob> {
+    Ok(TrainJob {
+        out: args.out.clone(),
+        start: if args.resume {
+            JobStart::Resume
+        } else {
+            JobStart::Fresh { force: args.force }
+        },
+        config: args.config.clone(),
+        backbones_preset: args.backbones.clone(),
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        augment: args.augment,
+        root: args.root.clone(),
+        layout: parse_layout(&args.dataset)?,
+        categories: args.categories.clone(),
+        mask_size: args.mask_size,
+        skip_bad: args.skip_bad,
+        checkpoint_every: args.checkpoint_every,
+        max_steps: args.max_steps,
+        cache: if args.cache.no_cache {
+            CacheChoice::Off
+        } else {
+            CacheChoice::On {
+                dir: args.cache.cache_dir.clone(),
+                storage: args.cache.cache_dtype,
+            }
+        },
+        device: args.device.open()?,
     })
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let (run, cfg, choice) = if args.resume {
-        let run = RunDir::open(&args.out).with_context(|| {
-            format!("--resume: {} holds no run to continue", args.out.display())
-        })?;
-        let cfg = run.read_config()?;
-        let state = run.read_state()?;
-        if let Some(path) = &args.config {
-            let given = SsvpConfig::load(Some(path), args.backbones.as_deref())?;
-            anyhow::ensure!(
-                given == cfg,
-                "--resume continues with the run's own config.toml; {} differs from it",
-                path.display()
-            );
-        }
-        for (flag, given, stored) in [
-            ("--epochs", args.epochs, cfg.optim.epochs),
-            ("--batch-size", args.batch_size, cfg.optim.batch_size),
-        ] {
-            if let Some(v) = given {
-                anyhow::ensure!(
-                    v == stored,
-                    "--resume: {flag} {v} differs from the run's {stored} (start a new run to change it)"
-                );
-            }
-        }
-        anyhow::ensure!(
-            !args.augment || cfg.augment.enabled,
-            "--resume: --augment differs from the run's config (augment.enabled = false)"
-        );
-        let choice = resumed_data(&args, &state)?;
-        (run, cfg, choice)
-    } else {
-        let mut cfg: SsvpConfig =
-            SsvpConfig::load(args.config.as_deref(), args.backbones.as_deref())?;
-        if let Some(e) = args.epochs {
-            cfg.optim.epochs = e;
-        }
-        if let Some(b) = args.batch_size {
-            cfg.optim.batch_size = b;
-        }
-        if let Some(s) = args.seed {
-            cfg.optim.seed = s;
-        }
-        if args.augment {
-            cfg.augment.enabled = true;
-        }
-        anyhow::ensure!(
-            cfg.optim.epochs > 0 && cfg.optim.batch_size > 0,
-            "epochs and batch size must be positive"
-        );
-        let choice = DataChoice {
-            root: args
-                .root
-                .clone()
-                .expect("clap requires --root without --resume"),
-            dataset: args.dataset.clone(),
-            categories: args.categories.clone(),
-            mask_size: args.mask_size.unwrap_or(DEFAULT_MASK_SIZE),
-            skip_bad: args.skip_bad,
-        };
-        // Checked before the run directory is created, so a typo leaves nothing behind.
-        check_dataset_args(&choice.dataset, &choice.root)?;
-        (RunDir::create(&args.out, args.force)?, cfg, choice)
-    };
-    let layout = check_dataset_args(&choice.dataset, &choice.root)?;
-
-    let dataset = load_test_split(
-        &choice.root,
-        layout,
-        &choice.categories,
-        choice.skip_bad,
-        // Under --skip-bad every image is decoded once up front: training has no other way to
-        // skip a truncated file, whose features it computes only in the first epoch.
-        if choice.skip_bad {
-            CheckLevel::Decode
-        } else {
-            CheckLevel::Headers
-        },
-        "training",
-    )?;
-    let samples = samples_from_dataset(&dataset);
-    let device = args.device.open()?;
-    let backbones = Arc::new(Backbones::load(&cfg.backbones, &cfg.model, &device)?);
-    let encoder = backbones.prompt_encoder()?;
-    let source = feature_source(&backbones, &args.cache)?;
-    let head = SsvpHead::new(&cfg, &device)?;
-
-    eprintln!(
-        "training on {} images ({} anomalous) of {} categories from {} ({}), {} epochs of batch {}{}",
-        samples.len(),
-        samples.iter().filter(|s| s.anomalous).count(),
-        dataset.categories.len(),
-        dataset.root.display(),
-        dataset.layout,
-        cfg.optim.epochs,
-        cfg.optim.batch_size,
-        if cfg.augment.enabled {
-            ", augmented (features recomputed every step)"
-        } else {
-            ""
-        }
-    );
-    let opts = TrainOptions {
-        mask_size: choice.mask_size,
-        checkpoint_every: args.checkpoint_every,
-        stop_after: args.max_steps,
-        warm_cache: true,
-    };
+    let job = job(&args)?;
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let mut on_event = |ev: TrainEvent| match ev {
-        TrainEvent::Features { done, total } => {
+    let mut on_event = |ev: JobEvent| match ev {
+        JobEvent::Skipped(problem) => eprintln!("skipped: {problem}"),
+        JobEvent::Loaded {
+            dataset,
+            samples,
+            config,
+        } => eprintln!(
+            "training on {} images ({} anomalous) of {} categories from {} ({}), {} epochs of \
+             batch {}{}",
+            samples.len(),
+            samples.iter().filter(|s| s.anomalous).count(),
+            dataset.categories.len(),
+            dataset.root.display(),
+            dataset.layout,
+            config.optim.epochs,
+            config.optim.batch_size,
+            if config.augment.enabled {
+                ", augmented (features recomputed every step)"
+            } else {
+                ""
+            }
+        ),
+        JobEvent::Train(TrainEvent::Features { done, total }) => {
             if done == 1 || bar.length() != Some(total as u64) {
                 bar.set_length(total as u64);
                 bar.set_style(
@@ -262,9 +154,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             }
             bar.set_position(done as u64);
         }
-        TrainEvent::Start {
+        JobEvent::Train(TrainEvent::Start {
             step, total_steps, ..
-        } => {
+        }) => {
             bar.set_style(
                 ProgressStyle::with_template(
                     "train {bar:30} {pos}/{len} steps [{elapsed}<{eta}] {msg}",
@@ -274,7 +166,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             bar.set_length(total_steps as u64);
             bar.set_position(step as u64);
         }
-        TrainEvent::Step(r) => {
+        JobEvent::Train(TrainEvent::Step(r)) => {
             bar.set_position(r.step as u64 + 1);
             bar.set_message(format!(
                 "epoch {} loss {:.4}",
@@ -282,36 +174,20 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 r.losses.get("total").copied().unwrap_or(f64::NAN)
             ));
         }
-        TrainEvent::Checkpoint { .. } => {}
+        JobEvent::Train(TrainEvent::Checkpoint { .. }) => {}
     };
-    let start = if args.resume {
-        Start::Resume
-    } else {
-        Start::Fresh
-    };
-    let mut data = training_data(&dataset);
-    data.skip_bad = choice.skip_bad;
-    let summary = train(
-        &run,
-        &head,
-        source.as_source(),
-        &encoder,
-        &samples,
-        data,
-        &opts,
-        start,
-        &mut on_event,
-    )?;
+    let summary = run_job(&job, &mut on_event)?;
     bar.finish_and_clear();
-    let state = &summary.state;
+    let state = &summary.train.state;
     let loss = summary
+        .train
         .last
         .as_ref()
         .and_then(|r| r.losses.get("total").copied());
     eprintln!(
         "{} steps in {:.1} s; run at step {}/{} (epoch {}/{}){}{}",
-        summary.steps_run,
-        summary.seconds,
+        summary.train.steps_run,
+        summary.train.seconds,
         state.step,
         state.total_steps,
         state.epoch(),
@@ -324,9 +200,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             " — incomplete, continue with --resume".into()
         }
     );
-    if let Some(stats) = source.stats() {
-        eprintln!("{stats}");
+    if let Some((dir, s)) = &summary.cache {
+        eprintln!(
+            "feature cache {}: {} hits, {} misses{}",
+            dir.display(),
+            s.hits,
+            s.misses,
+            if s.recovered > 0 {
+                format!(", {} recomputed", s.recovered)
+            } else {
+                String::new()
+            }
+        );
     }
-    println!("{}", run.path().display());
+    println!("{}", summary.run.display());
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! small synthetic set: the files, the exit codes, bad inputs, stdin lists and globs, shards and
 //! their merged report, a calibration of another model refused, and detect == eval.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

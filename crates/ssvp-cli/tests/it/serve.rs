@@ -2,7 +2,7 @@
 //! images (bit for bit at one image per pass), exits 0 on SIGTERM after draining, and refuses
 //! bad flags before listening.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

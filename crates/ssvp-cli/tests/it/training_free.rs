@@ -4,7 +4,7 @@
 //! score), `calibrate` on a bank, `eval
 //! --mode references|mutual` and its JSON, and the errors of bad references and banks.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -55,6 +55,16 @@ fn references_bank_mutual_calibrate_and_eval_without_a_head() {
     let mut args = vec!["bank", "build", "--normal", s(&good), "--out", s(&bank)];
     args.extend(tiny);
     ok(&ssvp(&args));
+    // `--device` reaches the towers of `bank build` too: a CPU-only build refuses a GPU
+    // instead of quietly building on the CPU.
+    if !cfg!(feature = "cuda") {
+        let gpu = root.join("gpu.safetensors");
+        let mut args = vec!["bank", "build", "--normal", s(&good), "--device", "cuda"];
+        args.extend(["--out", s(&gpu)]);
+        args.extend(tiny);
+        fails_with(&ssvp(&args), "built without CUDA");
+        assert!(!gpu.exists());
+    }
     let info = ssvp(&["bank", "info", s(&bank)]);
     ok(&info);
     let meta: Value = serde_json::from_slice(&info.stdout).unwrap();

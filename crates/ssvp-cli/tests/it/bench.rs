@@ -1,7 +1,7 @@
 //! `ssvp bench`: the report's shape and arithmetic on the tiny towers (no timing is asserted),
 //! the stages that run in each mode, and the refusals.
 
-mod common;
+use crate::common;
 
 use common::{ok, ssvp, stderr};
 use serde_json::Value;

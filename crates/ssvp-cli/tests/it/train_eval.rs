@@ -3,7 +3,7 @@
 //! `ssvp metrics`, and the same numbers when `ssvp metrics` re-evaluates the saved maps), and
 //! exit code 2 with a clear message for bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

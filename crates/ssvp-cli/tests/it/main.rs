@@ -1,0 +1,14 @@
+//! Integration tests of the `ssvp` binary, in one test binary: each test runs the binary
+//! (`CARGO_BIN_EXE_ssvp`) as a child process, so they share no state but the files they are
+//! given (each its own temporary directory).
+
+mod bench;
+mod common;
+mod dataset;
+mod detect;
+mod embed;
+mod metrics;
+mod serve;
+mod synth;
+mod train_eval;
+mod training_free;
