@@ -2,9 +2,9 @@
 
 Writes crates/ssvp-eval/tests/fixtures/datasets/meta_python.json the way the AnomalyCLIP /
 APRIL-GAN MVTec generators do (`json.dumps(info, indent=4) + "\n"`, ensure_ascii on), for the
-small MVTec-style tree that tests/datasets_meta_json.rs builds: non-ASCII and non-BMP category
-names, spaces in file names. Masks are named by stem (`<stem>_mask.png`), which is what the
-generators' sorted-position pairing yields on a complete tree.
+small MVTec-style tree that crates/ssvp-eval/tests/it/datasets_meta_json.rs builds: non-ASCII
+and non-BMP category names, spaces in file names. Masks are named by stem (`<stem>_mask.png`),
+which is what the generators' sorted-position pairing yields on a complete tree.
 """
 import json
 import os
@@ -12,7 +12,7 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "crates", "ssvp-eval", "tests", "fixtures", "datasets", "meta_python.json")
 
-# Must match `fixture_tree()` in tests/datasets_meta_json.rs.
+# Must match `fixture_tree()` in crates/ssvp-eval/tests/it/datasets_meta_json.rs.
 TREE = {
     "pi\u00e8ce \u2603": {
         "train": {"good": ["000.png", "001 copy.png"]},

@@ -6,7 +6,7 @@ Run by hand (never by CI); needs only numpy and safetensors (no torch):
     ~/venvs/ssvp-mem/bin/python reference/gen_memory.py
 Pinned: numpy 2.4.6, safetensors 0.8.0 (as in reference/requirements.txt).
 Writes crates/ssvp-memory/tests/fixtures/memory.safetensors (read by
-crates/ssvp-memory/tests/reference.rs), one file holding every case's inputs and expected outputs:
+crates/ssvp-memory/tests/it/reference.rs), one file holding every case's inputs and expected outputs:
 
   knn.query [50,64], knn.keys [700,64]        unit rows (f32); query row 0 = key rows 100 and 650
   knn.similarity [50] f32, knn.index [50] i64  max inner product per query row, first argmax

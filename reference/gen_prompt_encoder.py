@@ -18,7 +18,7 @@ Writes crates/ssvp-model/tests/fixtures/prompt_encoder/:
 - cases.safetensors: per case c, `c.ids` [77], `c.prompt` [P, L, W], `c.r` [P, D],
   `c.text_embed` [P, D], `c.grad` [P, L, W].
 - cases.json: the config and the class name, slot count and EOT position of each case.
-Read by crates/ssvp-model/tests/prompt_encoder.rs.
+Read by crates/ssvp-model/tests/it/prompt_encoder.rs.
 """
 
 import importlib.util

@@ -2,7 +2,7 @@
 
 Run by hand (never by CI) with the reference venv:
     /root/venvs/ssvp-ref/bin/python reference/gen_ssvp_head.py
-Writes crates/ssvp-model/tests/fixtures/ssvp_head/ (read by crates/ssvp-model/tests/head_parity.rs):
+Writes crates/ssvp-model/tests/fixtures/ssvp_head/ (read by crates/ssvp-model/tests/it/head_parity.rs):
   config.toml              the tiny SsvpConfig used here (Rust parses it with SsvpConfig::from_toml_str)
   params.safetensors       every trainable tensor, random and non-zero (also the ones that start at 0)
   inputs.safetensors       backbone features, stand-in text-encoder weights, VAE noise, masks, labels

@@ -36,9 +36,10 @@ root=$(cat "$BIN/build-root")
 if [ "$root" != "$PWD" ] && [ ! -e "$root" ]; then mkdir -p "$(dirname "$root")" && ln -s "$PWD" "$root"; fi
 
 step "parity against the PyTorch references, on the GPU (same tolerances as on the CPU)"
-for t in clip_parity dinov3_parity head_parity; do
-  [ -x "$BIN/$t" ] || { echo "$t: not built, skipped"; continue; }
-  SSVP_TEST_DEVICE=cuda run "$t" "$BIN/$t" --test-threads 1 --nocapture
+for t in backbones_it:clip_parity backbones_it:dinov3_parity model_it:head_parity; do
+  bin=${t%%:*} filter=${t#*:}
+  [ -x "$BIN/$bin" ] || { echo "$bin: not built, skipped"; continue; }
+  SSVP_TEST_DEVICE=cuda run "$filter" "$BIN/$bin" "$filter::" --test-threads 1 --nocapture
 done
 
 step "the tiny pipeline on the GPU and on the CPU"
