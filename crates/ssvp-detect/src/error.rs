@@ -214,3 +214,66 @@ impl From<ssvp_eval::postprocess::PostprocessError> for Error {
 
 /// `Result` with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tower error as the features carry it, wrapped once more by the model, as a load does.
+    fn through_the_layers(e: ssvp_backbones::Error) -> Error {
+        let features = ssvp_features::Error::backbone("loading DINOv3 from `x`", e);
+        Error::from(ssvp_model::Error::from(features))
+    }
+
+    #[test]
+    fn failures_of_loading_weights_reach_the_fronts_as_distinct_kinds() {
+        use std::io;
+        let missing = through_the_layers(ssvp_backbones::Error::NotFound {
+            message: "no weights at /nowhere".into(),
+            path: Some("/nowhere".into()),
+            source: Some(io::Error::new(io::ErrorKind::NotFound, "no such file")),
+        });
+        let gated = through_the_layers(ssvp_backbones::Error::Gated {
+            message: "facebook/dinov3 is gated; set HF_TOKEN".into(),
+            repo: "facebook/dinov3-vitl16-pretrain-lvd1689m".into(),
+            status: 401,
+        });
+        let offline = through_the_layers(ssvp_backbones::Error::Offline {
+            message: "not in the cache and HF_HUB_OFFLINE is set".into(),
+            repo: "openai/clip-vit-large-patch14-336".into(),
+            cache: "/empty".into(),
+        });
+        let format = through_the_layers(ssvp_backbones::Error::Format {
+            message: "not a safetensors file".into(),
+            source: None,
+        });
+        let kinds = [
+            (missing.kind(), ErrorKind::NotFound),
+            (gated.kind(), ErrorKind::Gated),
+            (offline.kind(), ErrorKind::Offline),
+            (format.kind(), ErrorKind::Unsupported),
+        ];
+        for (got, want) in kinds {
+            assert_eq!(got, want);
+        }
+        // The message keeps what was done and why, once each.
+        assert_eq!(
+            gated.to_string(),
+            "loading DINOv3 from `x`: facebook/dinov3 is gated; set HF_TOKEN"
+        );
+        // Only a missing file is the caller's to fix; the others are the server's setup.
+        assert!(missing.kind().is_client_error());
+        for e in [&gated, &offline] {
+            assert!(!e.kind().is_client_error());
+        }
+    }
+
+    #[test]
+    fn a_failed_allocation_is_out_of_memory_and_not_the_callers_fault() {
+        let e = through_the_layers(ssvp_backbones::Error::OutOfMemory(candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        )));
+        assert_eq!(e.kind(), ErrorKind::OutOfMemory);
+        assert!(!e.kind().is_client_error());
+    }
+}

@@ -6,6 +6,7 @@ mod common;
 mod detect_eval;
 mod e2e_zero_shot;
 mod inputs;
+mod load_errors;
 mod tiling;
 mod toy_scorer;
 mod training_free;

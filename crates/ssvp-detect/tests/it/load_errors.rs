@@ -1,0 +1,60 @@
+//! What a front learns from a failed load, by kind alone: a weights path that does not exist
+//! and a run directory of another format version are told apart without reading messages.
+
+use candle_core::Device;
+use ssvp_detect::{Detector, DetectorOptions, ErrorKind, LoadSpec, MemorySpec, MutualConfig};
+
+fn spec(config: Option<std::path::PathBuf>, checkpoint: Option<std::path::PathBuf>) -> LoadSpec {
+    LoadSpec {
+        checkpoint,
+        config,
+        memory: Some(MemorySpec::Mutual(MutualConfig::default())),
+        backbones_preset: None,
+        calibration: None,
+        options: DetectorOptions::default(),
+        device: Device::Cpu,
+    }
+}
+
+#[test]
+fn a_missing_weights_file_is_not_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("line3.toml");
+    let missing = tmp.path().join("no-such-dinov3");
+    std::fs::write(
+        &config,
+        format!(
+            "[backbones]\nclip = \"tiny\"\ndino = \"{}\"\nclip_size = 112\ndino_size = 128\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let err = Detector::load(&spec(Some(config), None))
+        .err()
+        .expect("the load fails");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("no-such-dinov3"), "{err}");
+}
+
+#[test]
+fn a_run_of_another_format_version_is_unsupported() {
+    let fixture = crate::common::shared_fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    for entry in std::fs::read_dir(&fixture.run).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, run.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let state = run.join("state.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    json["format_version"] = 99.into();
+    std::fs::write(&state, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    let mut s = spec(None, Some(run));
+    s.memory = None;
+    let err = Detector::load(&s).err().expect("the load fails");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+}
