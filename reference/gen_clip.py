@@ -5,7 +5,7 @@ Run by hand (never by CI):  /root/venvs/ssvp-ref/bin/python reference/gen_clip.p
 Two tiny random-weight HF `CLIPModel`s (fixed seeds) are built with transformers, then:
 - model A (QuickGELU, patch 4, 16 px, 4x4 grid) is written in HF naming (`model.safetensors`,
   `config.json`) and in OpenAI/open_clip naming (`open_clip_model.safetensors`, converted per
-  formats.md 1.3(d));
+  docs/formats.md §1.3(d));
 - model B (GELU, patch 8, 32 px, 4x4 grid) in OpenAI naming as a `torch.save` zip (`model.pth`),
   and its vision tower alone in timm naming (`timm_vision.safetensors`).
 References, all from transformers' CLIPModel unless said otherwise:
@@ -15,7 +15,7 @@ References, all from transformers' CLIPModel unless said otherwise:
   (AnomalyCLIP's resample, done here with F.interpolate and run through an HF model built for that
   grid), and at a rectangular 4x7 grid (bicubic);
 - DPAM (AnomalyCLIP's V-V dual-path attention) from a re-implementation of their module written
-  from formats.md section 3;
+  from docs/formats.md §3;
 - text embeddings from token ids; and, from token embeddings with inserted learnable prompt
   vectors and deep prompts, the projected EOT feature and the gradients of
   sum(text_embed * R) w.r.t. the prompt vectors and deep prompts (torch autograd).
@@ -71,7 +71,7 @@ def hf_state(model):
 
 
 def to_openai(sd, text_prefix=""):
-    """HF CLIPModel names -> OpenAI/open_clip names (formats.md 1.3(d), inverted)."""
+    """HF CLIPModel names -> OpenAI/open_clip names (docs/formats.md §1.3(d), inverted)."""
     out = OrderedDict()
 
     def blocks(hf_prefix, oa_prefix):
@@ -187,7 +187,7 @@ def model_for_grid(model, cfg, side, table):
     return m2
 
 
-# --- AnomalyCLIP's dual-path attention, re-implemented from formats.md section 3 -------------
+# --- AnomalyCLIP's dual-path attention, re-implemented from docs/formats.md §3 -------------
 class DualPathAttention(torch.nn.Module):
     """AnomalyCLIP `Attention`: one fused qkv (the in_proj), returns (vv, ori)."""
 

@@ -71,7 +71,7 @@ def randomise(model, gen):
 
 
 def meta_state_dict(model, cfg, gen):
-    """The inverse of the documented Meta -> HF mapping (formats.md 2.3), written independently of the Rust code."""
+    """The inverse of the documented Meta -> HF mapping (docs/formats.md §2.3), written independently of the Rust code."""
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     d = cfg.hidden_size
     out = {

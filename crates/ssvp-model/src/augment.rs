@@ -260,9 +260,19 @@ pub fn load_image_and_mask(
     ))
 }
 
+/// Refuses a zero training mask size (the one place this is checked).
+pub(crate) fn check_mask_size(size: usize) -> Result<()> {
+    if size == 0 {
+        return Err(Error::Config(
+            "the training mask size must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A `size x size` training mask (1 = defect) from a 0/255 mask, by the evaluation protocol.
 pub fn mask_to_training(mask: &GrayImage8, size: usize) -> Result<Vec<f32>> {
-    crate::train::check_mask_size(size)?;
+    check_mask_size(size)?;
     let grid = GtMask::new(
         mask.width,
         mask.height,

@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use ssvp_eval::datasets::Dataset;
 use ssvp_image::{GrayImage8, RgbImage8};
 
-use crate::augment::{grid_values, load_image_and_mask, mask_to_training, AugmentPlan, Augmenter};
+use crate::augment::{
+    check_mask_size, grid_values, load_image_and_mask, mask_to_training, AugmentPlan, Augmenter,
+};
 use crate::config::{OptimConfig, SsvpConfig};
 use crate::error::{Error, Result};
 use ssvp_features::{BackboneIdentity, FeatureSource, ImageFeatures};
@@ -94,16 +96,6 @@ impl TrainOptions {
     pub fn validate(&self) -> Result<()> {
         check_mask_size(self.mask_size)
     }
-}
-
-/// Refuses a zero training mask size (the one place this is checked).
-pub(crate) fn check_mask_size(size: usize) -> Result<()> {
-    if size == 0 {
-        return Err(Error::Config(
-            "the training mask size must be positive".into(),
-        ));
-    }
-    Ok(())
 }
 
 impl Default for TrainOptions {
