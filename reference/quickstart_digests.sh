@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the README quick start with one ssvp binary into $2 and prints a digest per output file.
-# Timings (wall-clock milliseconds) are dropped from JSON/JSONL before hashing, and safetensors
-# headers are hashed with sorted keys (their metadata map has no fixed order): neither is an
-# output. Compare two binaries with the same $2 (paths are recorded in the outputs):
+# Timings (wall-clock milliseconds) are dropped from JSON/JSONL and detection CSVs before hashing,
+# and safetensors headers are hashed with sorted keys (their metadata map has no fixed order):
+# neither is an output. Compare two binaries with the same $2 (paths are recorded in the outputs):
 #   reference/quickstart_digests.sh OLD /tmp/qs > old.txt; reference/quickstart_digests.sh NEW /tmp/qs > new.txt
 set -euo pipefail
 SSVP=$1; OUT=$2
@@ -36,6 +36,12 @@ except Exception:
     objs=[json.loads(l) for l in t.splitlines() if l.strip()]
 print(hashlib.sha256(json.dumps([strip(o) for o in objs],sort_keys=True).encode()).hexdigest()[:16], sys.argv[1], "(json, timings dropped)")' "$f";;
     *.html|*.log|*.txt) echo "-- $f (text, not compared)";;
+    */detections.csv) python3 -c '
+import csv,sys,hashlib
+rows=list(csv.reader(open(sys.argv[1])))
+drop=rows[0].index("total_ms") if "total_ms" in rows[0] else None
+kept=[[c for i,c in enumerate(r) if i!=drop] for r in rows]
+print(hashlib.sha256(repr(kept).encode()).hexdigest()[:16], sys.argv[1], "(csv, total_ms dropped)")' "$f";;
     *.safetensors|*.bank) python3 -c '
 import json,sys,hashlib,struct
 b=open(sys.argv[1],"rb").read(); n=struct.unpack("<Q",b[:8])[0]
