@@ -53,6 +53,23 @@ pub struct CacheStats {
     pub recovered: u64,
 }
 
+impl CacheStats {
+    /// The closing line of a run over the cache in `dir`: hits, misses and recomputed entries.
+    pub fn line(&self, dir: &Path) -> String {
+        format!(
+            "feature cache {}: {} hits, {} misses{}",
+            dir.display(),
+            self.hits,
+            self.misses,
+            if self.recovered > 0 {
+                format!(", {} recomputed", self.recovered)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
 type WarningHandler = Box<dyn Fn(&str) + Send + Sync>;
 
 /// A [`FeatureSource`] that serves features from disk and asks `inner` only on a miss.

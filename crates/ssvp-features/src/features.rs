@@ -106,38 +106,27 @@ pub trait FeatureSource: Send + Sync {
     }
 }
 
-impl<S: FeatureSource + ?Sized> FeatureSource for Arc<S> {
-    fn identity(&self) -> &BackboneIdentity {
-        (**self).identity()
-    }
-    fn device(&self) -> &Device {
-        (**self).device()
-    }
-    fn features(&self, image_path: &Path) -> Result<ImageFeatures> {
-        (**self).features(image_path)
-    }
-    fn features_batch(&self, image_paths: &[PathBuf]) -> Result<Vec<ImageFeatures>> {
-        (**self).features_batch(image_paths)
-    }
-    fn features_of_images(&self, images: &[RgbImage8]) -> Result<Vec<ImageFeatures>> {
-        (**self).features_of_images(images)
-    }
+/// A shared or boxed source is the source itself.
+macro_rules! forward_feature_source {
+    ($($pointer:ident),*) => {$(
+        impl<S: FeatureSource + ?Sized> FeatureSource for $pointer<S> {
+            fn identity(&self) -> &BackboneIdentity {
+                (**self).identity()
+            }
+            fn device(&self) -> &Device {
+                (**self).device()
+            }
+            fn features(&self, image_path: &Path) -> Result<ImageFeatures> {
+                (**self).features(image_path)
+            }
+            fn features_batch(&self, image_paths: &[PathBuf]) -> Result<Vec<ImageFeatures>> {
+                (**self).features_batch(image_paths)
+            }
+            fn features_of_images(&self, images: &[RgbImage8]) -> Result<Vec<ImageFeatures>> {
+                (**self).features_of_images(images)
+            }
+        }
+    )*};
 }
 
-impl<S: FeatureSource + ?Sized> FeatureSource for Box<S> {
-    fn identity(&self) -> &BackboneIdentity {
-        (**self).identity()
-    }
-    fn device(&self) -> &Device {
-        (**self).device()
-    }
-    fn features(&self, image_path: &Path) -> Result<ImageFeatures> {
-        (**self).features(image_path)
-    }
-    fn features_batch(&self, image_paths: &[PathBuf]) -> Result<Vec<ImageFeatures>> {
-        (**self).features_batch(image_paths)
-    }
-    fn features_of_images(&self, images: &[RgbImage8]) -> Result<Vec<ImageFeatures>> {
-        (**self).features_of_images(images)
-    }
-}
+forward_feature_source!(Arc, Box);

@@ -105,20 +105,7 @@ impl Source {
     pub fn stats(&self) -> Option<String> {
         match self {
             Source::Live(_) => None,
-            Source::Cached(c) => {
-                let s = c.stats();
-                Some(format!(
-                    "feature cache {}: {} hits, {} misses{}",
-                    c.dir().display(),
-                    s.hits,
-                    s.misses,
-                    if s.recovered > 0 {
-                        format!(", {} recomputed", s.recovered)
-                    } else {
-                        String::new()
-                    }
-                ))
-            }
+            Source::Cached(c) => Some(c.stats().line(c.dir())),
         }
     }
 }

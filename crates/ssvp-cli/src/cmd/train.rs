@@ -200,18 +200,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             " — incomplete, continue with --resume".into()
         }
     );
-    if let Some((dir, s)) = &summary.cache {
-        eprintln!(
-            "feature cache {}: {} hits, {} misses{}",
-            dir.display(),
-            s.hits,
-            s.misses,
-            if s.recovered > 0 {
-                format!(", {} recomputed", s.recovered)
-            } else {
-                String::new()
-            }
-        );
+    if let Some((dir, stats)) = &summary.cache {
+        eprintln!("{}", stats.line(dir));
     }
     println!("{}", summary.run.display());
     Ok(())
