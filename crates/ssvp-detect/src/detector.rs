@@ -24,6 +24,7 @@ use ssvp_eval::maps::regions::regions_above;
 use ssvp_eval::postprocess::PostprocessConfig;
 use ssvp_features::{Backbones, FeatureSource, ImageFeatures, TowerSet};
 use ssvp_image::{ColorScale, RgbImage8};
+#[cfg(feature = "head")]
 use ssvp_model::SsvpHead;
 use ssvp_util::error::message_chain;
 
@@ -34,7 +35,9 @@ use crate::detection::{Detection, MapStats, Timings};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::InputImage;
 use crate::memory::{set_sizes, Memory};
-use crate::scorer::{Description, HeadScorer, ScoreContext, Scorer, UnitScore};
+use crate::scorer::{Description, ScoreContext, Scorer, UnitScore};
+#[cfg(feature = "head")]
+use crate::scorer::{Fused, HeadScorer};
 use crate::settings::{DetectorOptions, DetectorSettings, ModelIdentity};
 use crate::tiling::{crop, is_tiled, layout, Tile};
 
@@ -44,6 +47,7 @@ pub struct Detector {
     scorer: Option<(Box<dyn Scorer>, Description)>,
     /// The trained head, kept to fuse it with other memories (evaluation draws a bank per
     /// category).
+    #[cfg(feature = "head")]
     head: Option<Arc<HeadScorer>>,
     /// Upsampling and smoothing of every map (the run's or the config's `[postprocess]`).
     postprocess: PostprocessConfig,
@@ -56,6 +60,7 @@ pub struct Detector {
 impl Detector {
     /// A detector over a head and backbones built in memory (tests, benchmarks, training
     /// loops that evaluate as they go).
+    #[cfg(feature = "head")]
     pub fn new(
         head: SsvpHead,
         backbones: Arc<Backbones>,
@@ -87,6 +92,7 @@ impl Detector {
         };
         Ok(Self {
             scorer: None,
+            #[cfg(feature = "head")]
             head: None,
             postprocess,
             backbones,
@@ -118,7 +124,12 @@ impl Detector {
 
     /// The scorer of `memory` on these backbones, fused with this detector's head if it has one.
     pub fn scorer_of(&self, memory: Memory) -> Result<Box<dyn Scorer>> {
-        memory.into_scorer(self.head.clone(), self.backbones.identity())
+        let distances = memory.into_scorer(self.backbones.identity())?;
+        #[cfg(feature = "head")]
+        if let Some(head) = &self.head {
+            return Ok(Box::new(Fused::new(Arc::clone(head), distances)?));
+        }
+        Ok(distances)
     }
 
     /// Applies a calibration, refusing one made for another model or other settings.
@@ -129,6 +140,7 @@ impl Detector {
     }
 
     /// Names the run directory the head came from in the identity (informative only).
+    #[cfg(feature = "head")]
     pub(crate) fn set_checkpoint_name(&mut self, name: String) {
         self.identity.checkpoint = name;
     }
@@ -199,8 +211,14 @@ impl Detector {
     }
 
     /// The trained head, if any.
+    #[cfg(feature = "head")]
     pub fn head(&self) -> Option<&SsvpHead> {
         self.head.as_ref().map(|h| h.head())
+    }
+
+    /// Whether a trained head scores (alone or fused).
+    pub fn has_head(&self) -> bool {
+        self.description().is_some_and(|d| d.stages.head)
     }
 
     /// Upsampling and smoothing of the maps.

@@ -151,6 +151,7 @@ fn kind_of_features(kind: ssvp_features::ErrorKind) -> ErrorKind {
     }
 }
 
+#[cfg(feature = "head")]
 impl From<ssvp_model::Error> for Error {
     fn from(err: ssvp_model::Error) -> Self {
         use ssvp_model::ErrorKind as K;
@@ -215,7 +216,7 @@ impl From<ssvp_eval::postprocess::PostprocessError> for Error {
 /// `Result` with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "head"))]
 mod tests {
     use super::*;
 

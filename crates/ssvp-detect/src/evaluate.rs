@@ -324,7 +324,7 @@ pub fn evaluate_runs(
     }
     let plan = references.filter(|_| mode == EvalMode::References);
     let protocol = EvalProtocol {
-        mode: mode.protocol_name(detector.head().is_some()).to_string(),
+        mode: mode.protocol_name(detector.has_head()).to_string(),
         shots: plan.map(|p| p.shots[0]),
         draws: plan.map(|p| p.draws),
         seed: plan.map(|p| p.seed),

@@ -47,7 +47,9 @@ pub use detection::{Detection, MapStats, Timings};
 pub use detector::Detector;
 pub use error::{Error, ErrorKind, Result};
 pub use input::InputImage;
-pub use load::{LoadSpec, LoadedRun};
+pub use load::LoadSpec;
+#[cfg(feature = "head")]
+pub use load::LoadedRun;
 pub use memory::{BankOptions, Memory, MemorySpec, MutualConfig};
 pub use scorer::{Description, ScoreContext, Scorer, UnitScore};
 pub use settings::{DetectorOptions, DetectorSettings, ModelIdentity, ScorerSettings};

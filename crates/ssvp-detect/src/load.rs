@@ -1,6 +1,9 @@
 //! Where a detector's model comes from: a run directory of `ssvp train` with the backbones it
 //! was trained on, or backbones alone for the training-free scorers, plus a memory and a
 //! calibration ([`LoadSpec`], [`Detector::load`]).
+//!
+//! Trained runs need the `head` feature (on by default). Without it, the scoring sections of a
+//! config file are read by [`scoring_config`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +11,11 @@ use std::sync::Arc;
 use candle_core::Device;
 use ssvp_eval::postprocess::PostprocessConfig;
 use ssvp_features::Backbones;
+#[cfg(not(feature = "head"))]
+use ssvp_features::{BackbonesConfig, TapLayers};
+#[cfg(feature = "head")]
 use ssvp_model::run_dir::TrainedRun;
+#[cfg(feature = "head")]
 use ssvp_model::SsvpConfig;
 
 use crate::calibrate::Calibration;
@@ -40,6 +47,7 @@ pub struct LoadSpec {
 }
 
 /// A trained run with the backbones to run it on.
+#[cfg(feature = "head")]
 pub struct LoadedRun {
     /// The head, its config and the identity of its backbones.
     pub run: TrainedRun,
@@ -50,6 +58,7 @@ pub struct LoadedRun {
 /// Opens a run directory and loads the backbones it was trained with (or the ones `config` /
 /// `preset` name instead, which must have the same identity). `config` also replaces the
 /// run's post-processing.
+#[cfg(feature = "head")]
 pub fn load_run(
     checkpoint: &Path,
     config: Option<&Path>,
@@ -93,12 +102,85 @@ pub fn load_backbones(
     preset: Option<&str>,
     device: &Device,
 ) -> Result<(Arc<Backbones>, PostprocessConfig)> {
-    let cfg = SsvpConfig::load(config, preset)
-        .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+    #[cfg(feature = "head")]
+    let (backbones, taps, postprocess) = {
+        let cfg = SsvpConfig::load(config, preset)
+            .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+        (cfg.backbones, cfg.model.taps(), cfg.postprocess)
+    };
+    #[cfg(not(feature = "head"))]
+    let (backbones, taps, postprocess) = scoring_config(config, preset)?;
     // Without a head only the taps matter: no head width is checked against the towers.
-    let backbones = Backbones::load(&cfg.backbones, &cfg.model.taps(), device)
+    let backbones = Backbones::load(&backbones, &taps, device)
         .map_err(|e| Error::from(e).context("loading the backbones"))?;
-    Ok((Arc::new(backbones), cfg.postprocess))
+    Ok((Arc::new(backbones), postprocess))
+}
+
+/// The scoring sections of an SSVP config file (`[backbones]`, `[postprocess]`, the taps of
+/// `[model]`) and the `tiny` preset, read as `SsvpConfig::load` reads them, in a build without
+/// the head (and so without its config type). The head's sections are not read.
+#[cfg(not(feature = "head"))]
+pub fn scoring_config(
+    config: Option<&Path>,
+    preset: Option<&str>,
+) -> Result<(BackbonesConfig, TapLayers, PostprocessConfig)> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct File {
+        backbones: BackbonesConfig,
+        postprocess: PostprocessConfig,
+        model: Taps,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(default)]
+    struct Taps {
+        clip_layers: Vec<usize>,
+        dino_layers: ssvp_features::DinoLayerSet,
+    }
+    impl Default for Taps {
+        fn default() -> Self {
+            let paper = TapLayers::paper();
+            Self {
+                clip_layers: paper.clip,
+                dino_layers: paper.dino,
+            }
+        }
+    }
+    let invalid = |message: String| Error::new(ErrorKind::InvalidInput, message);
+    let (mut backbones, mut taps, postprocess) = match config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let file: File = toml::from_str(&text)
+                .map_err(|e| invalid(format!("{}: invalid SSVP config: {e}", path.display())))?;
+            let taps = TapLayers {
+                clip: file.model.clip_layers,
+                dino: file.model.dino_layers,
+            };
+            (file.backbones, taps, file.postprocess)
+        }
+        None => (
+            BackbonesConfig::default(),
+            TapLayers::paper(),
+            PostprocessConfig::default(),
+        ),
+    };
+    match preset {
+        None => {}
+        Some(ssvp_features::TINY) => {
+            backbones = BackbonesConfig::tiny();
+            if config.is_none() {
+                taps = TapLayers::tiny();
+            }
+        }
+        Some(other) => {
+            return Err(invalid(format!(
+                "backbones preset `{other}`: the only preset is `tiny`; name real weights in \
+                 the config's [backbones] section (clip = ..., dino = ...)"
+            )))
+        }
+    }
+    backbones.validate()?;
+    Ok((backbones, taps, postprocess))
 }
 
 /// The bank files of a reference folder that could not be read, as a load reports them.
@@ -106,6 +188,7 @@ pub type Skipped = Vec<(PathBuf, Error)>;
 
 impl Detector {
     /// A detector over a loaded run.
+    #[cfg(feature = "head")]
     pub fn from_run(loaded: LoadedRun, options: DetectorOptions) -> Result<Self> {
         let name = loaded.run.run.path().display().to_string();
         let mut detector = Self::new(loaded.run.head, loaded.backbones, options)?;
@@ -122,6 +205,7 @@ impl Detector {
     pub fn load_reporting(spec: &LoadSpec) -> Result<(Self, Skipped)> {
         spec.options.validate()?;
         let detector = match &spec.checkpoint {
+            #[cfg(feature = "head")]
             Some(checkpoint) => {
                 let loaded = load_run(
                     checkpoint,
@@ -130,6 +214,14 @@ impl Detector {
                     &spec.device,
                 )?;
                 Self::from_run(loaded, spec.options.clone())?
+            }
+            #[cfg(not(feature = "head"))]
+            Some(_) => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "this build scores without a trained head (built without the `head` \
+                     feature); drop --checkpoint",
+                ))
             }
             None => {
                 if spec.memory.is_none() {
@@ -159,5 +251,35 @@ impl Detector {
             None => detector,
         };
         Ok((detector, skipped))
+    }
+}
+
+#[cfg(all(test, not(feature = "head")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scoring_sections_read_as_the_head_build_reads_them() {
+        let (b, taps, _) = scoring_config(None, None).unwrap();
+        assert_eq!(b, BackbonesConfig::default());
+        assert_eq!(taps, TapLayers::paper());
+        let (b, taps, _) = scoring_config(None, Some("tiny")).unwrap();
+        assert_eq!((b, taps), (BackbonesConfig::tiny(), TapLayers::tiny()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("line3.toml");
+        std::fs::write(
+            &path,
+            "[backbones]\nclip = \"tiny\"\ndino = \"tiny\"\nclip_size = 112\ndino_size = 128\n\
+             [model]\nclip_layers = [1, 2, 3, 4]\ndino_layers = \"quarter_points\"\natf_heads = 4\n\
+             [optim]\nepochs = 3\n",
+        )
+        .unwrap();
+        let (b, taps, _) = scoring_config(Some(&path), None).unwrap();
+        assert_eq!((b.clip_size, b.dino_size), (112, 128));
+        assert_eq!(taps, TapLayers::tiny());
+        assert!(scoring_config(None, Some("huge")).is_err());
+        std::fs::write(&path, "[backbones]\nclip_sise = 3\n").unwrap();
+        let err = scoring_config(Some(&path), None).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 }

@@ -1,14 +1,13 @@
 //! The training-free memories and where they come from: reference banks (built from good
 //! images, or read from a bank file) and mutual-scoring configurations, each made into its
-//! scorer ([`crate::scorer::References`], [`crate::scorer::Mutual`], fused with a head by
-//! [`crate::scorer::Fused`]) by [`Memory::into_scorer`].
+//! scorer ([`crate::scorer::References`], [`crate::scorer::Mutual`]) by
+//! [`Memory::into_scorer`]; a detector with a head fuses it with the head (`scorer::Fused`).
 //!
 //! Which backbone features these read is a [`TapSelection`]: DINOv3 (default), CLIP or both, at
 //! the last tapped layer (references' default, AnomalyDINO) or all four (mutual's default, MuSc).
 //! The taps are the same tensors the head reads, so a fused detector runs the backbones once.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::Tensor;
 use ssvp_features::{
@@ -23,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::input::{read_image, DecodeOptions};
 pub use crate::scorer::mutual::{set_sizes, MutualConfig, DEFAULT_SET_SIZE};
 pub use crate::scorer::references::{ReferenceScoring, DEFAULT_TOP_FRACTION};
-use crate::scorer::{Fused, HeadScorer, Mutual, References, Scorer};
+use crate::scorer::{Mutual, References, Scorer};
 use crate::settings::DEFAULT_BATCH_SIZE;
 
 /// How a bank is built from reference images.
@@ -212,15 +211,9 @@ pub enum Memory {
 }
 
 impl Memory {
-    /// The scorer of this memory on backbones of `identity`, fused with `head` when one is
-    /// given. Fusing references needs a bank of two or more images: their leave-one-out
-    /// distances set the scale the two are averaged on.
-    pub fn into_scorer(
-        self,
-        head: Option<Arc<HeadScorer>>,
-        identity: &BackboneIdentity,
-    ) -> Result<Box<dyn Scorer>> {
-        let distances: Box<dyn Scorer> = match self {
+    /// The scorer of this memory on backbones of `identity` (a bank must come from them).
+    pub fn into_scorer(self, identity: &BackboneIdentity) -> Result<Box<dyn Scorer>> {
+        Ok(match self {
             Memory::References {
                 bank,
                 taps,
@@ -232,20 +225,9 @@ impl Memory {
                     &format!("{} / {}", identity.clip, identity.dino),
                     &names,
                 )?;
-                if head.is_some() && bank.meta().normal_scale.is_none() {
-                    return Err(Error::new(
-                        ErrorKind::NotEnoughData,
-                        "fusing the head with references needs at least 2 reference images \
-                         (their leave-one-out distances set the scale the two are averaged on)",
-                    ));
-                }
                 Box::new(References::new(bank, taps, names, scoring)?)
             }
             Memory::Mutual(config) => Box::new(Mutual::new(config, identity.clip_layers.len())?),
-        };
-        Ok(match head {
-            Some(head) => Box::new(Fused::new(head, distances)),
-            None => distances,
         })
     }
 }

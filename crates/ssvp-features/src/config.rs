@@ -71,6 +71,22 @@ pub struct TapLayers {
 }
 
 impl TapLayers {
+    /// The paper's taps: CLIP blocks 6, 12, 18, 24 and DINOv3's literal 4, 7, 10, 12.
+    pub fn paper() -> Self {
+        Self {
+            clip: vec![6, 12, 18, 24],
+            dino: DinoLayerSet::PaperLiteral,
+        }
+    }
+
+    /// The taps of the `tiny` towers (4 blocks each): every CLIP block, DINOv3's quarter points.
+    pub fn tiny() -> Self {
+        Self {
+            clip: vec![1, 2, 3, 4],
+            dino: DinoLayerSet::QuarterPoints,
+        }
+    }
+
     /// The 1-based CLIP and DINO blocks for towers of the given depths: the CLIP blocks as
     /// written, the DINO set resolved against the DINO depth (see [`DinoLayerSet::resolve`]).
     pub fn resolve(

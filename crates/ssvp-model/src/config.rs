@@ -95,8 +95,8 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
-            clip_layers: vec![6, 12, 18, 24],
-            dino_layers: DinoLayerSet::PaperLiteral,
+            clip_layers: TapLayers::paper().clip,
+            dino_layers: TapLayers::paper().dino,
             clip_dim: 768,
             clip_adapter: false,
             dino_dim: 1024,
@@ -502,8 +502,9 @@ impl SsvpConfig {
             ..Self::default()
         };
         let m = &mut cfg.model;
-        m.clip_layers = vec![1, 2, 3, 4];
-        m.dino_layers = DinoLayerSet::QuarterPoints;
+        let taps = TapLayers::tiny();
+        m.clip_layers = taps.clip;
+        m.dino_layers = taps.dino;
         m.clip_dim = 64;
         m.dino_dim = 64;
         m.text_width = 64;

@@ -22,9 +22,20 @@ pub struct Fused {
 }
 
 impl Fused {
-    /// The head fused with `distances`, a scorer whose units carry a normal scale.
-    pub fn new(head: Arc<HeadScorer>, distances: Box<dyn Scorer>) -> Self {
-        Self { head, distances }
+    /// The head fused with `distances`, a scorer whose units carry a normal scale. A bank
+    /// of one image has none (its leave-one-out distances set it), so fusing it is refused.
+    pub fn new(head: Arc<HeadScorer>, distances: Box<dyn Scorer>) -> Result<Self> {
+        if distances
+            .bank()
+            .is_some_and(|b| b.meta().normal_scale.is_none())
+        {
+            return Err(Error::new(
+                ErrorKind::NotEnoughData,
+                "fusing the head with references needs at least 2 reference images (their \
+                 leave-one-out distances set the scale the two are averaged on)",
+            ));
+        }
+        Ok(Self { head, distances })
     }
 }
 

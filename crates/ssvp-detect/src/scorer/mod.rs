@@ -10,6 +10,9 @@
 //! | [`Mutual`] | `mutual.rs` | the selected taps (+ globals for RsCIN) | MuSc: the images of a set score each other |
 //! | [`Fused`] | `fused.rs` | the head's and the other scorer's | the mean of the two on a common scale |
 //!
+//! The head and fused scorers need the `head` feature (on by default); the training-free ones
+//! build without the head crate.
+//!
 //! Adding a scorer is one new file here with a type that implements [`Scorer`], plus its
 //! `pub mod` line below; a detector takes it with [`Detector::with_scorer`]
 //! (docs/architecture.md lists the steps). What the scorer states in [`Scorer::describe`]
@@ -18,7 +21,9 @@
 //!
 //! [`Detector::with_scorer`]: crate::Detector::with_scorer
 
+#[cfg(feature = "head")]
 pub mod fused;
+#[cfg(feature = "head")]
 pub mod head;
 pub mod mutual;
 pub mod references;
@@ -31,7 +36,9 @@ use ssvp_features::{ImageFeatures, TowerSet};
 use ssvp_image::ColorScale;
 use ssvp_memory::PatchBank;
 
+#[cfg(feature = "head")]
 pub use fused::Fused;
+#[cfg(feature = "head")]
 pub use head::HeadScorer;
 pub use mutual::Mutual;
 pub use references::References;
