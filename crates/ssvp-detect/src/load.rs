@@ -11,7 +11,6 @@ use std::sync::Arc;
 use candle_core::Device;
 use ssvp_eval::postprocess::PostprocessConfig;
 use ssvp_features::Backbones;
-#[cfg(not(feature = "head"))]
 use ssvp_features::{BackbonesConfig, TapLayers};
 #[cfg(feature = "head")]
 use ssvp_model::run_dir::TrainedRun;
@@ -117,9 +116,9 @@ pub fn load_backbones(
 }
 
 /// The scoring sections of an SSVP config file (`[backbones]`, `[postprocess]`, the taps of
-/// `[model]`) and the `tiny` preset, read as `SsvpConfig::load` reads them, in a build without
-/// the head (and so without its config type). The head's sections are not read.
-#[cfg(not(feature = "head"))]
+/// `[model]`) and the `tiny` preset, read as `SsvpConfig::load` reads them: what a build without
+/// the head (and so without its config type) loads. The head's sections are not read. A test
+/// of the default build holds the two readers equal.
 pub fn scoring_config(
     config: Option<&Path>,
     preset: Option<&str>,
@@ -251,35 +250,5 @@ impl Detector {
             None => detector,
         };
         Ok((detector, skipped))
-    }
-}
-
-#[cfg(all(test, not(feature = "head")))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_scoring_sections_read_as_the_head_build_reads_them() {
-        let (b, taps, _) = scoring_config(None, None).unwrap();
-        assert_eq!(b, BackbonesConfig::default());
-        assert_eq!(taps, TapLayers::paper());
-        let (b, taps, _) = scoring_config(None, Some("tiny")).unwrap();
-        assert_eq!((b, taps), (BackbonesConfig::tiny(), TapLayers::tiny()));
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("line3.toml");
-        std::fs::write(
-            &path,
-            "[backbones]\nclip = \"tiny\"\ndino = \"tiny\"\nclip_size = 112\ndino_size = 128\n\
-             [model]\nclip_layers = [1, 2, 3, 4]\ndino_layers = \"quarter_points\"\natf_heads = 4\n\
-             [optim]\nepochs = 3\n",
-        )
-        .unwrap();
-        let (b, taps, _) = scoring_config(Some(&path), None).unwrap();
-        assert_eq!((b.clip_size, b.dino_size), (112, 128));
-        assert_eq!(taps, TapLayers::tiny());
-        assert!(scoring_config(None, Some("huge")).is_err());
-        std::fs::write(&path, "[backbones]\nclip_sise = 3\n").unwrap();
-        let err = scoring_config(Some(&path), None).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 }

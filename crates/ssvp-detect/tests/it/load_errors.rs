@@ -58,3 +58,41 @@ fn a_run_of_another_format_version_is_unsupported() {
     let err = Detector::load(&s).err().expect("the load fails");
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
 }
+
+/// A build without the head reads the scoring sections of a config file with its own small
+/// reader; it must agree with the head build's `SsvpConfig::load` on every input.
+#[test]
+fn the_headless_config_reader_agrees_with_the_head_builds() {
+    use ssvp_detect::load::scoring_config;
+    use ssvp_model::SsvpConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let line3 = dir.path().join("line3.toml");
+    std::fs::write(
+        &line3,
+        "[backbones]\nclip = \"tiny\"\ndino = \"tiny\"\nclip_size = 112\ndino_size = 128\n\
+         pos_interp = \"bilinear\"\n[model]\nclip_layers = [1, 2, 3, 4]\n\
+         dino_layers = \"quarter_points\"\nclip_dim = 64\ndino_dim = 64\ntext_width = 64\n\
+         atf_heads = 4\natf_width = 64\natf_mlp_hidden = 64\nvae_hidden = 64\nvae_latent = 64\n\
+         latent_tokens = 8\ninject_key_dim = 32\nscale_gate_hidden = 32\n\
+         [postprocess]\ngaussian_sigma = 2.0\n[optim]\nepochs = 3\n",
+    )
+    .unwrap();
+    for (config, preset) in [
+        (None, None),
+        (None, Some("tiny")),
+        (Some(line3.as_path()), None),
+        (Some(line3.as_path()), Some("tiny")),
+    ] {
+        let head = SsvpConfig::load(config, preset).unwrap();
+        let (backbones, taps, postprocess) = scoring_config(config, preset).unwrap();
+        assert_eq!(backbones, head.backbones, "{config:?} {preset:?}");
+        assert_eq!(taps, head.model.taps(), "{config:?} {preset:?}");
+        assert_eq!(postprocess, head.postprocess, "{config:?} {preset:?}");
+    }
+    assert!(scoring_config(None, Some("huge")).is_err());
+    std::fs::write(&line3, "[backbones]\nclip_sise = 3\n").unwrap();
+    assert_eq!(
+        scoring_config(Some(&line3), None).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
