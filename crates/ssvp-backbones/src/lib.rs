@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod clip;
+pub mod dinov2;
 pub mod dinov3;
 mod error;
 pub mod nn;

@@ -3,6 +3,8 @@
 
 mod clip_errors;
 mod clip_parity;
+mod dinov2_errors;
+mod dinov2_parity;
 mod dinov3_errors;
 mod dinov3_parity;
 mod early_stop;

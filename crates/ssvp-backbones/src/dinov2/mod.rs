@@ -1,0 +1,171 @@
+//! DINOv2 vision transformers (ViT-S/14, B/14, L/14, g/14, each with or without 4 registers)
+//! with a learned position table resampled to any patch grid, loaded from Hugging Face
+//! safetensors or Meta `.pth` checkpoints.
+//!
+//! The API mirrors [`crate::dinov3`] so that a caller can swap one family for the other:
+//! [`Dinov2Model::forward`] returns the same fields as `Dinov3Model::forward`, with the same
+//! block numbering and `norm_hidden` meaning, and [`Dinov2Model::forward_blocks`] stops after the
+//! deepest requested block. The parity target is transformers 5.23 (`Dinov2Model`,
+//! `Dinov2WithRegistersModel`), including how the position table is interpolated
+//! (docs/formats.md §6).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use candle_core::{DType, Device, Tensor};
+//! use ssvp_backbones::dinov2::Dinov2Model;
+//! let model = Dinov2Model::load("facebook/dinov2-large", None, DType::F32, &Device::Cpu)?;
+//! let pixels = Tensor::zeros((1, 3, 448, 448), DType::F32, &Device::Cpu)?; // ImageNet-normalised
+//! let out = model.forward(&pixels, &[6, 12, 18, 24], true)?;
+//! let map = ssvp_backbones::dinov2::patches_to_map(&out.patch, out.grid.0, out.grid.1)?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod interpolate;
+mod model;
+pub mod names;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+pub use config::{Activation, Dinov2Config, PRESETS};
+pub use model::{Dinov2Model, Dinov2Output};
+pub use names::{Dinov2Names, NameScheme};
+// The token helpers are family-independent: DINOv2 lays its tokens out as DINOv3 does.
+pub use crate::dinov3::{patches_to_map, split_tokens, HiddenStates, Tokens};
+
+use crate::weights::{Checkpoint, ModelSource, Renames, ResolvedFiles, WantedFiles};
+use crate::{Error, Result};
+
+/// Per-channel mean of the DINOv2 weights' normalisation: ImageNet's.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// Per-channel standard deviation of the DINOv2 weights' normalisation: ImageNet's.
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Weights files tried in a directory or hub repo, in order; a local directory without any of
+/// them may hold a single Meta checkpoint (`*.pth`).
+const WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "model.safetensors.index.json"];
+
+/// Turns `--weights` (a file, a directory, or a hub id) into files on disk: a Hugging Face
+/// directory or hub repo (`model.safetensors` and `config.json`), a weights file, or a local
+/// directory holding exactly one Meta `.pth`.
+pub fn resolve(spec: &str) -> Result<ResolvedFiles> {
+    let source = ModelSource::parse(spec)?;
+    let wanted = WantedFiles {
+        weights: &WEIGHTS_FILES,
+        config: Some("config.json"),
+    };
+    match &source {
+        ModelSource::Local(dir) if dir.is_dir() => match source.resolve(wanted) {
+            Ok(files) => Ok(files),
+            Err(_) => resolve_meta_dir(dir),
+        },
+        _ => source.resolve(wanted),
+    }
+}
+
+/// A directory with one Meta checkpoint (`dinov2_vitl14_reg4_pretrain.pth`).
+fn resolve_meta_dir(dir: &Path) -> Result<ResolvedFiles> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth"))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Err(Error::NotFound {
+            message: format!(
+                "directory {} has no DINOv2 weights: looked for {} and *.pth",
+                dir.display(),
+                WEIGHTS_FILES.join(", ")
+            ),
+            path: Some(dir.to_path_buf()),
+            source: None,
+        }),
+        1 => {
+            let config = Some(dir.join("config.json")).filter(|c| c.is_file());
+            Ok(ResolvedFiles {
+                weights: found.remove(0),
+                config,
+                origin: dir.display().to_string(),
+            })
+        }
+        _ => Err(Error::InvalidInput {
+            message: format!(
+                "directory {} has several .pth files ({}); pass the one to use",
+                dir.display(),
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+impl Dinov2Model {
+    /// Loads a model from `--weights` (file, directory or hub id).
+    ///
+    /// The config is, in order: `config` if given (e.g. a preset), the `config.json` next to
+    /// the weights, else inferred from the tensor shapes (heads from a preset named in `spec`, or
+    /// head dim 64).
+    pub fn load(
+        spec: &str,
+        config: Option<Dinov2Config>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let files = resolve(spec)?;
+        Self::load_files(&files, config, dtype, device)
+    }
+
+    /// Loads from files already resolved (see [`resolve`]).
+    pub fn load_files(
+        files: &ResolvedFiles,
+        config: Option<Dinov2Config>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let config = match (config, &files.config) {
+            (Some(c), _) => Some(c),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), path, e))?;
+                Some(
+                    Dinov2Config::from_hf_json(&text)
+                        .map_err(|e| e.context(format!("in {}", path.display())))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let checkpoint = Checkpoint::load(&files.weights, device)?;
+        let hint = format!("{} {}", files.origin, files.weights.display());
+        let preset_hint = hint
+            .split_whitespace()
+            .find(|s| Dinov2Config::preset(s).is_some());
+        Self::from_checkpoint(checkpoint, config, preset_hint, dtype, device)
+    }
+
+    /// Builds a model from a checkpoint in any supported spelling. `preset_hint` (a name such as
+    /// `dinov2_vitl14`) only helps infer the head count when `config` is `None`.
+    pub fn from_checkpoint(
+        checkpoint: Checkpoint,
+        config: Option<Dinov2Config>,
+        preset_hint: Option<&str>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let origin = checkpoint.origin().to_string();
+        let (checkpoint, _scheme) = Dinov2Names::to_canonical(checkpoint)?;
+        let config = match config {
+            Some(c) => c,
+            None => Dinov2Config::infer(&checkpoint, preset_hint)?,
+        };
+        config.validate()?;
+        let vb = checkpoint.into_var_builder(dtype, device);
+        Dinov2Model::new(&config, vb)
+            .map_err(|e| Error::checkpoint(format!("cannot build DINOv2 from {origin}"), e))
+    }
+}
