@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         rotations: 1,
         coreset: None,
         normal_scale: None,
+        made_with: None,
     };
     let t0 = Instant::now();
     let bank = PatchBank::build(&refs, meta("none", "dino.24".into()), None)?;

@@ -373,6 +373,7 @@ mod tests {
             bank: String::new(),
             backbones: "b".into(),
             backbone_names: "tiny / tiny".into(),
+            made_with: None,
         }
     }
 

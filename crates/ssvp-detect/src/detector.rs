@@ -89,6 +89,7 @@ impl Detector {
             bank: String::new(),
             backbones: id.digest(),
             backbone_names: format!("{} / {}", id.clip, id.dino),
+            made_with: Some(backbones.record().clone()),
         };
         Ok(Self {
             scorer: None,

@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use candle_core::Device;
 use ssvp_eval::postprocess::PostprocessConfig;
-use ssvp_features::Backbones;
-use ssvp_features::{BackbonesConfig, TapLayers};
+use ssvp_features::presets::{self, ANOMALYDINO};
+use ssvp_features::{
+    BackboneChoice, Backbones, BackbonesConfig, BackbonesRecord, TapLayers, NO_TOWER,
+};
 #[cfg(feature = "head")]
 use ssvp_model::run_dir::TrainedRun;
 #[cfg(feature = "head")]
@@ -35,8 +37,10 @@ pub struct LoadSpec {
     pub config: Option<PathBuf>,
     /// A training-free scorer: a bank, references to build one from, or mutual scoring.
     pub memory: Option<MemorySpec>,
-    /// `tiny`: the seeded tiny backbones instead of the run's.
-    pub backbones_preset: Option<String>,
+    /// The backbones flags: a preset (`--backbones`) and/or other weights for a tower. Without
+    /// them: the run's backbones, else those a bank or calibration recorded, else the
+    /// `anomalydino` preset.
+    pub backbones: BackboneChoice,
     /// A calibration file of `ssvp calibrate`.
     pub calibration: Option<PathBuf>,
     /// How the detector runs and decides.
@@ -61,7 +65,7 @@ pub struct LoadedRun {
 pub fn load_run(
     checkpoint: &Path,
     config: Option<&Path>,
-    preset: Option<&str>,
+    choice: &BackboneChoice,
     device: &Device,
 ) -> Result<LoadedRun> {
     if !checkpoint.exists() {
@@ -77,6 +81,7 @@ pub fn load_run(
         Error::from(e).context(format!("loading the checkpoint {}", checkpoint.display()))
     })?;
     let mut cfg = run.config.clone();
+    let preset = choice.preset.as_deref();
     if config.is_some() || preset.is_some() {
         let given = SsvpConfig::load(config, preset)
             .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
@@ -85,6 +90,9 @@ pub fn load_run(
             run.set_postprocess(given.postprocess, device)?;
         }
     }
+    choice
+        .apply_weights(&mut cfg.backbones)
+        .map_err(|e| Error::from(e).context("the backbones flags"))?;
     let backbones = ssvp_model::load_backbones(&cfg.backbones, &cfg.model, device)
         .map_err(|e| Error::from(e).context("loading the backbones"))?;
     run.check_identity(backbones.identity())?;
@@ -94,25 +102,111 @@ pub fn load_run(
     })
 }
 
-/// The backbones (and map post-processing) of a config file or preset, for scoring without a
-/// trained head: the paper's CLIP ViT-L/14@336 and DINOv3 ViT-L/16 when neither is given.
+/// The backbones (and map post-processing) of a config file and/or the backbones flags, for
+/// scoring without a trained head: `recorded` (what a bank or calibration was made with) when
+/// neither names backbones, else the `anomalydino` preset. A flag's preset that conflicts with
+/// the recorded one is refused. Without `needs_clip` a CLIP tower is left out (not loaded,
+/// not fetched).
 pub fn load_backbones(
     config: Option<&Path>,
-    preset: Option<&str>,
+    choice: &BackboneChoice,
+    recorded: Option<&Recorded>,
+    needs_clip: bool,
     device: &Device,
 ) -> Result<(Arc<Backbones>, PostprocessConfig)> {
-    #[cfg(feature = "head")]
-    let (backbones, taps, postprocess) = {
-        let cfg = SsvpConfig::load(config, preset)
-            .map_err(|e| Error::new(ErrorKind::InvalidInput, e.to_string()))?;
-        (cfg.backbones, cfg.model.taps(), cfg.postprocess)
-    };
-    #[cfg(not(feature = "head"))]
-    let (backbones, taps, postprocess) = scoring_config(config, preset)?;
-    // Without a head only the taps matter: no head width is checked against the towers.
+    let (backbones, taps, postprocess) = scoring_backbones(config, choice, recorded, needs_clip)?;
     let backbones = Backbones::load(&backbones, &taps, device)
         .map_err(|e| Error::from(e).context("loading the backbones"))?;
     Ok((Arc::new(backbones), postprocess))
+}
+
+/// What an artifact recorded about the backbones it was made with.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// The artifact, for messages (`the bank line3.bank`).
+    pub what: String,
+    /// Its backbones.
+    pub record: BackbonesRecord,
+}
+
+impl Recorded {
+    /// What the bank at `path` recorded (`None` for a bank written before banks recorded it).
+    pub fn of_bank(path: &Path) -> Result<Option<Self>> {
+        let meta = crate::memory::read_bank_meta(path)?;
+        meta.made_with
+            .map(|v| {
+                Ok(Self {
+                    what: format!("the bank {}", path.display()),
+                    record: serde_json::from_value(v).map_err(|e| {
+                        Error::invalid(format!(
+                            "the bank {} records backbones this build cannot read: {e}",
+                            path.display()
+                        ))
+                    })?,
+                })
+            })
+            .transpose()
+    }
+
+    /// What the calibration at `path` recorded.
+    pub fn of_calibration(path: &Path) -> Result<Option<Self>> {
+        Ok(Calibration::read(path)?.model.made_with.map(|record| Self {
+            what: format!("the calibration {}", path.display()),
+            record,
+        }))
+    }
+
+    /// What the artifacts of `spec` recorded: its bank's, else its calibration's.
+    pub fn of_spec(spec: &LoadSpec) -> Result<Option<Self>> {
+        if let Some(MemorySpec::Bank { path, .. }) = &spec.memory {
+            if let Some(found) = Self::of_bank(path)? {
+                return Ok(Some(found));
+            }
+        }
+        match &spec.calibration {
+            Some(path) => Self::of_calibration(path),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The backbone settings [`load_backbones`] loads (see there), without loading them.
+pub fn scoring_backbones(
+    config: Option<&Path>,
+    choice: &BackboneChoice,
+    recorded: Option<&Recorded>,
+    needs_clip: bool,
+) -> Result<(BackbonesConfig, TapLayers, PostprocessConfig)> {
+    let flags = |e: ssvp_features::Error| Error::from(e).context("the backbones flags");
+    if let Some(found) = recorded {
+        choice
+            .check_against(&found.record.backbones, &found.what)
+            .map_err(flags)?;
+    }
+    let (mut backbones, mut taps, postprocess) = match (config, &choice.preset, recorded) {
+        (Some(_), _, _) | (None, Some(_), _) => scoring_config(config, choice.preset.as_deref())?,
+        (None, None, Some(found)) => (
+            found.record.backbones.clone(),
+            found.record.taps.clone(),
+            PostprocessConfig::default(),
+        ),
+        (None, None, None) => {
+            let preset = presets::preset(ANOMALYDINO).map_err(flags)?;
+            (preset.config, preset.taps, PostprocessConfig::default())
+        }
+    };
+    choice.apply_weights(&mut backbones).map_err(flags)?;
+    if !needs_clip {
+        backbones.clip = NO_TOWER.into();
+        taps.clip.clear();
+    } else if !backbones.has_clip() {
+        return Err(Error::invalid(format!(
+            "these scores read CLIP features, but the {} backbones have no CLIP tower; choose \
+             backbones with one (--backbones paper or tiny)",
+            backbones.preset.as_deref().unwrap_or("configured")
+        )));
+    }
+    Ok((backbones, taps, postprocess))
 }
 
 /// The scoring sections of an SSVP config file (`[backbones]`, `[postprocess]`, the taps of
@@ -163,19 +257,12 @@ pub fn scoring_config(
             PostprocessConfig::default(),
         ),
     };
-    match preset {
-        None => {}
-        Some(ssvp_features::TINY) => {
-            backbones = BackbonesConfig::tiny();
-            if config.is_none() {
-                taps = TapLayers::tiny();
-            }
-        }
-        Some(other) => {
-            return Err(invalid(format!(
-                "backbones preset `{other}`: the only preset is `tiny`; name real weights in \
-                 the config's [backbones] section (clip = ..., dino = ...)"
-            )))
+    if let Some(name) = preset {
+        // A preset replaces the file's backbones; the file's taps stay (its head reads them).
+        let preset = presets::preset(name).map_err(|e| invalid(e.to_string()))?;
+        backbones = preset.config;
+        if config.is_none() {
+            taps = preset.taps;
         }
     }
     backbones.validate()?;
@@ -209,7 +296,7 @@ impl Detector {
                 let loaded = load_run(
                     checkpoint,
                     spec.config.as_deref(),
-                    spec.backbones_preset.as_deref(),
+                    &spec.backbones,
                     &spec.device,
                 )?;
                 Self::from_run(loaded, spec.options.clone())?
@@ -230,9 +317,15 @@ impl Detector {
                          (--mutual)",
                     ));
                 }
+                let needs_clip = match &spec.memory {
+                    Some(memory) => memory.reads_clip()?,
+                    None => false,
+                };
                 let (backbones, postprocess) = load_backbones(
                     spec.config.as_deref(),
-                    spec.backbones_preset.as_deref(),
+                    &spec.backbones,
+                    Recorded::of_spec(spec)?.as_ref(),
+                    needs_clip,
                     &spec.device,
                 )?;
                 Self::without_head(backbones, postprocess, spec.options.clone())?

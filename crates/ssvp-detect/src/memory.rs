@@ -102,13 +102,17 @@ pub fn build_bank(
     }
     // Only the tapped towers run, each stopped after its deepest block: a bank reads patch
     // tokens alone, never a global feature.
-    let taps = opts.taps.resolve(backbones.identity().clip_layers.len())?;
+    let taps = opts.taps.resolve(backbones.identity().scales())?;
     let towers = towers_of(&taps, false);
-    let bank = bank_of_images_with(backbones.identity(), &images, names, opts, |chunk| {
+    let mut bank = bank_of_images_with(backbones.identity(), &images, names, opts, |chunk| {
         let refs: Vec<&RgbImage8> = chunk.iter().collect();
         let (clip, dino) = backbones.preprocess_towers(&refs, towers)?;
         backbones.features_of_towers(clip.as_ref(), dino.as_ref(), false)
     })?;
+    // What `detect --bank` rebuilds the towers from, without --backbones.
+    let record = serde_json::to_value(backbones.record())
+        .map_err(|e| Error::new(ErrorKind::Model, e.to_string()))?;
+    bank.set_made_with(record);
     Ok(BuiltBank { bank, skipped })
 }
 
@@ -164,14 +168,15 @@ pub fn bank_of_features(
     names: Vec<String>,
     opts: &BankOptions,
 ) -> Result<PatchBank> {
-    let taps = opts.taps.resolve(identity.clip_layers.len())?;
+    let taps = opts.taps.resolve(identity.scales())?;
     let per_image: Vec<Vec<Tensor>> = features
         .iter()
         .map(|f| tapped(f, &taps))
         .collect::<ssvp_features::Result<_>>()?;
     let meta = BankMeta {
         format: ssvp_memory::bank::BANK_FORMAT,
-        backbones: identity.digest(),
+        // Keyed by the towers it reads only: a DINO bank serves with or without CLIP loaded.
+        backbones: identity.digest_of(towers_of(&taps, false)),
         backbone_names: format!("{} / {}", identity.clip, identity.dino),
         taps: taps.iter().map(|t| t.name(identity)).collect(),
         grid: identity.grid,
@@ -179,6 +184,7 @@ pub fn bank_of_features(
         rotations: opts.rotations,
         coreset: None,
         normal_scale: None,
+        made_with: None,
     };
     PatchBank::build(&per_image, meta, opts.coreset.as_ref()).map_err(Error::from)
 }
@@ -221,13 +227,13 @@ impl Memory {
             } => {
                 let names: Vec<String> = taps.iter().map(|t| t.name(identity)).collect();
                 bank.check_compatible(
-                    &identity.digest(),
+                    &digest_for_bank(&bank, identity, &taps),
                     &format!("{} / {}", identity.clip, identity.dino),
                     &names,
                 )?;
                 Box::new(References::new(bank, taps, names, scoring)?)
             }
-            Memory::Mutual(config) => Box::new(Mutual::new(config, identity.clip_layers.len())?),
+            Memory::Mutual(config) => Box::new(Mutual::new(config, identity.scales())?),
         })
     }
 }
@@ -256,6 +262,20 @@ pub enum MemorySpec {
 }
 
 impl MemorySpec {
+    /// Whether the memory reads CLIP features (else CLIP need not be loaded): a bank's
+    /// recorded taps, the references' or mutual scoring's feature selection.
+    pub fn reads_clip(&self) -> Result<bool> {
+        let reads = |towers: Towers| matches!(towers, Towers::Clip | Towers::Both);
+        Ok(match self {
+            MemorySpec::Bank { path, .. } => read_bank_meta(path)?
+                .taps
+                .iter()
+                .any(|t| t.starts_with("clip.")),
+            MemorySpec::References { options, .. } => reads(options.taps.towers),
+            MemorySpec::Mutual(config) => reads(config.taps.towers),
+        })
+    }
+
     /// Loads or builds the memory on `backbones`; skipped reference files are returned.
     pub fn load(
         &self,
@@ -284,7 +304,7 @@ impl MemorySpec {
             }
             MemorySpec::Mutual(config) => {
                 config.validate()?;
-                config.taps.resolve(identity.clip_layers.len())?;
+                config.taps.resolve(identity.scales())?;
                 Ok((Memory::Mutual(config.clone()), Vec::new()))
             }
         }
@@ -301,24 +321,31 @@ fn references(bank: PatchBank, taps: Vec<Tap>, scoring: ReferenceScoring) -> Mem
 
 /// Reads a bank file, with the path in every error.
 pub fn load_bank(path: &Path, device: &candle_core::Device) -> Result<PatchBank> {
-    PatchBank::load(path, device).map_err(|e| {
-        let e = Error::from(e);
-        if e.kind() == ErrorKind::NotFound {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("the bank {} does not exist", path.display()),
-            )
-        } else {
-            e
-        }
-    })
+    PatchBank::load(path, device).map_err(|e| bank_error(path, e))
+}
+
+/// Reads only a bank file's metadata (taps, what made it), with the path in every error.
+pub fn read_bank_meta(path: &Path) -> Result<BankMeta> {
+    PatchBank::read_meta(path).map_err(|e| bank_error(path, e))
+}
+
+fn bank_error(path: &Path, e: ssvp_memory::Error) -> Error {
+    let e = Error::from(e);
+    if e.kind() == ErrorKind::NotFound {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("the bank {} does not exist", path.display()),
+        )
+    } else {
+        e
+    }
 }
 
 /// The taps a bank was built at, found on `identity`'s backbones; a bank of other backbones
 /// is refused.
 pub fn taps_of_bank(bank: &PatchBank, identity: &BackboneIdentity) -> Result<Vec<Tap>> {
     let names = format!("{} / {}", identity.clip, identity.dino);
-    let scales = identity.clip_layers.len();
+    let scales = identity.scales();
     let all = TapSelection {
         towers: Towers::Both,
         layers: Layers::All,
@@ -331,6 +358,18 @@ pub fn taps_of_bank(bank: &PatchBank, identity: &BackboneIdentity) -> Result<Vec
         .filter_map(|name| all.iter().find(|t| &t.name(identity) == name).copied())
         .collect();
     let tap_names: Vec<String> = taps.iter().map(|t| t.name(identity)).collect();
-    bank.check_compatible(&identity.digest(), &names, &tap_names)?;
+    bank.check_compatible(&digest_for_bank(bank, identity, &taps), &names, &tap_names)?;
     Ok(taps)
+}
+
+/// The digest of `identity` a bank read at `taps` must carry: that of the towers it reads
+/// (a DINO bank serves whether or not CLIP is loaded beside it), or the whole identity's, which
+/// banks recorded before they were keyed by their towers.
+fn digest_for_bank(bank: &PatchBank, identity: &BackboneIdentity, taps: &[Tap]) -> String {
+    let whole = identity.digest();
+    if bank.meta().backbones == whole {
+        whole
+    } else {
+        identity.digest_of(towers_of(taps, false))
+    }
 }

@@ -201,6 +201,11 @@ pub struct ModelIdentity {
     pub backbones: String,
     /// The backbones as named, for messages.
     pub backbone_names: String,
+    /// The backbone settings (preset, weights, sizes, taps), so that `detect --calibration`
+    /// rebuilds the same towers without flags. Not compared: the digest above is. Absent in
+    /// calibrations written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_with: Option<ssvp_features::BackbonesRecord>,
 }
 
 impl ModelIdentity {

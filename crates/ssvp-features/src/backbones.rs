@@ -1,20 +1,23 @@
-//! [`Backbones`]: the frozen CLIP and DINOv3 towers, loaded from weights or built as the seeded
-//! `tiny` preset, aligned on one patch grid, and run on image files.
+//! [`Backbones`]: the frozen CLIP and DINO towers, loaded from weights or built as the seeded
+//! `tiny` preset, aligned on one patch grid, and run on image files. CLIP is optional: the
+//! DINO-only presets (`anomalydino`, ...) and scorers that read DINO alone never load it.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use ssvp_backbones::clip::{self, ClipConfig, ClipModel, ConfigChoice, LoadOptions, VisionOptions};
-use ssvp_backbones::dinov3::{self, Dinov3Config, Dinov3Model};
+use ssvp_backbones::dinov2::{Dinov2Config, Dinov2Model};
+use ssvp_backbones::dinov3::{Dinov3Config, Dinov3Model};
 use ssvp_backbones::weights::{seeded_var_builder, ModelSource, WantedFiles};
 use ssvp_image::{Preprocess, RgbImage8};
 
-use crate::config::{BackbonesConfig, PosInterp, TapLayers, TINY};
+use crate::config::{BackbonesConfig, BackbonesRecord, PosInterp, TapLayers, NO_TOWER, TINY};
+use crate::dino::DinoTower;
 use crate::error::{ensure_fits, Error, Result};
 use crate::features::{FeatureSource, ImageFeatures};
 use crate::identity::{weights_fingerprint, BackboneIdentity, FEATURE_FORMAT};
-use crate::tiny::{tiny_clip_config, tiny_dino_config, tiny_seeds};
+use crate::tiny::{tiny_clip_config, tiny_seeds};
 
 fn parse_dtype(name: &str) -> Result<DType> {
     Ok(match name {
@@ -34,7 +37,7 @@ fn parse_dtype(name: &str) -> Result<DType> {
 pub struct TowerSet {
     /// CLIP's vision tower.
     pub clip: bool,
-    /// DINOv3.
+    /// The DINO tower.
     pub dino: bool,
     /// Whether the global features (CLIP's image embedding, DINOv3's final CLS) are read. Both
     /// come out of the last block, so without them each tower stops after its deepest
@@ -51,12 +54,13 @@ impl TowerSet {
     };
 }
 
-/// The frozen CLIP + DINOv3 pair, aligned on one patch grid.
+/// The frozen CLIP (optional) and DINO towers, aligned on one patch grid.
 pub struct Backbones {
-    clip: ClipModel,
-    dino: Dinov3Model,
+    clip: Option<ClipModel>,
+    dino: DinoTower,
     tokenizer: clip::tokenizer::ClipTokenizer,
     identity: BackboneIdentity,
+    record: BackbonesRecord,
     clip_pre: Preprocess,
     dino_pre: Preprocess,
     vision_opts: VisionOptions,
@@ -65,19 +69,29 @@ pub struct Backbones {
 }
 
 impl Backbones {
-    /// Loads (or, for `tiny`, builds) both towers, tapped at `taps`: the grids must match and
-    /// the tapped blocks exist.
+    /// Loads (or, for `tiny`, builds) the towers of `cfg` (CLIP unless it is `"none"`), tapped
+    /// at `taps`: the grids must match and the tapped blocks exist.
     pub fn load(cfg: &BackbonesConfig, taps: &TapLayers, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let dtype = parse_dtype(&cfg.dtype)?;
         let (clip_seed, dino_seed) = tiny_seeds(cfg.seed);
-        let (clip, clip_weights) = if cfg.clip == TINY {
+        let (clip, clip_weights) = if !cfg.has_clip() {
+            (None, String::new())
+        } else if cfg.clip == TINY {
             let vb = seeded_var_builder(clip_seed, dtype, device);
             let model = ClipModel::new(&tiny_clip_config(), vb, "tiny")
                 .map_err(|e| Error::backbone("building the tiny CLIP", e))?;
-            (model, format!("seeded:{clip_seed}"))
+            (Some(model), format!("seeded:{clip_seed}"))
         } else {
-            let loading = || format!("loading CLIP from `{}`", cfg.clip);
+            let loading = |e| {
+                Error::loading(
+                    "CLIP",
+                    &cfg.clip,
+                    "--clip-weights",
+                    cfg.preset.as_deref(),
+                    e,
+                )
+            };
             let files = ModelSource::parse(&cfg.clip)
                 .and_then(|source| {
                     source.resolve(WantedFiles {
@@ -85,29 +99,17 @@ impl Backbones {
                         config: Some("config.json"),
                     })
                 })
-                .map_err(|e| Error::backbone(loading(), e))?;
+                .map_err(loading)?;
             let opts = LoadOptions {
                 config: ConfigChoice::Auto,
                 activation: None,
                 dtype,
                 device: device.clone(),
             };
-            let model =
-                ClipModel::load_files(&files, &opts).map_err(|e| Error::backbone(loading(), e))?;
-            (model, weights_fingerprint(&files.weights)?)
+            let model = ClipModel::load_files(&files, &opts).map_err(loading)?;
+            (Some(model), weights_fingerprint(&files.weights)?)
         };
-        let (dino, dino_weights) = if cfg.dino == TINY {
-            let vb = seeded_var_builder(dino_seed, dtype, device);
-            let model = Dinov3Model::new(&tiny_dino_config(), vb)
-                .map_err(|e| Error::backbone("building the tiny DINOv3", e))?;
-            (model, format!("seeded:{dino_seed}"))
-        } else {
-            let loading = || format!("loading DINOv3 from `{}`", cfg.dino);
-            let files = dinov3::resolve(&cfg.dino).map_err(|e| Error::backbone(loading(), e))?;
-            let model = Dinov3Model::load_files(&files, None, dtype, device)
-                .map_err(|e| Error::backbone(loading(), e))?;
-            (model, weights_fingerprint(&files.weights)?)
-        };
+        let (dino, dino_weights) = DinoTower::load(cfg, dino_seed, dtype, device)?;
         Self::from_models(clip, dino, cfg, taps, clip_weights, dino_weights, device)
     }
 
@@ -115,24 +117,67 @@ impl Backbones {
     /// (seeds 1 and 2) at the sizes of `cfg`: what the benchmarks time at the real sizes when no
     /// checkpoint is at hand. The features carry no meaning.
     pub fn seeded_vitl(cfg: &BackbonesConfig, taps: &TapLayers, device: &Device) -> Result<Self> {
-        let building = "building the seeded ViT-L towers";
-        let clip = ClipModel::new(
-            &ClipConfig::preset("ViT-L-14-336").map_err(|e| Error::backbone(building, e))?,
-            seeded_var_builder(1, DType::F32, device),
-            "seeded ViT-L/14@336",
-        )
-        .map_err(|e| Error::backbone(building, e))?;
-        let dino = Dinov3Model::new(
-            &Dinov3Config::vitl16(),
-            seeded_var_builder(2, DType::F32, device),
-        )
-        .map_err(|e| Error::backbone("building the seeded DINOv3 ViT-L/16", e))?;
+        let cfg = BackbonesConfig {
+            clip: "openai/clip-vit-large-patch14-336".into(),
+            dino: "facebook/dinov3-vitl16-pretrain-lvd1689m".into(),
+            dino_arch: crate::DinoArch::Dinov3,
+            ..cfg.clone()
+        };
+        Self::seeded(&cfg, taps, device)
+    }
+
+    /// The architectures `cfg` names (hub ids of known models, e.g. a preset's) with seeded
+    /// random weights (CLIP seed 1, DINO seed 2) at its sizes: a benchmark of a preset's real
+    /// work without its weights. The features carry no meaning.
+    pub fn seeded(cfg: &BackbonesConfig, taps: &TapLayers, device: &Device) -> Result<Self> {
+        let unknown = |tower: &str, name: &str| {
+            Error::Config(format!(
+                "no known {tower} architecture is named `{name}` (seeded towers are built for \
+                 the presets' hub ids)"
+            ))
+        };
+        let clip = if cfg.has_clip() {
+            let building = "building the seeded CLIP";
+            let arch = if cfg.clip.contains("clip-vit-large-patch14-336") {
+                "ViT-L-14-336"
+            } else {
+                return Err(unknown("CLIP", &cfg.clip));
+            };
+            Some(
+                ClipModel::new(
+                    &ClipConfig::preset(arch).map_err(|e| Error::backbone(building, e))?,
+                    seeded_var_builder(1, DType::F32, device),
+                    &format!("seeded {arch}"),
+                )
+                .map_err(|e| Error::backbone(building, e))?,
+            )
+        } else {
+            None
+        };
+        let vb = seeded_var_builder(2, DType::F32, device);
+        let dino: DinoTower = match cfg.dino_arch_by_name() {
+            crate::DinoArch::Dinov2 => {
+                let config =
+                    Dinov2Config::preset(&cfg.dino).ok_or_else(|| unknown("DINOv2", &cfg.dino))?;
+                Dinov2Model::new(&config, vb)
+                    .map_err(|e| Error::backbone("building the seeded DINOv2", e))?
+                    .into()
+            }
+            _ => {
+                let config =
+                    Dinov3Config::preset(&cfg.dino).ok_or_else(|| unknown("DINOv3", &cfg.dino))?;
+                Dinov3Model::new(&config, vb)
+                    .map_err(|e| Error::backbone("building the seeded DINOv3", e))?
+                    .into()
+            }
+        };
+        let clip_weights = if clip.is_some() { "seeded:1" } else { "" };
         Self::from_models(
             clip,
             dino,
             cfg,
             taps,
-            "seeded:1".into(),
+            clip_weights.into(),
             "seeded:2".into(),
             device,
         )
@@ -142,8 +187,8 @@ impl Backbones {
     /// benchmark) with the same checks as [`Backbones::load`]. `clip_weights` / `dino_weights`
     /// are the content fingerprints recorded in the identity.
     pub fn from_models(
-        clip: ClipModel,
-        dino: Dinov3Model,
+        clip: Option<ClipModel>,
+        dino: DinoTower,
         cfg: &BackbonesConfig,
         taps: &TapLayers,
         clip_weights: String,
@@ -151,40 +196,72 @@ impl Backbones {
         device: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        let vision = clip
-            .vision()
-            .map_err(|e| Error::backbone("the CLIP model", e))?;
-        let vcfg = vision.config().clone();
-        let dcfg = dino.config().clone();
-        let g = cfg.grid(vcfg.patch_size, dcfg.patch_size)?;
-        let (clip_layers, dino_layers) =
-            taps.resolve(vcfg.num_hidden_layers, dcfg.num_hidden_layers)?;
+        if clip.is_some() != cfg.has_clip() {
+            return Err(Error::Config(format!(
+                "backbones.clip = `{}` but a CLIP model was {}given",
+                cfg.clip,
+                if clip.is_some() { "" } else { "not " }
+            )));
+        }
+        let vcfg = match &clip {
+            Some(model) => Some(
+                model
+                    .vision()
+                    .map_err(|e| Error::backbone("the CLIP model", e))?
+                    .config()
+                    .clone(),
+            ),
+            None => None,
+        };
+        let clip_patch = vcfg.as_ref().map_or(dino.patch_size(), |v| v.patch_size);
+        let g = cfg.grid(clip_patch, dino.patch_size())?;
+        let clip_depth = vcfg.as_ref().map_or(0, |v| v.num_hidden_layers);
+        if vcfg.is_none() && !taps.clip.is_empty() {
+            return Err(Error::Config(format!(
+                "CLIP blocks {:?} are tapped but the backbones have no CLIP tower (clip = \"{NO_TOWER}\")",
+                taps.clip
+            )));
+        }
+        let (clip_layers, dino_layers) = taps.resolve(clip_depth, dino.depth())?;
         if let Some(from) = cfg.dpam_from {
-            if from > vcfg.num_hidden_layers {
+            if from > clip_depth {
                 return Err(Error::Config(format!(
-                    "backbones.dpam_from = {from}, but the CLIP vision tower has blocks 1..={}",
-                    vcfg.num_hidden_layers
+                    "backbones.dpam_from = {from}, but the CLIP vision tower has blocks 1..={clip_depth}"
                 )));
             }
         }
-        let clip_dim = vision.embed_dim();
-        let dino_dim = dcfg.hidden_size;
-        let text_width = clip.text().map(|t| t.config().hidden_size).unwrap_or(0);
-        let clip_pre = Preprocess::clip(cfg.clip_size);
-        // The satellite DINOv3 weights have their own normalisation constants.
-        let dino_pre = if cfg.dino.to_ascii_lowercase().contains("sat493m") {
-            Preprocess::dinov3_sat(cfg.dino_size)
-        } else {
-            Preprocess::dinov3(cfg.dino_size)
+        let clip_dim = match &clip {
+            Some(model) => model
+                .vision()
+                .map_err(|e| Error::backbone("the CLIP model", e))?
+                .embed_dim(),
+            None => 0,
         };
+        let dino_dim = dino.width();
+        let text_width = clip
+            .as_ref()
+            .and_then(|c| c.text().ok())
+            .map_or(0, |t| t.config().hidden_size);
+        let clip_pre = Preprocess::clip(cfg.clip_size);
+        let dino_pre = dino.preprocess(cfg);
         let pos_interp = match cfg.pos_interp {
             PosInterp::Bicubic => clip::PosInterp::Bicubic,
             PosInterp::Bilinear => clip::PosInterp::Bilinear,
         };
+        let (clip_name, clip_size) = if clip.is_some() {
+            (cfg.clip.clone(), (cfg.clip_size, cfg.clip_size))
+        } else {
+            (NO_TOWER.to_string(), (0, 0))
+        };
+        let preprocess = if clip.is_some() {
+            format!("clip: {clip_pre:?}; dino: {dino_pre:?}")
+        } else {
+            format!("dino: {dino_pre:?}")
+        };
         let identity = BackboneIdentity {
-            clip: cfg.clip.clone(),
+            clip: clip_name,
             dino: cfg.dino.clone(),
-            clip_size: (cfg.clip_size, cfg.clip_size),
+            clip_size,
             dino_size: (cfg.dino_size, cfg.dino_size),
             clip_layers: clip_layers.clone(),
             dino_layers: dino_layers.clone(),
@@ -197,10 +274,29 @@ impl Backbones {
             grid: (g, g),
             clip_weights,
             dino_weights,
-            preprocess: format!("clip: {clip_pre:?}; dino: {dino_pre:?}"),
+            preprocess,
             format: FEATURE_FORMAT,
         };
+        let record = BackbonesRecord {
+            backbones: BackbonesConfig {
+                clip: if clip.is_some() {
+                    cfg.clip.clone()
+                } else {
+                    NO_TOWER.into()
+                },
+                ..cfg.clone()
+            },
+            taps: TapLayers {
+                clip: if clip.is_some() {
+                    taps.clip.clone()
+                } else {
+                    Vec::new()
+                },
+                dino: taps.dino,
+            },
+        };
         Ok(Self {
+            record,
             clip,
             dino,
             tokenizer: clip::tokenizer::ClipTokenizer::openai()
@@ -220,18 +316,30 @@ impl Backbones {
 
     /// CLIP's vision tower (a text-only CLIP cannot make features).
     fn vision(&self) -> Result<&clip::ClipVisionTransformer> {
-        self.clip
+        self.clip()?
             .vision()
             .map_err(|e| Error::backbone("the CLIP model", e))
     }
 
     /// The CLIP model (vision and, when loaded, text tower).
-    pub fn clip(&self) -> &ClipModel {
-        &self.clip
+    /// An error for backbones without a CLIP tower (the DINO-only presets).
+    pub fn clip(&self) -> Result<&ClipModel> {
+        self.clip.as_ref().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "these backbones have no CLIP tower (clip = \"{NO_TOWER}\", DINO {} only); \
+                 the SSVP head and CLIP taps need one: use --backbones paper or tiny",
+                self.dino.name()
+            ))
+        })
+    }
+
+    /// Whether a CLIP tower is loaded.
+    pub fn has_clip(&self) -> bool {
+        self.clip.is_some()
     }
 
     /// The DINOv3 model.
-    pub fn dino(&self) -> &Dinov3Model {
+    pub fn dino(&self) -> &DinoTower {
         &self.dino
     }
 
@@ -240,9 +348,23 @@ impl Backbones {
         &self.tokenizer
     }
 
+    /// The settings these backbones were loaded with (CLIP `"none"` when it was left out), as
+    /// an artifact records them.
+    pub fn record(&self) -> &BackbonesRecord {
+        &self.record
+    }
+
     /// What these backbones are, by content (also [`FeatureSource::identity`]).
     pub fn identity(&self) -> &BackboneIdentity {
         &self.identity
+    }
+
+    /// Every loaded tower, whole.
+    pub fn all_towers(&self) -> TowerSet {
+        TowerSet {
+            clip: self.has_clip(),
+            ..TowerSet::BOTH
+        }
     }
 
     /// Where the towers' tensors live.
@@ -303,7 +425,7 @@ impl Backbones {
             .transpose()?;
         let dino = towers
             .dino
-            .then(|| batch(&self.dino_pre, "DINOv3"))
+            .then(|| batch(&self.dino_pre, self.dino.name()))
             .transpose()?;
         Ok((clip, dino))
     }
@@ -348,8 +470,8 @@ impl Backbones {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let (clip, dino) = self.pixels_of_named(images)?;
-        self.features_from_pixels(&clip, &dino)
+        let (clip, dino) = self.pixels_of_named_towers(images, self.all_towers())?;
+        self.features_of_towers(clip.as_ref(), dino.as_ref(), true)
     }
 
     /// Multiply-add work of one image through each tower of `towers`, in FLOPs: `(clip, dino)`,
@@ -364,7 +486,7 @@ impl Backbones {
         };
         let dino = if towers.dino {
             let through = if towers.globals {
-                self.dino.config().num_hidden_layers
+                self.dino.depth()
             } else {
                 self.dino_blocks.iter().copied().max().unwrap_or(0)
             };
@@ -457,19 +579,19 @@ impl Backbones {
         let started = Instant::now();
         let (dino_local, dino_global) = match dino_pixels {
             Some(px) => {
-                let (hidden, global, grid) = if globals {
-                    let dino = self.dino.forward(px, &self.dino_blocks, true)?;
-                    (dino.hidden, to_f32(dino.cls)?, dino.grid)
-                } else {
-                    let (hidden, grid) = self.dino.forward_blocks(px, &self.dino_blocks, true)?;
-                    (hidden, empty()?, grid)
+                let pass = self.dino.run(px, &self.dino_blocks, globals)?;
+                let global = match pass.cls {
+                    Some(cls) => to_f32(cls)?,
+                    None => empty()?,
                 };
+                let (hidden, grid) = (pass.hidden, pass.grid);
                 ensure_fits!(
                     grid == expected,
-                    "DINOv3 ran at a {grid:?} grid; expected {expected:?}"
+                    "{} ran at a {grid:?} grid; expected {expected:?}",
+                    self.dino.name()
                 );
                 // CLS and registers dropped (already final-normed).
-                let prefix = self.dino.config().num_prefix_tokens();
+                let prefix = self.dino.num_prefix_tokens();
                 let local: Vec<Tensor> = hidden
                     .into_iter()
                     .map(|(_, t)| to_f32(t.narrow(1, prefix, n)?))

@@ -129,14 +129,46 @@ impl PosInterp {
 /// The preset name that selects the seeded few-hundred-thousand-parameter backbones.
 pub const TINY: &str = "tiny";
 
+/// The weights name of a tower that is not loaded (`clip = "none"`: DINO-only presets).
+pub const NO_TOWER: &str = "none";
+
+/// Which DINO architecture the `dino` weights are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DinoArch {
+    /// From the weights: DINOv2 when their name or `config.json` says so, else DINOv3.
+    #[default]
+    Auto,
+    /// DINOv3 (RoPE, registers; patch 16).
+    Dinov3,
+    /// DINOv2 (learned position embeddings, optional registers; patch 14).
+    Dinov2,
+}
+
+impl DinoArch {
+    /// Whether this is the default ([`DinoArch::Auto`]), which a config file need not spell.
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
+    }
+}
+
 /// The frozen backbones and their input sizes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackbonesConfig {
-    /// CLIP weights: a local file or directory, a hub id, or `"tiny"` (seeded random weights).
+    /// The named preset these settings come from (`ssvp_features::presets`), recorded so that
+    /// a bank, calibration or run can say which backbones it was made with; `None` for
+    /// settings written by hand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// CLIP weights: a local file or directory, a hub id, `"tiny"` (seeded random weights) or
+    /// `"none"` (no CLIP tower: the DINO-only presets).
     pub clip: String,
-    /// DINOv3 weights: a local file or directory, a hub id, or `"tiny"`.
+    /// DINO weights: a local file or directory, a hub id, or `"tiny"`.
     pub dino: String,
+    /// Which DINO the `dino` weights are (default: from their name or `config.json`).
+    #[serde(skip_serializing_if = "DinoArch::is_auto")]
+    pub dino_arch: DinoArch,
     /// CLIP input side in pixels (square); a multiple of CLIP's patch size.
     pub clip_size: usize,
     /// DINOv3 input side in pixels (square); a multiple of DINO's patch size (16).
@@ -157,8 +189,10 @@ impl Default for BackbonesConfig {
     fn default() -> Self {
         // 518 / 14 = 592 / 16 = 37: both towers see the same 37 x 37 patch grid.
         Self {
+            preset: None,
             clip: "openai/clip-vit-large-patch14-336".into(),
             dino: "facebook/dinov3-vitl16-pretrain-lvd1689m".into(),
+            dino_arch: DinoArch::Auto,
             clip_size: 518,
             dino_size: 592,
             dtype: "f32".into(),
@@ -170,9 +204,25 @@ impl Default for BackbonesConfig {
 }
 
 impl BackbonesConfig {
+    /// Whether a CLIP tower is loaded (`clip` is not `"none"`).
+    pub fn has_clip(&self) -> bool {
+        self.clip.trim() != NO_TOWER
+    }
+
+    /// The DINO architecture: [`DinoArch::Auto`] decided from the weights' name (`dinov2` in
+    /// it); a local directory's `config.json` is read by the loader, which has it at hand.
+    pub fn dino_arch_by_name(&self) -> DinoArch {
+        match self.dino_arch {
+            DinoArch::Auto if self.dino.to_ascii_lowercase().contains("dinov2") => DinoArch::Dinov2,
+            DinoArch::Auto => DinoArch::Auto,
+            fixed => fixed,
+        }
+    }
+
     /// The `tiny` backbones at an 8 x 8 patch grid (CLIP 8·14 px, DINO 8·16 px).
     pub fn tiny() -> Self {
         Self {
+            preset: Some(TINY.into()),
             clip: TINY.into(),
             dino: TINY.into(),
             clip_size: 8 * 14,
@@ -219,8 +269,11 @@ impl BackbonesConfig {
             }
             Ok(size / patch)
         };
-        let c = side("clip", self.clip_size, clip_patch)?;
         let d = side("dino", self.dino_size, dino_patch)?;
+        if !self.has_clip() {
+            return Ok(d);
+        }
+        let c = side("clip", self.clip_size, clip_patch)?;
         if c != d {
             return Err(Error::Config(format!(
                 "backbones.clip_size {} gives a {c}x{c} CLIP grid but backbones.dino_size {} a \
@@ -239,5 +292,28 @@ impl BackbonesConfig {
         self.clip_size = grid * clip_patch;
         self.dino_size = grid * dino_patch;
         self
+    }
+}
+
+/// The backbone settings an artifact (a bank, a calibration, a bundle) was made with, so that
+/// it can rebuild the same towers without the flags being repeated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackbonesRecord {
+    /// Weights, sizes, preset name.
+    pub backbones: BackbonesConfig,
+    /// The tapped blocks.
+    pub taps: TapLayers,
+}
+
+impl BackbonesRecord {
+    /// The preset name, or the weights as named, for messages.
+    pub fn describe(&self) -> String {
+        match &self.backbones.preset {
+            Some(p) => format!("preset `{p}`"),
+            None if self.backbones.has_clip() => {
+                format!("{} / {}", self.backbones.clip, self.backbones.dino)
+            }
+            None => self.backbones.dino.clone(),
+        }
     }
 }

@@ -10,6 +10,7 @@ use ssvp_backbones::clip::tokenizer::ClipTokenizer;
 use ssvp_backbones::clip::{
     Activation, ClipModel, ConfigChoice, LoadOptions, PosInterp, VisionOptions,
 };
+use ssvp_backbones::dinov2::{self, Dinov2Config, Dinov2Model};
 use ssvp_backbones::dinov3::{self, Dinov3Config, Dinov3Model};
 use ssvp_image::Preprocess;
 
@@ -22,17 +23,29 @@ pub enum EmbedTower {
     Clip,
     /// DINOv3.
     Dinov3,
+    /// DINOv2 (with or without registers).
+    Dinov2,
 }
 
 impl EmbedTower {
-    /// `clip` or `dinov3` (any case).
+    /// `clip`, `dinov3` or `dinov2` (any case).
     pub fn parse(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "clip" => Ok(Self::Clip),
             "dinov3" => Ok(Self::Dinov3),
+            "dinov2" => Ok(Self::Dinov2),
             other => Err(Error::Config(format!(
-                "unknown backbone `{other}` (expected clip or dinov3)"
+                "unknown backbone `{other}` (expected clip, dinov3 or dinov2)"
             ))),
+        }
+    }
+
+    /// The name `--backbone` takes and the metadata records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clip => "clip",
+            Self::Dinov3 => "dinov3",
+            Self::Dinov2 => "dinov2",
         }
     }
 }
@@ -55,7 +68,8 @@ pub struct EmbedRequest {
     pub weights: String,
     /// The image file.
     pub image: PathBuf,
-    /// Input `(height, width)`; `None`: the tower's default square (CLIP 518, DINOv3 592).
+    /// Input `(height, width)`; `None`: the tower's default square (CLIP 518, DINOv3 592,
+    /// DINOv2 448).
     pub size: Option<(usize, usize)>,
     /// 1-based blocks; empty: the quarter points of the depth.
     pub layers: Vec<usize>,
@@ -67,7 +81,7 @@ pub struct EmbedRequest {
     pub pos_interp: PosInterp,
     /// The final LayerNorm on the written block states.
     pub norm_layers: bool,
-    /// DINOv3 with the SAT-493M normalisation.
+    /// DINOv3 with the SAT-493M normalisation (DINOv3 only).
     pub sat: bool,
     /// Prompts for the text tower (CLIP only).
     pub text: Vec<String>,
@@ -117,7 +131,26 @@ impl EmbedRequest {
         match self.tower {
             EmbedTower::Clip => self.clip(),
             EmbedTower::Dinov3 => self.dinov3(),
+            EmbedTower::Dinov2 => self.dinov2(),
         }
+    }
+
+    /// Refuses the CLIP-only options for a DINO tower rather than ignoring them.
+    fn refuse_clip_options(&self) -> Result<()> {
+        for (set, flag) in [
+            (self.dpam_from.is_some(), "--dpam-from"),
+            (!self.text.is_empty(), "--text"),
+            (self.activation.is_some(), "--activation"),
+            (self.resize != Resize::Squash, "--resize crop"),
+        ] {
+            if set {
+                return Err(Error::Config(format!(
+                    "{flag} applies to CLIP only, not to --backbone {}",
+                    self.tower.name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn input_size(&self, default: usize) -> (usize, usize) {
@@ -264,18 +297,7 @@ impl EmbedRequest {
     }
 
     fn dinov3(&self) -> Result<Embedding> {
-        for (set, flag) in [
-            (self.dpam_from.is_some(), "--dpam-from"),
-            (!self.text.is_empty(), "--text"),
-            (self.activation.is_some(), "--activation"),
-            (self.resize != Resize::Squash, "--resize crop"),
-        ] {
-            if set {
-                return Err(Error::Config(format!(
-                    "{flag} applies to CLIP only, not to --backbone dinov3"
-                )));
-            }
-        }
+        self.refuse_clip_options()?;
         let config = self
             .preset
             .as_deref()
@@ -330,6 +352,75 @@ impl EmbedRequest {
                 "normalisation".to_string(),
                 if self.sat { "sat493m" } else { "imagenet" }.to_string(),
             ),
+            ("dtype".to_string(), self.dtype.to_ascii_lowercase()),
+        ]);
+        Ok(Embedding {
+            tensors,
+            metadata,
+            blocks,
+            grid,
+        })
+    }
+
+    fn dinov2(&self) -> Result<Embedding> {
+        self.refuse_clip_options()?;
+        if self.sat {
+            return Err(Error::Config(
+                "--sat applies to DINOv3 only (DINOv2's weights are normalised with ImageNet's \
+                 mean/std), not to --backbone dinov2"
+                    .into(),
+            ));
+        }
+        let config = self
+            .preset
+            .as_deref()
+            .map(|p| {
+                Dinov2Config::preset(p).ok_or_else(|| {
+                    Error::Config(format!(
+                        "unknown DINOv2 preset `{p}`; known: {:?}",
+                        dinov2::PRESETS
+                    ))
+                })
+            })
+            .transpose()?;
+        let files = dinov2::resolve(&self.weights).map_err(|e| {
+            Error::backbone(format!("resolving DINOv2 weights `{}`", self.weights), e)
+        })?;
+        let model =
+            Dinov2Model::load_files(&files, config, parse_dtype(&self.dtype)?, &self.device)
+                .map_err(|e| {
+                    Error::backbone(format!("loading DINOv2 weights `{}`", self.weights), e)
+                })?;
+        let (height, width) = self.input_size(448);
+        let grid = model
+            .grid_for(height, width)
+            .map_err(|e| Error::backbone("the DINOv2 input size", e))?;
+        let blocks = if self.layers.is_empty() {
+            quarter_points(model.config().num_hidden_layers)
+        } else {
+            self.layers.clone()
+        };
+        let recipe = Preprocess::dinov2(width).with_size(width, height);
+        let pixels = self.pixels(&recipe)?;
+        let out = model
+            .forward(&pixels, &blocks, self.norm_layers)
+            .map_err(|e| Error::backbone("running DINOv2", e))?;
+        let tensors = out
+            .embed_tensors(0)
+            .map_err(|e| Error::backbone("the DINOv2 outputs", e))?;
+        let metadata = HashMap::from([
+            ("backbone".to_string(), "dinov2".to_string()),
+            ("weights".to_string(), files.origin.clone()),
+            ("image".to_string(), self.image.display().to_string()),
+            ("input_height".to_string(), height.to_string()),
+            ("input_width".to_string(), width.to_string()),
+            ("grid".to_string(), format!("{}x{}", grid.0, grid.1)),
+            (
+                "registers".to_string(),
+                model.config().num_register_tokens.to_string(),
+            ),
+            ("norm_layers".to_string(), self.norm_layers.to_string()),
+            ("normalisation".to_string(), "imagenet".to_string()),
             ("dtype".to_string(), self.dtype.to_ascii_lowercase()),
         ]);
         Ok(Embedding {

@@ -96,6 +96,30 @@ impl Error {
         }
     }
 
+    /// A failure to load a tower's weights named `spec`: when the hub could not be reached (or
+    /// is off), the context says how to run without it: the `flag` that names a local copy,
+    /// and `ssvp fetch` to prepare the cache once online.
+    pub fn loading(
+        tower: &str,
+        spec: &str,
+        flag: &str,
+        preset: Option<&str>,
+        source: ssvp_backbones::Error,
+    ) -> Self {
+        use ssvp_backbones::ErrorKind as K;
+        let mut context = format!("loading {tower} from `{spec}`");
+        if matches!(source.kind(), K::Offline | K::Network) {
+            let fetch = match preset {
+                Some(p) => format!("`ssvp fetch {p}`"),
+                None => "`ssvp fetch PRESET`".into(),
+            };
+            context.push_str(&format!(
+                " (without network: run {fetch} once online, or give a local copy with {flag} DIR)"
+            ));
+        }
+        Self::backbone(context, source)
+    }
+
     /// An I/O error on `path`.
     pub fn io(
         context: impl Into<String>,

@@ -62,6 +62,40 @@ impl BackboneIdentity {
         }
     }
 
+    /// How many layers each tower taps (the scales of the head, the positions a
+    /// [`crate::TapSelection`] picks from): DINO's count, which CLIP's equals when it is loaded.
+    pub fn scales(&self) -> usize {
+        self.dino_layers.len()
+    }
+
+    /// [`Self::digest`] of the fields the towers of `towers` decide: what a bank reading only
+    /// DINO features is valid for, whether or not CLIP is loaded beside it.
+    pub fn digest_of(&self, towers: crate::TowerSet) -> String {
+        let mut content = self.content();
+        if !towers.clip {
+            content.clip_size = (0, 0);
+            content.clip_layers = Vec::new();
+            content.pos_interp = String::new();
+            content.dpam_from = None;
+            content.clip_dim = 0;
+            content.text_width = 0;
+            content.clip_weights = String::new();
+            // "clip: …; dino: …" keeps its DINO part, the same string a DINO-only load records.
+            if let Some(at) = content.preprocess.find("dino: ") {
+                content.preprocess = content.preprocess[at..].to_string();
+            }
+        }
+        if !towers.dino {
+            content.dino_size = (0, 0);
+            content.dino_layers = Vec::new();
+            content.dino_dim = 0;
+            content.dino_weights = String::new();
+            content.preprocess = String::new();
+        }
+        let json = serde_json::to_string(&content).expect("identity serialises");
+        hex(&Sha256::digest(json.as_bytes()))
+    }
+
     /// A hex digest of everything that changes the features: the cache's key prefix.
     pub fn digest(&self) -> String {
         let json = serde_json::to_string(&self.content()).expect("identity serialises");

@@ -32,18 +32,24 @@
 pub mod backbones;
 pub mod cache;
 pub mod config;
+pub mod dino;
 pub mod embed;
 pub mod error;
 pub mod features;
 pub mod identity;
+pub mod presets;
 pub mod taps;
 pub mod tiny;
 
 pub use backbones::{Backbones, TowerSet, TowerTimes};
 pub use cache::{CacheStats, CacheStorage, FeatureCache};
-pub use config::{BackbonesConfig, DinoLayerSet, PosInterp, TapLayers, TINY};
+pub use config::{
+    BackbonesConfig, BackbonesRecord, DinoArch, DinoLayerSet, PosInterp, TapLayers, NO_TOWER, TINY,
+};
+pub use dino::DinoTower;
 pub use error::{Error, ErrorKind, Result};
 pub use features::{FeatureSource, ImageFeatures};
 pub use identity::{sha256_hex, BackboneIdentity, FEATURE_FORMAT};
+pub use presets::{BackboneChoice, Preset};
 pub use taps::{tapped, towers_of, Layers, Tap, TapSelection, Tower, Towers};
 pub use tiny::{tiny_clip_config, tiny_dino_config};

@@ -35,9 +35,14 @@ pub struct Tap {
 impl Tap {
     /// `dino.24`: the tower and the 1-based block of the backbone, as the bank file records it.
     pub fn name(&self, identity: &BackboneIdentity) -> String {
-        match self.tower {
-            Tower::Dino => format!("dino.{}", identity.dino_layers[self.position]),
-            Tower::Clip => format!("clip.{}", identity.clip_layers[self.position]),
+        let (tower, layers) = match self.tower {
+            Tower::Dino => ("dino", &identity.dino_layers),
+            Tower::Clip => ("clip", &identity.clip_layers),
+        };
+        match layers.get(self.position) {
+            Some(block) => format!("{tower}.{block}"),
+            // A tower that is not loaded taps nothing (no bank names such a tap).
+            None => format!("{tower}.none"),
         }
     }
 
@@ -141,6 +146,9 @@ impl TapSelection {
 
     /// The taps on backbones with `scales` tapped layers.
     pub fn resolve(&self, scales: usize) -> Result<Vec<Tap>> {
+        if scales == 0 {
+            return Err(Error::Config("the backbones tap no layers".into()));
+        }
         let positions: Vec<usize> = match &self.layers {
             Layers::Last => vec![scales - 1],
             Layers::All => (0..scales).collect(),

@@ -125,6 +125,16 @@ impl Preprocess {
         }
     }
 
+    /// DINOv2 as AnomalyDINO feeds it, at `size` x `size`: torchvision's `Resize` on a PIL
+    /// image (Pillow bicubic on the 8-bit image), then ImageNet mean/std. AnomalyDINO resizes
+    /// the smaller edge and keeps the aspect ratio; a square input is the same.
+    pub fn dinov2(size: usize) -> Self {
+        Self {
+            resample: Resample::PillowBicubic,
+            ..Self::dinov3(size)
+        }
+    }
+
     /// DINOv3 with the SAT-493M checkpoint constants.
     pub fn dinov3_sat(size: usize) -> Self {
         Self {

@@ -50,6 +50,11 @@ pub struct BankMeta {
     /// [`SCALE_IMAGES`] of them against all others): the distance a normal patch reaches, by
     /// which fused scoring normalises. `None` for a bank of one image.
     pub normal_scale: Option<f32>,
+    /// The backbone settings the bank was made with (preset, weights, sizes, taps), as JSON,
+    /// so that `detect --bank` rebuilds the same towers without flags; absent in banks written
+    /// before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_with: Option<serde_json::Value>,
 }
 
 /// Normal patch vectors, one unit-row matrix per tap.
@@ -126,6 +131,11 @@ impl PatchBank {
     /// What the bank holds.
     pub fn meta(&self) -> &BankMeta {
         &self.meta
+    }
+
+    /// Records the backbone settings the bank was made with ([`BankMeta::made_with`]).
+    pub fn set_made_with(&mut self, made_with: serde_json::Value) {
+        self.meta.made_with = Some(made_with);
     }
 
     /// The unit-row matrix of each tap (`[M_t, D_t]`).
@@ -225,6 +235,38 @@ impl PatchBank {
             })
         })
         .map_err(|e: Error| e.context(format_args!("writing the bank {}", path.display())))
+    }
+
+    /// Reads only the metadata of a bank file (its safetensors header): what `detect --bank`
+    /// needs to choose the backbones before the vectors are loaded.
+    pub fn read_meta(path: &Path) -> Result<BankMeta> {
+        use std::io::Read;
+        let broken = |why: String| {
+            Error::invalid(format!(
+                "{} is not a bank of `ssvp bank build`: {why}",
+                path.display()
+            ))
+        };
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)
+            .map_err(|e| broken(format!("cannot read its header length: {e}")))?;
+        let len = u64::from_le_bytes(len);
+        // safetensors caps headers at 100 MB; a bank's is a few KB.
+        if len > 100 << 20 {
+            return Err(broken(format!("its header claims {len} bytes")));
+        }
+        let mut header = vec![0u8; len as usize];
+        file.read_exact(&mut header)
+            .map_err(|e| broken(format!("its header is cut short: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&header).map_err(|e| broken(e.to_string()))?;
+        let json = value
+            .get("__metadata__")
+            .and_then(|m| m.get(META_KEY))
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| broken(format!("its header has no `{META_KEY}` entry")))?;
+        serde_json::from_str(json).map_err(|e| broken(e.to_string()))
     }
 
     /// Reads a bank written by [`PatchBank::save`] onto `device`.
@@ -348,6 +390,7 @@ mod tests {
             rotations,
             coreset: None,
             normal_scale: None,
+            made_with: None,
         }
     }
 

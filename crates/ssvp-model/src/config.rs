@@ -526,29 +526,41 @@ impl SsvpConfig {
     }
 
     /// The config a command runs with: the file at `path` (missing keys: the paper's values) or
-    /// the default, with a backbones preset applied. `Some("tiny")` alone gives
-    /// [`SsvpConfig::tiny`]; with a file it replaces only the `[backbones]` section (the file's
-    /// head must then be sized for the tiny towers). `tiny` is the only preset: real weights are
-    /// named in the file's `[backbones]` section.
+    /// the default, with a backbones preset (`ssvp_features::presets`) applied. `Some("tiny")`
+    /// alone gives [`SsvpConfig::tiny`] (a head sized for the tiny towers). With a file a preset
+    /// replaces only the `[backbones]` section; without one it also sets the taps. The head
+    /// fits only presets with CLIP and DINOv3 of its widths (`paper`, `tiny`): loading the
+    /// towers checks that.
     pub fn load(path: Option<&std::path::Path>, preset: Option<&str>) -> Result<Self> {
-        match preset {
-            None | Some(TINY) => {}
-            Some(other) => {
-                return Err(Error::Config(format!(
-                    "backbones preset `{other}`: the only preset is `tiny`; name real weights in \
-                     the config's [backbones] section (clip = ..., dino = ...)"
-                )))
-            }
-        }
-        let cfg = match (path, preset) {
-            (Some(p), _) => {
+        let chosen = preset
+            .map(ssvp_features::presets::preset)
+            .transpose()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let cfg = match (path, chosen) {
+            (Some(p), chosen) => {
                 let mut cfg = Self::from_toml_file(p)?;
-                if preset.is_some() {
-                    cfg.backbones = BackbonesConfig::tiny();
+                if let Some(chosen) = chosen {
+                    cfg.backbones = chosen.config;
                 }
                 cfg
             }
-            (None, Some(_)) => Self::tiny(),
+            (None, Some(chosen)) if chosen.name == TINY => Self::tiny(),
+            (None, Some(chosen)) if !chosen.has_clip() => {
+                return Err(Error::Config(format!(
+                    "the SSVP head reads CLIP and DINOv3; the `{}` backbones have no CLIP tower \
+                     (they serve --normal, --bank and --mutual): use --backbones paper or tiny",
+                    chosen.name
+                )))
+            }
+            (None, Some(chosen)) => {
+                let mut cfg = Self {
+                    backbones: chosen.config,
+                    ..Self::default()
+                };
+                cfg.model.clip_layers = chosen.taps.clip;
+                cfg.model.dino_layers = chosen.taps.dino;
+                cfg
+            }
             (None, None) => Self::default(),
         };
         cfg.validate()?;

@@ -45,6 +45,7 @@ impl PromptEncoding for Backbones {
     fn prompt_encoder(&self) -> Result<ClipPromptEncoder<'_>> {
         let text = self
             .clip()
+            .map_err(|e| Error::Config(e.to_string()))?
             .text()
             .map_err(|e| Error::Config(format!("{e:#}")))?;
         Ok(ClipPromptEncoder::new(text, self.tokenizer()))

@@ -230,7 +230,7 @@ fn resolve_hub(
             .ok_or_else(|| Error::Offline {
                 message: format!(
                     "HF_HUB_OFFLINE is set and the cache {} holds no copy of {repo_id}@{revision} \
-                     (looked for {}); download it once online, or pass a local directory to --weights",
+                     (looked for {}); download it once online, or name a local copy (a directory or file) instead of the hub id",
                     cache.path().display(),
                     wanted.weights.join(", ")
                 ),
@@ -331,8 +331,9 @@ impl HubFailure {
             },
             _ => Error::Hub {
                 message: format!(
-                    "could not fetch {repo}@{revision}/{file} from the hub: {err}. Offline? Pass a \
-                     local directory to --weights, or set HF_HUB_OFFLINE=1 to use a cached copy"
+                    "could not fetch {repo}@{revision}/{file} from the hub: {err}. Offline? Name a \
+                     local copy (a directory or file) instead of the hub id, or set \
+                     HF_HUB_OFFLINE=1 to use a cached copy"
                 ),
             },
         }

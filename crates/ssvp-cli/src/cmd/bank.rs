@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use ssvp_detect::load::load_backbones;
 use ssvp_detect::memory::{build_bank, load_bank};
+use ssvp_features::Towers;
 
 use super::detector_args::ModelArgs;
 
@@ -71,9 +72,12 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
     let references = m.memory.reference_files()?;
     // On the device asked for (--device), as every command that runs a model.
     let device = m.source.device.open()?;
+    let taps = m.memory.features.taps(false)?;
     let (backbones, _) = load_backbones(
         m.source.config.as_deref(),
-        m.source.backbones.as_deref(),
+        &m.source.choice(),
+        None,
+        matches!(taps.towers, Towers::Clip | Towers::Both),
         &device,
     )?;
     let started = std::time::Instant::now();

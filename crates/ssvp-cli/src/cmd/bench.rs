@@ -6,7 +6,8 @@ use anyhow::Context;
 use ssvp_detect::bench::{run as run_bench, BenchOptions};
 use ssvp_detect::memory::{bank_of_images, references_memory, BankOptions, ReferenceScoring};
 use ssvp_detect::{Detector, DetectorOptions};
-use ssvp_features::FeatureSource;
+use ssvp_features::presets::{self, PAPER};
+use ssvp_features::{Backbones, FeatureSource, TINY};
 use ssvp_model::{SsvpConfig, SsvpHead};
 
 use super::detector_args::{load_detector, ModelArgs};
@@ -15,7 +16,9 @@ const BENCH_HELP: &str = "\
 Settings: `paper` (default) runs the paper's sizes with seeded random weights and no files:
 CLIP ViT-L/14@336 at 518 px and DINOv3 ViT-L/16 at 592 px, the default SSVP head (untrained).
 `tiny` runs the tiny backbones. With either, --references K scores against K synthetic good
-images instead of the head (the towers then stop at their deepest tap). `real` loads the model
+images instead of the head (the towers then stop at their deepest tap). The DINO-only presets
+(`anomalydino`: DINOv2 ViT-S/14 at 448 px; `dinov2-b`, `dinov3-s`, `dinov3-b`) run their
+architecture with seeded weights, with --references K. `real` loads the model
 as `ssvp detect` does, from --checkpoint, --normal, --bank or --mutual and --backbones.
 
 Each image is a synthetic photo-like PNG of --image-size, decoded inside the clock. Stages are
@@ -30,9 +33,10 @@ Compare with PyTorch on the same machine: README \"Benchmarks\".";
 #[derive(clap::Args)]
 #[command(after_help = BENCH_HELP)]
 pub struct BenchArgs {
-    /// paper (seeded ViT-L towers at the paper's sizes), tiny, or real (the model named by the
-    /// model options, as `ssvp detect` loads it).
-    #[arg(long, default_value = "paper", value_parser = ["paper", "tiny", "real"])]
+    /// A backbones preset run with seeded weights at its real sizes (paper, anomalydino,
+    /// dinov2-b, dinov3-s, dinov3-b, tiny; the DINO-only ones need --references), or real (the
+    /// model named by the model options, as `ssvp detect` loads it).
+    #[arg(long, default_value = "paper", value_parser = setting_names())]
     pub setting: String,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -110,14 +114,28 @@ fn seeded_detector(
     options: DetectorOptions,
 ) -> anyhow::Result<Detector> {
     let device = args.model.source.device.open()?;
-    let (cfg, backbones) = if setting == "tiny" {
-        let cfg = SsvpConfig::tiny();
-        let bb = ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &device)?;
-        (cfg, bb)
-    } else {
-        let cfg = SsvpConfig::default();
-        let bb = ssvp_model::seeded_vitl_backbones(&cfg.backbones, &cfg.model, &device)?;
-        (cfg, bb)
+    let (cfg, backbones) = match setting {
+        TINY => {
+            let cfg = SsvpConfig::tiny();
+            let bb = ssvp_model::load_backbones(&cfg.backbones, &cfg.model, &device)?;
+            (cfg, bb)
+        }
+        PAPER => {
+            let cfg = SsvpConfig::default();
+            let bb = ssvp_model::seeded_vitl_backbones(&cfg.backbones, &cfg.model, &device)?;
+            (cfg, bb)
+        }
+        name => {
+            // The DINO-only presets have no head to time: references only.
+            anyhow::ensure!(
+                args.references.is_some(),
+                "--setting {name} has no CLIP tower for the SSVP head; time it with \
+                 --references K"
+            );
+            let preset = presets::preset(name)?;
+            let bb = Backbones::seeded(&preset.config, &preset.taps, &device)?;
+            (SsvpConfig::default(), bb)
+        }
     };
     let backbones = Arc::new(backbones);
     match args.references {
@@ -151,6 +169,13 @@ fn seeded_detector(
             Ok(Detector::without_head(backbones, postprocess, options)?.with_memory(memory)?)
         }
     }
+}
+
+/// The presets, then `real`.
+fn setting_names() -> clap::builder::PossibleValuesParser {
+    let mut names: Vec<&'static str> = presets::NAMES.to_vec();
+    names.push("real");
+    clap::builder::PossibleValuesParser::new(names)
 }
 
 /// `1600x1200` (or `1600,1200`) as `(width, height)`.

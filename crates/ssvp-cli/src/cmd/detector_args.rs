@@ -12,7 +12,7 @@ use ssvp_detect::memory::{
 };
 use ssvp_detect::settings::{DEFAULT_BATCH_SIZE, DEFAULT_CLASS_NAME, DEFAULT_MAP_SIZE};
 use ssvp_detect::{DetectorOptions, LoadSpec, MemorySpec, Tiling};
-use ssvp_features::TapSelection;
+use ssvp_features::{BackboneChoice, TapSelection};
 
 /// Which model runs, on what, in batches of what size: the model flags of every command that
 /// scores (detect, calibrate, serve, bank, bench, eval).
@@ -23,10 +23,19 @@ pub struct ModelSourceArgs {
     /// with one of them as well, the head and the training-free scores are fused.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Backbones to run with: `tiny` (default: those of the checkpoint's config; without a
-    /// checkpoint, the paper's CLIP ViT-L/14@336 and DINOv3 ViT-L/16).
-    #[arg(long)]
+    /// Backbones preset: paper (CLIP ViT-L/14@336 + DINOv3 ViT-L/16, the head's), anomalydino
+    /// (DINOv2 ViT-S/14 at 448 px, ungated), dinov2-b, dinov3-s, dinov3-b or tiny (seeded, no
+    /// weights). Default: the checkpoint's; else what the --bank or --calibration was made
+    /// with; else anomalydino. `ssvp doctor` lists them and what is cached.
+    #[arg(long, value_name = "PRESET")]
     pub backbones: Option<String>,
+    /// CLIP weights instead of the preset's, at its sizes: a hub id, a directory or a file
+    /// (e.g. a copy for a machine with no network).
+    #[arg(long, value_name = "WEIGHTS")]
+    pub clip_weights: Option<String>,
+    /// DINO weights instead of the preset's, at its sizes: a hub id, a directory or a file.
+    #[arg(long, value_name = "WEIGHTS")]
+    pub dino_weights: Option<String>,
     /// Take the [backbones] and [postprocess] sections from this config instead of the
     /// checkpoint's (the head always comes from the checkpoint).
     #[arg(long)]
@@ -36,6 +45,17 @@ pub struct ModelSourceArgs {
     pub batch_size: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+impl ModelSourceArgs {
+    /// The backbones flags.
+    pub fn choice(&self) -> BackboneChoice {
+        BackboneChoice {
+            preset: self.backbones.clone(),
+            clip_weights: self.clip_weights.clone(),
+            dino_weights: self.dino_weights.clone(),
+        }
+    }
 }
 
 /// The model and how it runs.
@@ -120,7 +140,7 @@ impl ModelArgs {
             checkpoint: self.source.checkpoint.clone(),
             memory: self.memory.spec(self.source.batch_size, self.decode())?,
             config: self.source.config.clone(),
-            backbones_preset: self.source.backbones.clone(),
+            backbones: self.source.choice(),
             calibration,
             options,
             device: self.source.device.open()?,

@@ -13,6 +13,7 @@ use ssvp_detect::settings::DEFAULT_MAP_SIZE;
 use ssvp_detect::{Detector, DetectorOptions, Memory};
 use ssvp_eval::datasets::{CheckLevel, Split};
 use ssvp_eval::metrics::predictions::scores_csv;
+use ssvp_features::Towers;
 
 use super::detector_args::{BankBuildArgs, FeatureArgs, ModelSourceArgs, MutualArgs};
 use super::model_common::{check_dataset_args, feature_source, load_split, CacheArgs};
@@ -127,12 +128,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     };
     let (detector, source) = match &m.checkpoint {
         Some(checkpoint) => {
-            let loaded = load_run(
-                checkpoint,
-                m.config.as_deref(),
-                m.backbones.as_deref(),
-                &device,
-            )?;
+            let loaded = load_run(checkpoint, m.config.as_deref(), &m.choice(), &device)?;
             let state = &loaded.run.state;
             if !state.complete {
                 eprintln!(
@@ -146,8 +142,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             (Detector::from_run(loaded, options)?, source)
         }
         None => {
+            let taps = args.features.taps(mode == Mode::Mutual)?;
+            let needs_clip = matches!(taps.towers, Towers::Clip | Towers::Both);
             let (backbones, postprocess) =
-                load_backbones(m.config.as_deref(), m.backbones.as_deref(), &device)?;
+                load_backbones(m.config.as_deref(), &m.choice(), None, needs_clip, &device)?;
             let source = feature_source(&backbones, &args.cache)?;
             (
                 Detector::without_head(backbones, postprocess, options)?,

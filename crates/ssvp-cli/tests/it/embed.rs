@@ -269,3 +269,177 @@ fn dinov3_features_match_the_library() {
     );
     assert!(!bad_out.exists());
 }
+
+/// The metadata of a written safetensors file.
+fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    meta.metadata().clone().unwrap_or_default()
+}
+
+/// `--backbone dinov2` on the tiny DINOv2-with-registers fixture (an HF-style directory), at a
+/// non-square input whose grid differs from the trained one (the position table is resampled):
+/// the same tensor names as DINOv3, CLS + 4 registers + patches in `hidden.<block>`, and equal
+/// to the library's output on the image preprocessed as DINOv2 expects (Pillow bicubic).
+#[test]
+fn dinov2_features_match_the_library() {
+    use ssvp_backbones::dinov2::Dinov2Model;
+    let weights = workspace().join("crates/ssvp-backbones/tests/fixtures/dinov2/b_reg");
+    let image = workspace().join("crates/ssvp-image/tests/fixtures/image/gray_64x48.png");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("dino.safetensors");
+    let run = ssvp()
+        .args(["embed", "--backbone", "dinov2", "--weights"])
+        .arg(&weights)
+        .arg("--image")
+        .arg(&image)
+        .args([
+            "--height",
+            "56",
+            "--width",
+            "84",
+            "--layers",
+            "2,1",
+            "--norm-layers",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let mut names: Vec<&str> = got.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["cls", "hidden.1", "hidden.2", "patch"]);
+    let meta = metadata(&out);
+    assert_eq!(meta["backbone"], "dinov2");
+    assert_eq!(meta["grid"], "4x6");
+    assert_eq!(meta["norm_layers"], "true");
+
+    let model =
+        Dinov2Model::load(weights.to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config().num_register_tokens, 4);
+    let img = ssvp_image::load_rgb8(&image).unwrap();
+    let chw = ssvp_image::Preprocess::dinov2(84)
+        .with_size(84, 56)
+        .apply(&img)
+        .unwrap();
+    let pixels = Tensor::from_vec(chw.data, (1, 3, 56, 84), &Device::Cpu).unwrap();
+    let want = model.forward(&pixels, &[2, 1], true).unwrap();
+    let width = model.config().hidden_size;
+    for (block, state) in &want.hidden {
+        let h = &got[&format!("hidden.{block}")];
+        // CLS + 4 registers + 4x6 patches.
+        assert_eq!(h.dims(), &[1 + 4 + 24, width]);
+        assert!(rel_err(h, &state.squeeze(0).unwrap()) < 1e-6);
+    }
+    assert_eq!(got["patch"].dims(), &[24, width]);
+    assert!(rel_err(&got["patch"], &want.patch.squeeze(0).unwrap()) < 1e-6);
+    assert_eq!(got["cls"].dims(), &[width]);
+    assert!(rel_err(&got["cls"], &want.cls.squeeze(0).unwrap()) < 1e-6);
+}
+
+/// `--backbone dinov2` with no size and no layers: 448 px (32x32 patches of 14) and the quarter
+/// points of the depth, raw (un-normed) block outputs, on the register-free ViT-S-style fixture.
+#[test]
+fn dinov2_defaults_are_448_px_and_the_quarter_points() {
+    use ssvp_backbones::dinov2::Dinov2Model;
+    let weights = workspace().join("crates/ssvp-backbones/tests/fixtures/dinov2/s");
+    let image = workspace().join("crates/ssvp-image/tests/fixtures/image/gray_64x48.png");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("dino.safetensors");
+    let run = ssvp()
+        .args(["embed", "--backbone", "DINOv2", "--weights"])
+        .arg(&weights)
+        .arg("--image")
+        .arg(&image)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let meta = metadata(&out);
+    assert_eq!(
+        (
+            meta["input_height"].as_str(),
+            meta["input_width"].as_str(),
+            meta["grid"].as_str(),
+            meta["norm_layers"].as_str(),
+            meta["normalisation"].as_str(),
+        ),
+        ("448", "448", "32x32", "false", "imagenet")
+    );
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let mut names: Vec<&str> = got.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    // Two blocks: the quarter points are 1 and 2.
+    assert_eq!(names, ["cls", "hidden.1", "hidden.2", "patch"]);
+
+    let model =
+        Dinov2Model::load(weights.to_str().unwrap(), None, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(model.config().num_register_tokens, 0);
+    let img = ssvp_image::load_rgb8(&image).unwrap();
+    let chw = ssvp_image::Preprocess::dinov2(448).apply(&img).unwrap();
+    let pixels = Tensor::from_vec(chw.data, (1, 3, 448, 448), &Device::Cpu).unwrap();
+    let want = model.forward(&pixels, &[1, 2], false).unwrap();
+    let width = model.config().hidden_size;
+    for (block, state) in &want.hidden {
+        let h = &got[&format!("hidden.{block}")];
+        assert_eq!(h.dims(), &[1 + 32 * 32, width]);
+        assert!(rel_err(h, &state.squeeze(0).unwrap()) < 1e-6);
+    }
+    assert!(rel_err(&got["patch"], &want.patch.squeeze(0).unwrap()) < 1e-6);
+    assert!(rel_err(&got["cls"], &want.cls.squeeze(0).unwrap()) < 1e-6);
+}
+
+/// Options that do not apply to DINOv2 are refused rather than ignored, a size off the patch
+/// grid names the patch size, an unknown preset lists the known ones; nothing is written.
+#[test]
+fn dinov2_input_errors_are_clear() {
+    let weights = workspace().join("crates/ssvp-backbones/tests/fixtures/dinov2/s");
+    let image = workspace().join("crates/ssvp-image/tests/fixtures/image/gray_64x48.png");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("bad.safetensors");
+    let run = |extra: &[&str]| {
+        let r = ssvp()
+            .args(["embed", "--backbone", "dinov2", "--weights"])
+            .arg(&weights)
+            .arg("--image")
+            .arg(&image)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!r.status.success(), "{extra:?} should fail");
+        String::from_utf8_lossy(&r.stderr).into_owned()
+    };
+    for (extra, want) in [
+        (
+            &["--size", "56", "--dpam-from", "1"][..],
+            "--dpam-from applies to CLIP only, not to --backbone dinov2",
+        ),
+        (&["--size", "56", "--text", "a photo"], "CLIP only"),
+        (&["--size", "56", "--activation", "gelu"], "CLIP only"),
+        (&["--size", "56", "--resize", "crop"], "CLIP only"),
+        (&["--size", "56", "--sat"], "--sat applies to DINOv3 only"),
+        (&["--size", "60"], "multiples of the patch size 14"),
+        (&["--size", "56", "--layers", "3"], "blocks 1..=2"),
+        (
+            &["--size", "56", "--preset", "dinov3_vits16"],
+            "unknown DINOv2 preset `dinov3_vits16`",
+        ),
+    ] {
+        let err = run(extra);
+        assert!(err.contains(want), "{extra:?}: {err}");
+    }
+    assert!(!out.exists(), "no output is written on failure");
+}

@@ -8,7 +8,7 @@ use crate::common;
 
 use std::path::Path;
 
-use common::{fails_with, ok, records, s, ssvp, synth};
+use common::{fails_with, ok, records, s, ssvp, stderr, synth};
 use serde_json::Value;
 
 fn scores(dir: &Path) -> Vec<(String, f64)> {
@@ -75,6 +75,23 @@ fn references_bank_mutual_calibrate_and_eval_without_a_head() {
     args.extend(tiny);
     ok(&ssvp(&args));
     assert_eq!(scores(&by_refs), scores(&by_bank));
+    // The bank brings its backbones: without --backbones, the same towers and scores.
+    let by_record = root.join("record");
+    let args = ["detect", "--bank", s(&bank), "--map-size", "96"];
+    ok(&ssvp(
+        &[&args[..], &["--out", s(&by_record), s(&test)]].concat(),
+    ));
+    assert_eq!(scores(&by_refs), scores(&by_record));
+    // A preset other than the bank's is refused, naming both.
+    let out = ssvp(
+        &[
+            &args[..],
+            &["--backbones", "paper", "--out", s(&by_record), s(&test)],
+        ]
+        .concat(),
+    );
+    fails_with(&out, "conflicts with the bank");
+    assert!(stderr(&out).contains("`tiny`"), "{}", stderr(&out));
 
     // Rotated copies and a coreset: 8 references x 4 rotations x 64 patches, half of them kept.
     let small = root.join("small.safetensors");

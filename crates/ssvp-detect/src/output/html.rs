@@ -1279,6 +1279,7 @@ mod tests {
                 bank: String::new(),
                 backbones: "fedcba9876543210".into(),
                 backbone_names: "ViT-L/14@336 + DINOv3 ViT-L/16".into(),
+                made_with: None,
             },
             settings: DetectorSettings {
                 class_name: "pcb & \"wire\"".into(),

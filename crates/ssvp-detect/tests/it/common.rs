@@ -73,8 +73,9 @@ pub struct TrainedFixture {
 impl TrainedFixture {
     /// A detector over the trained head.
     pub fn detector(&self, options: DetectorOptions) -> Detector {
-        let loaded = ssvp_detect::load::load_run(&self.run, None, None, &Device::Cpu)
-            .expect("the trained run loads");
+        let loaded =
+            ssvp_detect::load::load_run(&self.run, None, &Default::default(), &Device::Cpu)
+                .expect("the trained run loads");
         Detector::from_run(loaded, options).expect("detector")
     }
 }

@@ -9,7 +9,7 @@ fn spec(config: Option<std::path::PathBuf>, checkpoint: Option<std::path::PathBu
         checkpoint,
         config,
         memory: Some(MemorySpec::Mutual(MutualConfig::default())),
-        backbones_preset: None,
+        backbones: Default::default(),
         calibration: None,
         options: DetectorOptions::default(),
         device: Device::Cpu,

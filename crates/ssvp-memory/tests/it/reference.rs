@@ -170,6 +170,7 @@ fn bank_meta() -> BankMeta {
         rotations: 1,
         coreset: None,
         normal_scale: None,
+        made_with: None,
     }
 }
 

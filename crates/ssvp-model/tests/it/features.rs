@@ -175,7 +175,7 @@ fn token_bookkeeping_matches_the_raw_towers() {
     let clip_px = to_tensor(Preprocess::clip(112));
     let dino_px = to_tensor(Preprocess::dinov3(128));
 
-    let vision = bb.clip().vision().unwrap();
+    let vision = bb.clip().unwrap().vision().unwrap();
     let opts = VisionOptions {
         layers: vec![1, 2, 3, 4],
         dpam_from: None,
@@ -193,7 +193,7 @@ fn token_bookkeeping_matches_the_raw_towers() {
     let embed = vision.image_embeds(&clip_px, PosInterp::Bicubic).unwrap();
     assert!(max_abs_diff(&f.clip_global, &embed.squeeze(0).unwrap()) < 1e-5);
 
-    let dino = bb.dino();
+    let dino = bb.dino().dinov3().unwrap();
     let raw = dino.forward(&dino_px, &[1, 2, 3, 4], false).unwrap();
     for (l, (block, h)) in raw.hidden.iter().enumerate() {
         assert_eq!(*block, l + 1);
@@ -312,8 +312,8 @@ fn a_small_non_tiny_pair() {
     mcfg.dino_dim = 48;
     mcfg.text_width = 40;
     let bb = Backbones::from_models(
-        clip,
-        dino,
+        Some(clip),
+        dino.into(),
         &bcfg,
         &mcfg.taps(),
         "seeded:1".into(),

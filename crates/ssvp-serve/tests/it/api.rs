@@ -902,7 +902,7 @@ async fn mutual_scoring_is_refused_at_install() {
         checkpoint: None,
         config: None,
         memory: Some(MemorySpec::Mutual(MutualConfig::default())),
-        backbones_preset: Some("tiny".into()),
+        backbones: ssvp_features::BackboneChoice::preset("tiny"),
         calibration: None,
         options: options(),
         device: candle_core::Device::Cpu,

@@ -112,7 +112,7 @@ pub fn references_detector(dir: &Path, options: DetectorOptions) -> Detector {
             options: BankOptions::default(),
             scoring: ReferenceScoring::default(),
         }),
-        backbones_preset: Some("tiny".into()),
+        backbones: ssvp_features::BackboneChoice::preset("tiny"),
         calibration: None,
         options,
         device: Device::Cpu,
