@@ -33,11 +33,10 @@ impl DinoLayerSet {
         let blocks: Vec<usize> = match self {
             Self::PaperLiteral => self.one_based().to_vec(),
             Self::QuarterPoints => {
-                if depth < 4 {
-                    return Err(Error::Config(format!(
-                        "dino_layers = \"quarter_points\" needs at least 4 DINO blocks, the model has {depth}"
-                    )));
+                if depth == 0 {
+                    return Err(Error::Config("the DINO model has no blocks".into()));
                 }
+                // A model of fewer than 4 blocks taps some twice (2 blocks: 1, 1, 2, 2).
                 (1..=4).map(|q| (q * depth).div_ceil(4)).collect()
             }
         };

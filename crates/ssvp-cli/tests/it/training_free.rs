@@ -334,3 +334,69 @@ fn bad_references_and_banks_are_refused_with_the_reason() {
         "6 good training images",
     );
 }
+
+/// DINOv2 weights in a local directory (the committed 2-block parity fixture) under the
+/// `anomalydino` preset, on a machine with no network and an empty Hugging Face cache:
+/// references score, no CLIP is fetched, and a bank made with them brings them back.
+#[test]
+fn local_dinov2_weights_score_references_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let data = root.join("data");
+    synth(&data, "disc", 6, 64, 9);
+    let (good, test) = (data.join("disc/train/good"), data.join("disc/test"));
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../ssvp-backbones/tests/fixtures/dinov2/s");
+    let hf_home = root.join("hf");
+    std::fs::create_dir_all(&hf_home).unwrap();
+    let offline = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ssvp"))
+            .args(args)
+            .env("HF_HOME", &hf_home)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let flags = ["--backbones", "anomalydino", "--dino-weights", s(&weights)];
+    let by_refs = root.join("refs");
+    let args = [
+        "detect",
+        "--normal",
+        s(&good),
+        "--out",
+        s(&by_refs),
+        s(&test),
+    ];
+    ok(&offline(&[&args[..], &flags[..]].concat()));
+    let recs = records(&by_refs);
+    assert_eq!(recs.len(), 12);
+    assert!(recs.iter().all(|r| r["detection"]["mode"] == "references"));
+    let bank = root.join("line.bank");
+    let args = ["bank", "build", "--normal", s(&good), "--out", s(&bank)];
+    ok(&offline(&[&args[..], &flags[..]].concat()));
+    let by_bank = root.join("bank");
+    ok(&offline(&[
+        "detect",
+        "--bank",
+        s(&bank),
+        "--out",
+        s(&by_bank),
+        s(&test),
+    ]));
+    assert_eq!(scores(&by_refs), scores(&by_bank));
+    // Without the local weights the hub copy is wanted, and the error says how to get it.
+    let out = offline(&[
+        "detect",
+        "--normal",
+        s(&good),
+        "--out",
+        s(&by_refs),
+        s(&test),
+    ]);
+    fails_with(&out, "--dino-weights");
+    assert!(
+        stderr(&out).contains("ssvp fetch anomalydino"),
+        "{}",
+        stderr(&out)
+    );
+}
