@@ -1,6 +1,7 @@
 //! Integration tests of ssvp-features, in one binary.
 
 mod cache;
+mod dino_towers;
 
 use ssvp_features::{DinoLayerSet, TapLayers};
 
