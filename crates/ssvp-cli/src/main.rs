@@ -22,6 +22,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Inspect images: scores, decisions, anomaly maps, defect regions, overlays and a report.
+    Detect(cmd::detect::DetectArgs),
+    /// Fit thresholds and calibrated scores from good parts only (for `ssvp detect`).
+    Calibrate(cmd::calibrate::CalibrateArgs),
+    /// Serve the detector over HTTP: a native route and the Open Inference Protocol (KServe v2).
+    Serve(cmd::serve::ServeArgs),
+    /// Build (or describe) a bank of good reference images for `ssvp detect --bank`.
+    Bank(cmd::bank::BankArgs),
     /// Extract backbone features (CLIP or DINOv3) of one image into a safetensors file.
     Embed(cmd::embed::EmbedArgs),
     /// Evaluate anyone's predictions: image and pixel metrics per category.
@@ -34,16 +42,11 @@ enum Command {
     Train(cmd::train::TrainArgs),
     /// Evaluate a trained head zero-shot on a dataset: per-category image and pixel metrics.
     Eval(cmd::eval::EvalArgs),
-    /// Inspect images: scores, decisions, anomaly maps, defect regions, overlays and a report.
-    Detect(cmd::detect::DetectArgs),
-    /// Build (or describe) a bank of good reference images for `ssvp detect --bank`.
-    Bank(cmd::bank::BankArgs),
-    /// Fit thresholds and calibrated scores from good parts only (for `ssvp detect`).
-    Calibrate(cmd::calibrate::CalibrateArgs),
+    /// Pack a model (head, bank, calibration, backbone weights) into one file for an offline
+    /// line PC; inspect, verify or unpack one.
+    Bundle(cmd::bundle::BundleArgs),
     /// Merge the outputs of several `ssvp detect` runs (e.g. shards) into one report.
     Report(cmd::report::ReportArgs),
-    /// Serve the detector over HTTP: a native route and the Open Inference Protocol (KServe v2).
-    Serve(cmd::serve::ServeArgs),
     /// Time the pipeline stage by stage: ms, GFLOP/s and share of the CPU's FMA peak per stage,
     /// images/s and peak memory.
     Bench(cmd::bench::BenchArgs),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         // detect reports anomalies and unreadable images through its exit code.
         Command::Detect(args) => cmd::detect::run(args),
         Command::Calibrate(args) => done(cmd::calibrate::run(args)),
+        Command::Bundle(args) => done(cmd::bundle::run(args)),
         Command::Bank(args) => done(cmd::bank::run(args)),
         Command::Report(args) => done(cmd::report::run(args)),
         Command::Serve(args) => done(cmd::serve::run(args)),

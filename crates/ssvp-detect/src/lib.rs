@@ -26,6 +26,7 @@
 
 mod assembly;
 pub mod bench;
+pub mod bundle;
 pub mod calibrate;
 pub mod decision;
 pub mod detection;

@@ -69,6 +69,11 @@ fn build(args: BuildArgs) -> anyhow::Result<()> {
         m.source.checkpoint.is_none() && !m.memory.mutual && m.memory.bank.is_none(),
         "a bank is built from --normal references only (no --checkpoint, --bank or --mutual)"
     );
+    anyhow::ensure!(
+        m.source.bundle.is_none(),
+        "a bank is built from --normal references and backbones, not from a bundle (a bundle \
+         already holds its bank)"
+    );
     let references = m.memory.reference_files()?;
     // On the device asked for (--device), as every command that runs a model.
     let device = m.source.device.open()?;

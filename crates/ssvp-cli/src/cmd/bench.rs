@@ -83,9 +83,10 @@ pub fn run(mut args: BenchArgs) -> anyhow::Result<()> {
                     && args.model.memory.bank.is_none()
                     && !args.model.memory.mutual
                     && args.model.source.backbones.is_none()
-                    && args.model.source.config.is_none(),
+                    && args.model.source.config.is_none()
+                    && args.model.source.bundle.is_none(),
                 "--setting {setting} builds its own model; --checkpoint, --normal, --bank, \
-                 --mutual, --backbones and --config need --setting real"
+                 --mutual, --backbones, --config and --bundle need --setting real"
             );
             seeded_detector(setting, &args, options)?
         }

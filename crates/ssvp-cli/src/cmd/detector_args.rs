@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use ssvp_detect::bundle::{default_cache_root, unpack, Unpacked};
 use ssvp_detect::input::{DecodeOptions, ExifOrientation, DEFAULT_MAX_PIXELS};
 use ssvp_detect::memory::{
     BankOptions, CoresetOptions, ForegroundOptions, MutualConfig, MutualOptions, ReferenceScoring,
@@ -29,6 +30,11 @@ pub struct ModelSourceArgs {
     /// with; else anomalydino. `ssvp doctor` lists them and what is cached.
     #[arg(long, value_name = "PRESET")]
     pub backbones: Option<String>,
+    /// A bundle of `ssvp bundle create`: its run, bank, calibration, config and backbone
+    /// weights, unpacked (digests checked) into $SSVP_CACHE (default ~/.cache/ssvp/bundles).
+    /// An explicit --calibration replaces the bundle's.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: Option<PathBuf>,
     /// CLIP weights instead of the preset's, at its sizes: a hub id, a directory or a file
     /// (e.g. a copy for a machine with no network).
     #[arg(long, value_name = "WEIGHTS")]
@@ -130,8 +136,23 @@ impl ModelArgs {
         }
     }
 
-    /// What [`ssvp_detect::Detector::load`] needs.
+    /// What [`ssvp_detect::Detector::load`] needs; with `--bundle`, the bundle's parts.
     pub fn spec(
+        &self,
+        options: DetectorOptions,
+        calibration: Option<PathBuf>,
+    ) -> anyhow::Result<LoadSpec> {
+        if let Some(bundle) = &self.source.bundle {
+            let unpacked = unpack(bundle, &default_cache_root()?)
+                .with_context(|| format!("opening the bundle {}", bundle.display()))?;
+            return self
+                .with_bundle(&unpacked)?
+                .spec_of_flags(options, calibration.or(unpacked.calibration));
+        }
+        self.spec_of_flags(options, calibration)
+    }
+
+    fn spec_of_flags(
         &self,
         options: DetectorOptions,
         calibration: Option<PathBuf>,
@@ -145,6 +166,63 @@ impl ModelArgs {
             options,
             device: self.source.device.open()?,
         })
+    }
+
+    /// These flags with the parts of an unpacked bundle filled in; a flag that names a part
+    /// the bundle also holds is refused, naming both.
+    fn with_bundle(&self, unpacked: &Unpacked) -> anyhow::Result<Self> {
+        let mut args = self.clone();
+        args.source.bundle = None;
+        let both = |flag: &str, given: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "{flag} {given} and the bundle's own {} both name the model; drop {flag} (or \
+                 make another bundle)",
+                flag.trim_start_matches("--")
+            )
+        };
+        let fill = |slot: &mut Option<PathBuf>, part: &Option<PathBuf>, flag: &str| match (
+            slot.as_ref(),
+            part,
+        ) {
+            (Some(given), Some(_)) => Err(both(flag, &given.display())),
+            (None, Some(part)) => {
+                *slot = Some(part.clone());
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        fill(
+            &mut args.source.checkpoint,
+            &unpacked.checkpoint,
+            "--checkpoint",
+        )?;
+        fill(&mut args.source.config, &unpacked.config, "--config")?;
+        if unpacked.bank.is_some() && (!args.memory.normal.is_empty() || args.memory.mutual) {
+            anyhow::bail!("the bundle holds a bank: drop --normal / --mutual");
+        }
+        fill(&mut args.memory.bank, &unpacked.bank, "--bank")?;
+        let weights = |slot: &mut Option<String>, part: &Option<PathBuf>, flag: &str| match (
+            slot.as_ref(),
+            part,
+        ) {
+            (Some(given), Some(_)) => Err(both(flag, given)),
+            (None, Some(part)) => {
+                *slot = Some(part.display().to_string());
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        weights(
+            &mut args.source.clip_weights,
+            &unpacked.clip_weights,
+            "--clip-weights",
+        )?;
+        weights(
+            &mut args.source.dino_weights,
+            &unpacked.dino_weights,
+            "--dino-weights",
+        )?;
+        Ok(args)
     }
 }
 
@@ -164,10 +242,25 @@ pub struct DecisionArgs {
     /// Drop regions smaller than this many pixels.
     #[arg(long, default_value_t = 1)]
     pub min_region_area: usize,
-    /// Value range LO,HI of map PNGs and overlay colours (default: the calibration's display
-    /// range, else 0,0.5 for references and 0,1 otherwise).
-    #[arg(long, value_name = "LO,HI", value_delimiter = ',', num_args = 2)]
-    pub map_scale: Option<Vec<f32>>,
+    /// Value range LO,HI of map PNGs and overlay colours, e.g. `0,0.5` (default: the
+    /// calibration's display range, else 0,0.5 for references and 0,1 otherwise).
+    #[arg(long, value_name = "LO,HI", value_parser = parse_map_scale, allow_hyphen_values = true)]
+    pub map_scale: Option<[f32; 2]>,
+}
+
+/// `LO,HI` (two numbers; spaces around them are allowed).
+fn parse_map_scale(text: &str) -> Result<[f32; 2], String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let [lo, hi] = parts[..] else {
+        return Err(format!(
+            "`{text}` is not LO,HI: give two numbers separated by a comma, e.g. 0,0.5"
+        ));
+    };
+    let number = |v: &str| {
+        v.parse::<f32>()
+            .map_err(|_| format!("`{v}` in `{text}` is not a number"))
+    };
+    Ok([number(lo)?, number(hi)?])
 }
 
 impl DecisionArgs {
@@ -179,7 +272,7 @@ impl DecisionArgs {
         options.map_scale = self
             .map_scale
             .as_ref()
-            .map(|v| ssvp_image::ColorScale::new(v[0], v[1]))
+            .map(|[lo, hi]| ssvp_image::ColorScale::new(*lo, *hi))
             .transpose()
             .context("--map-scale")?;
         Ok(())

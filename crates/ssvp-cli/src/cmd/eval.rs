@@ -119,6 +119,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         args.eval_size > 0 && m.batch_size > 0 && args.draws > 0,
         "--eval-size, --batch-size and --draws must be positive"
     );
+    anyhow::ensure!(
+        m.bundle.is_none(),
+        "eval runs a model on a benchmark from --checkpoint / --backbones; --bundle is for \
+         detect, calibrate, serve and bench (`ssvp bundle unpack` shows a bundle's parts)"
+    );
     let mode = Mode::resolve(args.mode.map(Mode::from), m.checkpoint.is_some())?;
     let device = m.device.open()?;
     let options = DetectorOptions {

@@ -1,5 +1,6 @@
 pub mod bank;
 pub mod bench;
+pub mod bundle;
 pub mod calibrate;
 pub mod dataset;
 pub mod detect;

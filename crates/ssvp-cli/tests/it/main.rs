@@ -3,6 +3,7 @@
 //! given (each its own temporary directory).
 
 mod bench;
+mod bundle;
 mod common;
 mod dataset;
 mod detect;

@@ -1,6 +1,7 @@
 //! Integration tests of ssvp-detect, in one binary (the crates link candle once, and the tiny
 //! head most tests share is trained once).
 
+mod bundle;
 mod calibration;
 mod common;
 mod detect_eval;
