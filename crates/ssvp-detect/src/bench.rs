@@ -209,7 +209,7 @@ pub fn run(detector: &Detector, setting: &str, opts: &BenchOptions) -> Result<Be
     Ok(BenchReport {
         setting: setting.to_string(),
         mode: detector.mode().to_string(),
-        backbones: format!("{} / {}", id.clip, id.dino),
+        backbones: id.names(),
         device: device_name(device),
         threads,
         images: timed,

@@ -88,7 +88,7 @@ impl Detector {
             head: String::new(),
             bank: String::new(),
             backbones: id.digest(),
-            backbone_names: format!("{} / {}", id.clip, id.dino),
+            backbone_names: id.names(),
             made_with: Some(backbones.record().clone()),
         };
         Ok(Self {

@@ -177,7 +177,7 @@ pub fn bank_of_features(
         format: ssvp_memory::bank::BANK_FORMAT,
         // Keyed by the towers it reads only: a DINO bank serves with or without CLIP loaded.
         backbones: identity.digest_of(towers_of(&taps, false)),
-        backbone_names: format!("{} / {}", identity.clip, identity.dino),
+        backbone_names: identity.names(),
         taps: taps.iter().map(|t| t.name(identity)).collect(),
         grid: identity.grid,
         references: names,
@@ -228,7 +228,7 @@ impl Memory {
                 let names: Vec<String> = taps.iter().map(|t| t.name(identity)).collect();
                 bank.check_compatible(
                     &digest_for_bank(&bank, identity, &taps),
-                    &format!("{} / {}", identity.clip, identity.dino),
+                    &identity.names(),
                     &names,
                 )?;
                 Box::new(References::new(bank, taps, names, scoring)?)
@@ -344,7 +344,7 @@ fn bank_error(path: &Path, e: ssvp_memory::Error) -> Error {
 /// The taps a bank was built at, found on `identity`'s backbones; a bank of other backbones
 /// is refused.
 pub fn taps_of_bank(bank: &PatchBank, identity: &BackboneIdentity) -> Result<Vec<Tap>> {
-    let names = format!("{} / {}", identity.clip, identity.dino);
+    let names = identity.names();
     let scales = identity.scales();
     let all = TapSelection {
         towers: Towers::Both,

@@ -62,6 +62,16 @@ impl BackboneIdentity {
         }
     }
 
+    /// The weights as named, for messages: `CLIP / DINO`, or the DINO weights alone when no
+    /// CLIP tower is loaded.
+    pub fn names(&self) -> String {
+        if self.clip == crate::NO_TOWER {
+            self.dino.clone()
+        } else {
+            format!("{} / {}", self.clip, self.dino)
+        }
+    }
+
     /// How many layers each tower taps (the scales of the head, the positions a
     /// [`crate::TapSelection`] picks from): DINO's count, which CLIP's equals when it is loaded.
     pub fn scales(&self) -> usize {
