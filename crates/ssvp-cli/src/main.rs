@@ -50,6 +50,10 @@ enum Command {
     /// Time the pipeline stage by stage: ms, GFLOP/s and share of the CPU's FMA peak per stage,
     /// images/s and peak memory.
     Bench(cmd::bench::BenchArgs),
+    /// Download a backbones preset's weights into the Hugging Face cache (then run offline).
+    Fetch(cmd::fetch::FetchArgs),
+    /// Check this machine: CPU, memory, GPU, the weights cache, one image through each preset.
+    Doctor(cmd::doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,9 @@ fn main() -> ExitCode {
         Command::Report(args) => done(cmd::report::run(args)),
         Command::Serve(args) => done(cmd::serve::run(args)),
         Command::Bench(args) => done(cmd::bench::run(args)),
+        Command::Fetch(args) => done(cmd::fetch::run(args)),
+        // doctor reports failed checks through its exit code (1).
+        Command::Doctor(args) => cmd::doctor::run(args),
     };
     match result {
         Ok(code) => code,

@@ -31,6 +31,7 @@ pub mod calibrate;
 pub mod decision;
 pub mod detection;
 pub mod detector;
+pub mod doctor;
 pub mod error;
 pub mod evaluate;
 pub mod input;

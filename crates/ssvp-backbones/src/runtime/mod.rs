@@ -1,8 +1,10 @@
 //! Process-wide settings for running tensor work, and what the machine can do.
 
+mod cpu;
 mod device;
 mod peak;
 
+pub use cpu::{cpu_info, memory_info, CpuFeatures, CpuInfo, MemoryInfo};
 pub use device::{device_name, parse_device, CUDA_BUILT};
 pub use peak::{measure_fma_peak, FmaPeak};
 

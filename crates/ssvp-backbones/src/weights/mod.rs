@@ -11,6 +11,7 @@
 //!    the missing or misshapen tensor and the file it was looked for in.
 
 mod checkpoint;
+pub mod fetch;
 mod names;
 mod seeded;
 mod source;
