@@ -190,7 +190,12 @@ fn layer_sets_resolve_against_the_backbone_depths() {
         DinoLayerSet::QuarterPoints.resolve(6).unwrap(),
         vec![2, 3, 5, 6]
     );
-    assert!(DinoLayerSet::QuarterPoints.resolve(3).is_err());
+    // Fewer than 4 blocks tap some twice; none at all is an error.
+    assert_eq!(
+        DinoLayerSet::QuarterPoints.resolve(3).unwrap(),
+        vec![1, 2, 3, 3]
+    );
+    assert!(DinoLayerSet::QuarterPoints.resolve(0).is_err());
     // The literal set names blocks 4..12: too deep for a 10-block model.
     let err = m.backbone_layers(24, 10).unwrap_err().to_string();
     assert!(
