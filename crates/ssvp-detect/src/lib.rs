@@ -40,6 +40,7 @@ pub mod job;
 pub mod load;
 pub mod memory;
 pub mod output;
+pub mod preflight;
 pub mod scorer;
 pub mod settings;
 pub mod tiling;

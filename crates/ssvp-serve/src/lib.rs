@@ -25,5 +25,5 @@ pub mod state;
 
 pub use batcher::BatchOptions;
 pub use error::{ApiError, Error};
-pub use server::{init_logging, run, serve, termination, LogFormat};
+pub use server::{init_logging, run, serve, serve_until, signals, termination, LogFormat};
 pub use state::{ServeOptions, Service};

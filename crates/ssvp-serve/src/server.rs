@@ -59,6 +59,24 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
     S: Future<Output = ()> + Send + 'static,
 {
+    serve_until(listener, service, load, shutdown, std::future::pending()).await
+}
+
+/// [`serve`], and when `stop_now` completes (a second Ctrl-C or SIGTERM, during the drain), it
+/// stops at once: no more drain delay, no wait for the requests in flight or the batch queue.
+pub async fn serve_until<L, E, S, N>(
+    listener: TcpListener,
+    service: Service,
+    load: L,
+    shutdown: S,
+    stop_now: N,
+) -> Result<(), Error>
+where
+    L: FnOnce() -> Result<Detector, E> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Future<Output = ()> + Send + 'static,
+    N: Future<Output = ()> + Send + 'static,
+{
     let (failed_tx, failed_rx) = oneshot::channel::<Error>();
     {
         let service = service.clone();
@@ -122,6 +140,10 @@ where
             None
         }
         Ok(err) = failed_rx => Some(err),
+        () = stop_now => {
+            tracing::warn!("second signal: stopping now, without finishing the requests in flight");
+            return Ok(());
+        }
         _ = async {
             // The hard deadline counts from the listener's close.
             if began_rx.await.is_ok() {
@@ -160,6 +182,57 @@ where
     }
 }
 
+/// Listens for SIGTERM and Ctrl-C from now on: the first receiver resolves on the first
+/// signal, the second on the next one (the "stop now" of [`serve_until`]). Call it inside the
+/// runtime.
+pub fn signals() -> (oneshot::Receiver<()>, oneshot::Receiver<()>) {
+    let (first_tx, first_rx) = oneshot::channel();
+    let (second_tx, second_rx) = oneshot::channel();
+    #[cfg(unix)]
+    let streams = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
+    };
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let (mut interrupt, mut terminate) = streams;
+        for tx in [first_tx, second_tx] {
+            #[cfg(unix)]
+            tokio::select! {
+                () = next_signal(&mut interrupt) => {}
+                () = next_signal(&mut terminate) => {}
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            let _ = tx.send(());
+        }
+    });
+    (first_rx, second_rx)
+}
+
+/// The next delivery of `signal`; never, when it could not be listened for.
+#[cfg(unix)]
+async fn next_signal(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Resolves when `signal` fires; never when its sender is gone without firing.
+async fn fired(signal: oneshot::Receiver<()>) {
+    if signal.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn termination() {
     let ctrl_c = async {
@@ -183,8 +256,8 @@ pub async fn termination() {
 }
 
 /// `ssvp serve`: a runtime, the listener on `addr`, the model from `load`, until SIGTERM or
-/// Ctrl-C. Errors as in [`serve`], and [`Error::Options`], [`Error::Runtime`] and
-/// [`Error::Listen`] before the server starts.
+/// Ctrl-C (a second one stops the drain at once). Errors as in [`serve`], and
+/// [`Error::Options`], [`Error::Runtime`] and [`Error::Listen`] before the server starts.
 pub fn run<L, E>(
     addr: SocketAddr,
     options: ServeOptions,
@@ -202,7 +275,7 @@ where
         .thread_name("ssvp-serve")
         .build()
         .map_err(Error::Runtime)?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listen = |source| Error::Listen { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(listen)?;
         tracing::info!(
@@ -210,6 +283,11 @@ where
             model = %service.options().model_name,
             "listening; loading the model"
         );
-        serve(listener, service, load, termination()).await
-    })
+        let (first, second) = signals();
+        serve_until(listener, service, load, fired(first), fired(second)).await
+    });
+    // A batch still on the model (or a model still loading) must not hold the exit: dropping
+    // the runtime would wait for its blocking threads.
+    runtime.shutdown_background();
+    result
 }

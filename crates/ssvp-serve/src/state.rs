@@ -283,11 +283,14 @@ impl AppState {
     }
 
     /// Scores images through the batch queue; all of them or an error. The deadline is the
-    /// request's arrival plus the request timeout.
+    /// request's arrival plus the request timeout. With `threshold` (a request's own), the
+    /// images are decided at it instead of the server's threshold, before they are counted:
+    /// `ssvp_images_anomalous_total` counts the decisions the client gets.
     pub async fn score(
         &self,
         images: Vec<InputImage>,
         class_name: &str,
+        threshold: Option<f64>,
         arrived: Instant,
     ) -> Result<Vec<Scored>, ApiError> {
         let model = self.model()?;
@@ -321,6 +324,12 @@ impl AppState {
                     1,
                 )
             })??;
+        let mut scored = scored;
+        if let Some(t) = threshold {
+            for s in &mut scored {
+                model.detector.decide_at(&mut s.detection, t)?;
+            }
+        }
         self.metrics.images_scored.inc_by(scored.len() as u64);
         let anomalous = scored
             .iter()

@@ -22,7 +22,9 @@ Routes (docs/serve.md has the schemas and examples; GET /openapi.json the OpenAP
   GET  /v2, /v2/models/NAME, /v2/models/NAME/ready, /v2/health/live, /v2/health/ready
   GET  /healthz, /readyz, /metrics (Prometheus), /openapi.json
 
-The server listens at once and answers the probes while the model loads (live, not ready).
+The model flags are checked first (the files they name exist and read: checkpoint, config,
+bank, references, calibration); then the server listens and answers the probes while the model
+loads (live, not ready).
 Concurrent images are gathered into one backbone pass of up to --batch-size images; the oldest
 waits at most --max-queue-delay-ms for others. At most --max-queue-size images wait; beyond
 that, and while loading or draining, the answer is 503 with Retry-After.
@@ -39,8 +41,8 @@ KEY` (and /metrics too, unless --public-metrics).
 
 SIGTERM or Ctrl-C: readiness turns 503 at once while requests are still served for
 --drain-delay seconds; then the listener closes, requests in flight get --shutdown-timeout
-seconds, and the process exits 0. Logs: one line per request on stderr (RUST_LOG sets the
-level).";
+seconds, and the process exits 0. A second SIGTERM or Ctrl-C stops at once. Logs: one line
+per request on stderr (RUST_LOG sets the level).";
 
 #[derive(clap::Args)]
 #[command(after_help = SERVE_HELP)]
@@ -138,6 +140,9 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
     let spec = args
         .model
         .spec(detector_options, args.decision.calibration.clone())?;
+    // The model flags are checked before the port opens; the model loads after, while the
+    // probes answer.
+    ssvp_detect::preflight::check(&spec)?;
     let options = ServeOptions {
         model_name: args.model_name.clone(),
         batching: BatchOptions {

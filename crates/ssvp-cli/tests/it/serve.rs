@@ -106,6 +106,14 @@ fn sigterm(child: &Child) {
     assert!(status.success());
 }
 
+fn sigint(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
@@ -215,6 +223,44 @@ fn serve_answers_what_detect_writes_and_stops_on_sigterm() {
     );
 }
 
+/// Ctrl-C starts the drain (readiness 503, still serving for --drain-delay); a second Ctrl-C
+/// stops at once instead of waiting out a drain delay of a minute.
+#[test]
+fn a_second_ctrl_c_stops_the_drain_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, "disc", 2, 64, 3);
+    let good = data.join("disc/train/good");
+    let mut server = start(&[
+        "--backbones",
+        "tiny",
+        "--normal",
+        s(&good),
+        "--drain-delay",
+        "60",
+    ]);
+    sigint(&server.child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while request(server.addr, "GET", "/readyz", "", &[]).0 != 503 {
+        assert!(Instant::now() < deadline, "the drain did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still draining: alive, serving, not exited.
+    assert_eq!(request(server.addr, "GET", "/healthz", "", &[]).0, 200);
+    assert!(server.child.try_wait().unwrap().is_none());
+    let second = Instant::now();
+    sigint(&server.child);
+    let status = wait_exit(&mut server.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(second.elapsed() < Duration::from_secs(10));
+    // Every line up to the end of the process's stderr.
+    let mut log = Vec::new();
+    while let Ok(line) = server.log.recv_timeout(Duration::from_secs(5)) {
+        log.push(line);
+    }
+    assert!(log.iter().any(|l| l.contains("second signal")), "{log:?}");
+}
+
 #[test]
 fn serve_refuses_bad_flags_before_listening() {
     let tmp = tempfile::tempdir().unwrap();
@@ -259,11 +305,51 @@ fn serve_refuses_bad_flags_before_listening() {
         &run(&["--normal", s(&refs), "--request-timeout=-1"]),
         "--request-timeout",
     );
-    // A model that fails to load after the listener is up: the server stops with exit 2.
     fails_with(
         &run(&["--checkpoint", s(&tmp.path().join("no-run"))]),
-        "does not exist",
+        "no-run",
     );
+
+    // The model flags are checked before the port is opened: on a port that is taken, a bad
+    // flag is what the error names, not the port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let on_taken_port = |extra: &[&str]| {
+        let mut args = vec!["serve", "--backbones", "tiny", "--port", &port];
+        args.extend(extra);
+        ssvp(&args)
+    };
+    // Good flags: the port is what fails (so the port is really taken).
+    fails_with(&on_taken_port(&["--normal", s(&refs)]), "cannot listen");
+    let not_json = tmp.path().join("calibration.json");
+    std::fs::write(&not_json, "{").unwrap();
+    let bank = tmp.path().join("no.bank");
+    let config = tmp.path().join("bad.toml");
+    std::fs::write(&config, "[backbones\n").unwrap();
+    for (extra, needle) in [
+        (vec!["--bank", s(&bank)], "the bank"),
+        (
+            vec!["--normal", s(&refs), "--calibration", s(&not_json)],
+            "is not a calibration file",
+        ),
+        (
+            vec!["--checkpoint", s(&tmp.path().join("no-run"))],
+            "no-run",
+        ),
+        (
+            vec!["--normal", s(&refs), "--config", s(&config)],
+            "bad.toml",
+        ),
+    ] {
+        let out = on_taken_port(&extra);
+        fails_with(&out, needle);
+        assert!(
+            !common::stderr(&out).contains("cannot listen"),
+            "{extra:?}: {}",
+            common::stderr(&out)
+        );
+    }
+    drop(taken);
     // The OpenAPI document is the committed one.
     let out = ssvp(&["serve", "--print-openapi"]);
     ok(&out);

@@ -427,19 +427,17 @@ pub async fn infer(
     drop((header, binary));
     let mut images = Vec::with_capacity(files.len());
     for (i, bytes) in files.into_iter().enumerate() {
-        images.push(state.decode(bytes, format!("image {i}")).await?);
+        // Named so that the decoder's messages read "cannot decode image 0 of the request".
+        images.push(state.decode(bytes, format!("{i} of the request")).await?);
     }
     let detector = model.detector.clone();
     let class_name = asked
         .class_name
         .clone()
         .unwrap_or_else(|| detector.options().class_name.clone());
-    let mut scored = state.score(images, &class_name, context.arrived).await?;
-    if let Some(t) = asked.threshold {
-        for s in &mut scored {
-            detector.decide_at(&mut s.detection, t)?;
-        }
-    }
+    let scored = state
+        .score(images, &class_name, asked.threshold, context.arrived)
+        .await?;
     let mut parameters = Map::new();
     if let Some(t) = scored.first().and_then(|s| s.detection.threshold) {
         parameters.insert("threshold".into(), json!(t));

@@ -75,7 +75,9 @@ pub async fn detect(
             .map_err(|_| state.upload_timeout())??
     } else if IMAGE_TYPES.contains(&content_type.as_str()) {
         let bytes = state.read_body(request, context.arrived).await?;
-        (bytes, "upload".to_string())
+        // Named so that the decoder's messages read "cannot decode image from the request
+        // body".
+        (bytes, "from the request body".to_string())
     } else {
         return Err(ApiError::unsupported_media_type(format!(
             "{}: send the image as the body with Content-Type image/png, image/jpeg, image/tiff \
@@ -93,13 +95,10 @@ pub async fn detect(
         .class_name
         .clone()
         .unwrap_or_else(|| detector.options().class_name.clone());
-    let mut scored = state
-        .score(vec![image], &class_name, context.arrived)
+    let scored = state
+        .score(vec![image], &class_name, options.threshold, context.arrived)
         .await?
         .remove(0);
-    if let Some(t) = options.threshold {
-        detector.decide_at(&mut scored.detection, t)?;
-    }
     let scale = model.map_scale;
     let (want_map, want_overlay) = (
         options.map.unwrap_or(false),
@@ -173,7 +172,7 @@ async fn read_form(
             // The file name only ever appears in messages, shortened and printable.
             let file: String = field
                 .file_name()
-                .unwrap_or("upload")
+                .unwrap_or("of the form part `image`")
                 .chars()
                 .filter(|c| !c.is_control())
                 .take(100)

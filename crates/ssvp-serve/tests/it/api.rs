@@ -608,12 +608,13 @@ async fn open_inference_protocol_errors() {
         (
             input("image", "BYTES", json!([1]), json!([b64(b"not an image")])),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "image 0",
+            "unsupported image 0 of the request:",
         ),
         (
             input("image", "BYTES", json!([1]), json!([b64(&img[..40])])),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "image 0",
+            // Not "cannot decode image image 0".
+            "cannot decode image 0 of the request:",
         ),
         (json!({"inputs": []}), StatusCode::BAD_REQUEST, "no input"),
         (
@@ -773,6 +774,23 @@ async fn metrics_count_requests_images_batches_and_the_model() {
         .await;
         assert_eq!(s, StatusCode::OK);
     }
+    // The server has no threshold, so nothing above was judged anomalous; a request's own
+    // threshold decides its image, and the metric counts that decision: 0 flags the part,
+    // 1e6 does not.
+    for (threshold, anomalous) in [("0", true), ("1e6", false)] {
+        let (s, _, b) = call(
+            &service,
+            post(
+                &format!("/v1/detect?threshold={threshold}"),
+                "image/png",
+                png(&part(7, false)),
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let d: ssvp_serve::api::DetectResponse = serde_json::from_slice(&b).unwrap();
+        assert_eq!(d.detection.anomalous, Some(anomalous));
+    }
     call(
         &service,
         post(
@@ -790,15 +808,16 @@ async fn metrics_count_requests_images_batches_and_the_model() {
         .starts_with("application/openmetrics-text"));
     let text = String::from_utf8(b).unwrap();
     for needle in [
-        "ssvp_http_requests_total{route=\"/v1/detect\",status=\"200\"} 3",
+        "ssvp_http_requests_total{route=\"/v1/detect\",status=\"200\"} 5",
         "ssvp_http_requests_total{route=\"/v1/detect\",status=\"422\"} 1",
-        "ssvp_http_request_duration_seconds_count{route=\"/v1/detect\"} 4",
-        "ssvp_queue_wait_duration_seconds_count 3",
-        "ssvp_inference_duration_seconds_count 3",
-        "ssvp_batch_size_count 3",
-        "ssvp_images_decoded_total 3",
+        "ssvp_http_request_duration_seconds_count{route=\"/v1/detect\"} 6",
+        "ssvp_queue_wait_duration_seconds_count 5",
+        "ssvp_inference_duration_seconds_count 5",
+        "ssvp_batch_size_count 5",
+        "ssvp_images_decoded_total 5",
         "ssvp_images_refused_total{reason=\"invalid\"} 1",
-        "ssvp_images_scored_total 3",
+        "ssvp_images_scored_total 5",
+        "ssvp_images_anomalous_total 1",
         "ssvp_queue_depth 0",
         "ssvp_http_requests_in_flight 1",
         "ssvp_model_ready 1",
