@@ -13,8 +13,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates crates
-RUN cargo build --release --locked -p ssvp-cli \
- && strip target/release/ssvp
+# The release profile strips the binary (Cargo.toml).
+RUN cargo build --release --locked -p ssvp-cli
 
 FROM debian:bookworm-slim
 # CA certificates for downloads from the Hugging Face hub; nothing else is needed at run time.
