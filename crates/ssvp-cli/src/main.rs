@@ -22,12 +22,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    // Listed in `ssvp --help` in this order: the main job first.
     /// Inspect images: scores, decisions, anomaly maps, defect regions, overlays and a report.
     Detect(cmd::detect::DetectArgs),
     /// Fit thresholds and calibrated scores from good parts only (for `ssvp detect`).
     Calibrate(cmd::calibrate::CalibrateArgs),
     /// Serve the detector over HTTP: a native route and the Open Inference Protocol (KServe v2).
     Serve(cmd::serve::ServeArgs),
+    /// Try the whole job in seconds, offline, on synthetic parts: bank, calibration, detection,
+    /// report.
+    Demo(cmd::demo::DemoArgs),
     /// Build (or describe) a bank of good reference images for `ssvp detect --bank`.
     Bank(cmd::bank::BankArgs),
     /// Extract backbone features (CLIP or DINOv3) of one image into a safetensors file.
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         // detect reports anomalies and unreadable images through its exit code.
         Command::Detect(args) => cmd::detect::run(args),
         Command::Calibrate(args) => done(cmd::calibrate::run(args)),
+        Command::Demo(args) => done(cmd::demo::run(args)),
         Command::Bundle(args) => done(cmd::bundle::run(args)),
         Command::Bank(args) => done(cmd::bank::run(args)),
         Command::Report(args) => done(cmd::report::run(args)),

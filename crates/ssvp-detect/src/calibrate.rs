@@ -211,7 +211,10 @@ impl Calibration {
         {
             return Err(Error::new(
                 ErrorKind::Model,
-                format!("a normal image has a non-finite score or map ({bad:?})"),
+                format!(
+                    "a normal image has a non-finite score or map (score {}, map maximum {})",
+                    bad.score, bad.map_max
+                ),
             ));
         }
         let (_, held) = split_sizes(normal.len(), holdout_fraction);

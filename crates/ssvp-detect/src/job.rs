@@ -191,8 +191,51 @@ pub struct JobSummary {
     pub failed: usize,
     /// Records judged anomalous.
     pub anomalous: usize,
+    /// Records scored but not decided (no threshold: neither a calibration nor `--threshold`).
+    pub undecided: usize,
+    /// The first few failed records ([`FAILURES_LISTED`] at most), as `(path, why)`.
+    pub failures: Vec<(String, String)>,
     /// Wall time of this run.
     pub seconds: f64,
+}
+
+/// How many failed images a [`JobSummary`] names.
+pub const FAILURES_LISTED: usize = 3;
+
+impl JobSummary {
+    /// The counts of `records` (all of a run's records, earlier ones included on resume).
+    fn of_records(records: &[Record], scored_now: usize, resumed: usize, seconds: f64) -> Self {
+        let failed: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.status == Status::Error)
+            .collect();
+        Self {
+            records: records.len(),
+            scored_now,
+            resumed,
+            failed: failed.len(),
+            anomalous: records
+                .iter()
+                .filter(|r| r.anomalous() == Some(true))
+                .count(),
+            undecided: records
+                .iter()
+                .filter(|r| r.status == Status::Ok && r.anomalous().is_none())
+                .count(),
+            failures: failed
+                .iter()
+                .take(FAILURES_LISTED)
+                .map(|r| {
+                    let why = r.error.as_ref().map_or_else(
+                        || "no error message was recorded".to_string(),
+                        |e| e.message.clone(),
+                    );
+                    (r.path.clone(), why)
+                })
+                .collect(),
+            seconds,
+        }
+    }
 }
 
 /// The description of a run with `detector`.
@@ -364,17 +407,12 @@ pub fn run_detect(
     drop(writer);
     let mut records = read_records(&jsonl, false)?;
     write_summaries(out, &mut records, &info, &job.title)?;
-    Ok(JobSummary {
-        records: records.len(),
+    Ok(JobSummary::of_records(
+        &records,
         scored_now,
         resumed,
-        failed: records.iter().filter(|r| r.status == Status::Error).count(),
-        anomalous: records
-            .iter()
-            .filter(|r| r.anomalous() == Some(true))
-            .count(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Options of [`calibrate_files`].

@@ -18,6 +18,7 @@
 //! - [`evaluate`]: the same pipeline over a benchmark, with exact metrics (`ssvp eval`);
 //! - [`inputs`], [`job`], [`output`]: batch runs over files (`ssvp detect`, `ssvp calibrate`,
 //!   `ssvp report`) and the files they leave.
+//! - [`demo`]: the whole job on synthetic parts with the tiny backbones (`ssvp demo`).
 //!
 //! Errors carry an [`ErrorKind`] so that a front tells a bad input (4xx, a record in the
 //! JSONL) from a broken model (5xx, a failed run) without parsing messages.
@@ -29,6 +30,7 @@ pub mod bench;
 pub mod bundle;
 pub mod calibrate;
 pub mod decision;
+pub mod demo;
 pub mod detection;
 pub mod detector;
 pub mod doctor;

@@ -119,14 +119,32 @@ impl DetectorSettings {
         if a.map_size != b.map_size {
             diffs.push(format!("map size {} (now {})", a.map_size, b.map_size));
         }
-        if a.postprocess != b.postprocess {
+        let (pa, pb) = (&a.postprocess, &b.postprocess);
+        if pa.gaussian_sigma != pb.gaussian_sigma {
             diffs.push(format!(
-                "post-processing {:?} (now {:?})",
-                a.postprocess, b.postprocess
+                "post-processing: Gaussian sigma {} (now {})",
+                pa.gaussian_sigma, pb.gaussian_sigma
+            ));
+        }
+        if pa.upsample_align_corners != pb.upsample_align_corners {
+            diffs.push(format!(
+                "post-processing: upsampling with align_corners {} (now {})",
+                pa.upsample_align_corners, pb.upsample_align_corners
+            ));
+        }
+        if pa.per_class_minmax != pb.per_class_minmax {
+            diffs.push(format!(
+                "post-processing: per-class min-max normalisation {} (now {})",
+                on_off(pa.per_class_minmax),
+                on_off(pb.per_class_minmax)
             ));
         }
         if a.tiling != b.tiling {
-            diffs.push(format!("tiling {:?} (now {:?})", a.tiling, b.tiling));
+            diffs.push(format!(
+                "tiling: {} (now {})",
+                describe_tiling(a.tiling.as_ref()),
+                describe_tiling(b.tiling.as_ref())
+            ));
         }
         if a.memory != b.memory {
             let name = |m: &Option<ScorerSettings>| match m {
@@ -250,6 +268,25 @@ fn short_or_none(s: &str) -> &str {
     }
 }
 
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// `whole images` or `518 px tiles overlapping by at least 64 px`.
+fn describe_tiling(tiling: Option<&Tiling>) -> String {
+    match tiling {
+        None => "whole images".into(),
+        Some(t) => format!(
+            "{} px tiles overlapping by at least {} px",
+            t.size, t.overlap
+        ),
+    }
+}
+
 /// A finished SHA-256 as lowercase hex: the digests of [`ModelIdentity`].
 pub(crate) fn hex_digest(hasher: sha2::Sha256) -> String {
     use sha2::Digest;
@@ -285,5 +322,39 @@ mod tests {
             ..DetectorOptions::default()
         })
         .contains("map scale"));
+    }
+
+    /// What a calibration of other settings is refused for reads as English, not as Rust.
+    #[test]
+    fn differences_read_as_english() {
+        let a = DetectorSettings {
+            class_name: "object".into(),
+            map_size: 518,
+            postprocess: PostprocessConfig::default(),
+            tiling: None,
+            memory: None,
+        };
+        let b = DetectorSettings {
+            postprocess: PostprocessConfig {
+                gaussian_sigma: 2.0,
+                ..PostprocessConfig::default()
+            },
+            tiling: Some(Tiling {
+                size: 1036,
+                overlap: 128,
+            }),
+            ..a.clone()
+        };
+        let diffs = a.differences(&b);
+        assert_eq!(
+            diffs,
+            [
+                "post-processing: Gaussian sigma 4 (now 2)",
+                "tiling: whole images (now 1036 px tiles overlapping by at least 128 px)",
+            ]
+        );
+        assert!(diffs
+            .iter()
+            .all(|d| !d.contains('{') && !d.contains("Some(")));
     }
 }

@@ -161,8 +161,15 @@ impl Stitcher {
             || tile.y + tile.height > self.height
         {
             return Err(Error::model_msg(format!(
-                "a {}x{} tile map does not fit tile {tile:?} of a {}x{} image",
-                map.width, map.height, self.width, self.height
+                "a {}x{} tile map does not fit the {}x{} tile at ({}, {}) of a {}x{} image",
+                map.width,
+                map.height,
+                tile.width,
+                tile.height,
+                tile.x,
+                tile.y,
+                self.width,
+                self.height
             )));
         }
         let wx = ramp(tile.width, self.overlap);

@@ -188,7 +188,7 @@ fn samples_u8(img: DynamicImage, path: &Path) -> Result<(usize, usize, usize, Ve
         other => {
             return Err(Error::Unsupported {
                 path: path.to_path_buf(),
-                message: format!("pixel layout {:?}", other.color()),
+                message: format!("pixel layout {}", color_name(other.color().into())),
             })
         }
     };

@@ -6,7 +6,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use ssvp_eval::datasets::{self, CheckLevel, Layout, LoadOptions, OnProblem, Split};
 
+const DATASET_HELP: &str = "\
+Without --check only the files' headers are read: every listed image and mask exists, its
+header parses (format and size) and each mask has its image's size. The pixels are not decoded,
+so a file cut short or corrupt after its header passes; --check decodes every image and mask
+(slower: a full read of the dataset) and also requires each anomalous sample's mask to mark at
+least one pixel.";
+
 #[derive(clap::Args)]
+#[command(after_help = DATASET_HELP)]
 pub struct DatasetArgs {
     /// Dataset root (for a meta.json index: its folder or the file itself).
     #[arg(long)]
@@ -21,8 +29,8 @@ pub struct DatasetArgs {
     /// Only these categories (comma-separated folder names).
     #[arg(long, value_delimiter = ',')]
     pub categories: Vec<String>,
-    /// Decode every image and mask fully and require non-empty anomaly masks (default: check
-    /// headers and sizes only).
+    /// Decode every image and mask fully and require non-empty anomaly masks. Without it only
+    /// headers are read (existence, format, sizes): truncated pixel data is not found.
     #[arg(long)]
     pub check: bool,
     /// Drop problematic samples (listed as warnings) instead of failing.
@@ -79,6 +87,12 @@ pub fn run(args: DatasetArgs) -> anyhow::Result<()> {
         "{:<24} {:<24} {:>7} {:>9}",
         "total", "", total.normal, total.anomalous
     );
+    if !args.check {
+        eprintln!(
+            "checked the headers only (files exist, formats and sizes); --check decodes every \
+             image and mask"
+        );
+    }
     if !loaded.skipped.is_empty() {
         eprintln!("warning: skipped {} problem(s):", loaded.skipped.len());
         for p in &loaded.skipped {

@@ -1,18 +1,27 @@
 //! `ssvp detect`: score a folder of images with a trained head, good references or mutual
 //! scoring (library: `ssvp_detect::job`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ssvp_detect::inputs::{collect, glob_set, outside, require_some, Shard};
-use ssvp_detect::job::{run_detect, DetectJob};
+use ssvp_detect::job::{run_detect, DetectJob, JobSummary};
 use ssvp_detect::output::files::FileOptions;
 use ssvp_eval::maps::io::MapFormat;
 
 use super::detector_args::{expand_inputs, load_detector, DecisionArgs, ModelArgs};
 
 const DETECT_HELP: &str = "\
+Examples:
+  # Against a bank of good parts (`ssvp bank build`) with its calibration (`ssvp calibrate`):
+  ssvp detect --bank line3-bank.safetensors --calibration line3-bank-calib.json \\
+      --out results/today /data/line3/today
+  # With a trained SSVP head (`ssvp train`) and its calibration:
+  ssvp detect --checkpoint runs/visa --class-name \"metal plate\" --calibration line3-calib.json \\
+      --out results/today /data/line3/today
+  `ssvp demo` runs a bank, a calibration and this command on synthetic parts.
+
 Inputs: image files (PNG, JPEG, BMP, TIFF; 8/16-bit, grey, RGB(A), palette), directories (walked
 recursively in sorted order, keeping png/jpg/jpeg/bmp/tif/tiff files, or those matching --glob
 relative to the directory), and `-` for a list of paths on stdin. EXIF orientation is applied and
@@ -128,25 +137,25 @@ pub fn run(mut args: DetectArgs) -> anyhow::Result<ExitCode> {
         bar.set_message(format!("{} flagged, {} failed", p.flagged, p.failed));
     })?;
     bar.finish_and_clear();
-    let rate = summary.scored_now as f64 / summary.seconds.max(1e-9);
     eprintln!(
-        "{} images in {} ({} scored now at {rate:.2} images/s{}): {} flagged anomalous, {} \
-         failed; {}",
-        summary.records,
-        args.out.display(),
-        summary.scored_now,
-        if summary.resumed > 0 {
-            format!(", {} done earlier", summary.resumed)
-        } else {
-            String::new()
-        },
-        summary.anomalous,
-        summary.failed,
-        match detector.image_threshold() {
-            Some(t) => format!("threshold {t:.6}"),
-            None => "no threshold (calibrate with `ssvp calibrate`, or pass --threshold)".into(),
-        }
+        "{}",
+        summary_line(&summary, &args.out, detector.image_threshold())
     );
+    for (path, why) in &summary.failures {
+        // Most messages name their file already.
+        if why.contains(path.as_str()) {
+            eprintln!("  failed: {why}");
+        } else {
+            eprintln!("  failed: {path}: {why}");
+        }
+    }
+    if summary.failed > summary.failures.len() {
+        eprintln!(
+            "  ... and {} more failed (their records in {} say why)",
+            summary.failed - summary.failures.len(),
+            args.out.join(ssvp_detect::output::JSONL_FILE).display()
+        );
+    }
     Ok(if summary.failed > 0 {
         ExitCode::from(3)
     } else if args.fail_on_anomaly && summary.anomalous > 0 {
@@ -154,4 +163,35 @@ pub fn run(mut args: DetectArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The closing line of a run: how many images, flagged, not decided (no threshold) and failed.
+pub fn summary_line(summary: &JobSummary, out: &Path, threshold: Option<f64>) -> String {
+    let rate = summary.scored_now as f64 / summary.seconds.max(1e-9);
+    let mut verdicts = Vec::new();
+    if threshold.is_some() || summary.anomalous > 0 {
+        verdicts.push(format!("{} flagged anomalous", summary.anomalous));
+    }
+    if summary.undecided > 0 {
+        verdicts.push(format!("{} not decided", summary.undecided));
+    }
+    verdicts.push(format!("{} failed", summary.failed));
+    format!(
+        "{} images in {} ({} scored now at {rate:.2} images/s{}): {}; {}",
+        summary.records,
+        out.display(),
+        summary.scored_now,
+        if summary.resumed > 0 {
+            format!(", {} done earlier", summary.resumed)
+        } else {
+            String::new()
+        },
+        verdicts.join(", "),
+        match threshold {
+            Some(t) => format!("threshold {t:.6}"),
+            None => "no threshold, so no decisions (calibrate with `ssvp calibrate`, or pass \
+                     --threshold)"
+                .into(),
+        }
+    )
 }

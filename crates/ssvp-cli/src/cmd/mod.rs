@@ -3,6 +3,7 @@ pub mod bench;
 pub mod bundle;
 pub mod calibrate;
 pub mod dataset;
+pub mod demo;
 pub mod detect;
 pub mod detector_args;
 pub mod doctor;

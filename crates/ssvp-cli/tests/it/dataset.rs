@@ -82,6 +82,20 @@ fn prints_counts_and_writes_meta_json() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("meta-json layout, train split"), "{out}");
     assert!(!out.contains("screw"), "{out}");
+    // Without --check it says that it read headers only.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("checked the headers only"), "{err}");
+}
+
+#[test]
+fn help_says_what_is_checked_without_check() {
+    let o = ssvp().args(["dataset", "--help"]).output().unwrap();
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.contains("Without --check only the files' headers are read"),
+        "{help}"
+    );
 }
 
 #[test]

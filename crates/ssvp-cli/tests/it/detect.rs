@@ -107,6 +107,14 @@ fn calibrate_detect_report_and_exit_codes() {
     let failed: Vec<_> = recs.iter().filter(|r| r["status"] == "error").collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["error"]["kind"], "unsupported");
+    // The closing lines count the failure and name the file and why.
+    let err = stderr(&out);
+    assert!(err.contains(", 1 failed; threshold"), "{err}");
+    let named = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("failed:"))
+        .unwrap_or_else(|| panic!("no failed file named: {err}"));
+    assert!(named.contains("notes.png"), "{err}");
     for f in ["detections.csv", "report.html", "run.json"] {
         assert!(out_dir.join(f).is_file(), "{f}");
     }
@@ -141,6 +149,10 @@ fn calibrate_detect_report_and_exit_codes() {
     ok(&out);
     assert!(stderr(&out).contains("20 images"), "{}", stderr(&out));
     assert!(stderr(&out).contains("0 scored now"), "{}", stderr(&out));
+    // No calibration and no --threshold: nothing was decided, and the line says so (not
+    // "0 flagged").
+    assert!(stderr(&out).contains("20 not decided"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("flagged"), "{}", stderr(&out));
     std::fs::remove_dir_all(&inner).unwrap();
 
     // --fail-on-anomaly: exit 1 when something is flagged (threshold 0 flags everything).
@@ -148,8 +160,19 @@ fn calibrate_detect_report_and_exit_codes() {
     args.extend(model(&st, "woven"));
     let flag_dir = st.root.join("flag");
     args.extend(["--threshold", "0", "--fail-on-anomaly", "--no-overlays"]);
+    // --map-scale LO,HI as its help writes it (one argument), recorded in run.json.
+    args.extend(["--map-scale", "0,0.5"]);
     args.extend(["--out", s(&flag_dir), s(&test_dir)]);
     assert_eq!(code(&ssvp(&args)), 1);
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(flag_dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["map_scale"], serde_json::json!([0.0, 0.5]));
+    let mut bad_scale = args.clone();
+    let at = bad_scale.iter().position(|a| *a == "0,0.5").unwrap();
+    bad_scale[at] = "0.5";
+    let out = ssvp(&bad_scale);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("is not LO,HI"), "{}", stderr(&out));
 
     // A list of paths on stdin and a glob over a directory.
     let list_dir = st.root.join("list");

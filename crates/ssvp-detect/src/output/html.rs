@@ -1,9 +1,12 @@
-//! `report.html`: the self-contained report of a run.
+//! `report.html`: the report of a run, one folder with the pictures it shows.
 //!
-//! One file that opens anywhere, offline: the style sheet and the one small script (table
-//! sorting) are inline, text uses the system fonts, the histogram is inline SVG, and images are
-//! referenced by relative URLs into `thumbs/` and `overlays/` beside the report, so the output
-//! directory can be copied or zipped as a whole. Nothing is fetched from the network.
+//! It opens anywhere, offline: the style sheet and the one small script (table sorting) are
+//! inline, text uses the system fonts, the histogram is inline SVG, and images are referenced
+//! by relative URLs into `thumbs/` and `overlays/` beside the report, so the output directory
+//! is copied or zipped as a whole. Nothing is fetched from the network. Opened without its
+//! folders, the page still reads: the summary, histogram and table are in the file, and each
+//! missing picture keeps its frame with its alt text (wrapped inside the frame) and a note
+//! says where the pictures live.
 //!
 //! Sections: a summary of the run (counts, thresholds, calibration, model, settings, map colour
 //! scale, time per image), a histogram of the raw scores, a sortable table of every image
@@ -49,7 +52,7 @@ macro_rules! w {
     }};
 }
 
-/// The self-contained HTML report of a run: `records` in any order (the report sorts them),
+/// The HTML report of a run (it shows the pictures of `thumbs/` and `overlays/` beside it): `records` in any order (the report sorts them),
 /// `info` the run's description, `title` the page's heading.
 ///
 /// Image files are linked by the records' [`OutputFiles`](super::OutputFiles) paths, which
@@ -75,9 +78,9 @@ pub fn render(records: &[Record], info: &RunInfo, title: &str) -> String {
     cards(&mut out, &rows);
     w!(
         out,
-        "</main>\n<footer>Written by ssvp {}. This page is self-contained: it loads its images \
-         from the <code>thumbs/</code> and <code>overlays/</code> folders next to it and \
-         nothing from the network.</footer>\n",
+        "</main>\n<footer>Written by ssvp {}. This page loads its images from the \
+         <code>thumbs/</code> and <code>overlays/</code> folders next to it and nothing from the \
+         network.</footer>\n",
         Esc(&info.ssvp_version)
     );
     w!(out, "<script>\n{SORT_SCRIPT}</script>\n</body>\n</html>\n");
@@ -287,8 +290,8 @@ td.err{color:#8a1c10;overflow-wrap:anywhere;min-width:14em}
 .card{background:#fff;border:1px solid #d8dbe0;border-left:4px solid #d8dbe0;border-radius:6px;padding:10px 12px}
 .card:target{outline:2px solid #1f5fa8}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:8px;margin-bottom:8px}
-.pair figure{margin:0}
-.pair img{display:block;width:100%;height:auto;background:#eceef1;border-radius:3px}
+.pair figure{margin:0;min-width:0}
+.pair img{display:block;width:100%;height:auto;background:#eceef1;border-radius:3px;overflow:hidden;overflow-wrap:anywhere;font-size:.8em;color:#5b6068}
 .pair figcaption{font-size:.8em;color:#5b6068;text-align:center}
 .noimg{display:flex;align-items:center;justify-content:center;width:100%;aspect-ratio:4/3;background:#eceef1;color:#7a7f87;border:1px dashed #b9bdc4;border-radius:3px;font-size:.9em}
 .card .path{overflow-wrap:anywhere}
@@ -995,6 +998,13 @@ fn cards(out: &mut String, rows: &[Row]) {
             scored - shown
         );
     }
+    // The pictures are files beside the report: say so where they show, for a report.html
+    // that travelled alone (its text, table and histogram are in the file itself).
+    out.push_str(
+        "<p class=\"note\">The pictures are the files in <code>thumbs/</code> and \
+         <code>overlays/</code> beside this report (the maps in <code>maps/</code>): keep or \
+         send the whole folder, not report.html alone.</p>\n",
+    );
     out.push_str("<div class=\"cards\">\n");
     for row in rows.iter().filter(|r| r.card) {
         if let Some(det) = row.det {
@@ -1464,6 +1474,12 @@ mod tests {
         assert!(html.contains("loading=\"lazy\""));
         // The missing thumbnail has a placeholder.
         assert_eq!(html.matches(">no image</div>").count(), 1);
+        // Opened without its folders, the report says where the pictures are, and a picture
+        // that does not load keeps its frame: alt text, its size, wrapped inside the frame.
+        assert!(html.contains("not report.html alone"));
+        assert!(html.contains("alt=\"bad/001.png (image)\""));
+        assert!(html.contains(".pair figure{margin:0;min-width:0}"));
+        assert!(html.contains("overflow-wrap:anywhere;font-size:.8em"));
         // Summary.
         assert!(html.contains("<code title=\"0123456789abcdef0123\">0123456789ab</code>"));
         assert!(html.contains("<li><b>4</b>images</li>"));

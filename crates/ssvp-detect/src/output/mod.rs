@@ -3,7 +3,7 @@
 //! ```text
 //! <out>/detections.jsonl   one Record per image, appended and flushed as each image finishes
 //! <out>/detections.csv     the same, one row per image (written at the end)
-//! <out>/report.html        self-contained report (written at the end)
+//! <out>/report.html        the report (written at the end); its pictures are thumbs/, overlays/
 //! <out>/maps/<input path>.{png,npy,tiff}      the anomaly map at the image's resolution
 //! <out>/overlays/<input path>.jpg             the image with the map blended in, regions outlined
 //! <out>/thumbs/<input path>.jpg, .overlay.jpg small copies for the report

@@ -512,7 +512,7 @@ pub enum DatasetError {
         message: String,
     },
     /// Samples failed the checks under [`OnProblem::Fail`]; every offending path is listed.
-    #[error("{} problem{} in the dataset (skip them with --skip-bad / OnProblem::Skip):\n{}", .0.0.len(), if .0.0.len() == 1 { "" } else { "s" }, .0)]
+    #[error("{} problem{} in the dataset (skip them with --skip-bad):\n{}", .0.0.len(), if .0.0.len() == 1 { "" } else { "s" }, .0)]
     Problems(ProblemList),
     /// Nothing is left to read after filtering and skipping.
     #[error("no samples left in {root} (split {split})")]

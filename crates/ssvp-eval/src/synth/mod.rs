@@ -318,12 +318,81 @@ pub struct SynthSummary {
     pub files_written: usize,
 }
 
-struct Job {
-    kind: Kind,
-    part: Part,
-    index: usize,
-    image_path: PathBuf,
-    mask_path: Option<PathBuf>,
+/// One image of the benchmark and where it goes: what [`write_samples`] renders and writes.
+/// [`generate`] lays them out in MVTec layout; other layouts (`ssvp demo`'s folders of
+/// references, held-out good parts and a day's parts) name other paths for the same images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The category.
+    pub kind: Kind,
+    /// Which part of the benchmark the image is (its seed derives from this and `index`).
+    pub part: Part,
+    /// Its index within the part (per defect type for defects).
+    pub index: usize,
+    /// Where the image is written (PNG).
+    pub image_path: PathBuf,
+    /// Where the defect's 0/255 mask is written (PNG), if anywhere.
+    pub mask_path: Option<PathBuf>,
+}
+
+impl Sample {
+    /// The defect type of this image (`None` for a good one).
+    pub fn defect(&self) -> Option<Defect> {
+        match self.part {
+            Part::TestDefect(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// The `n` defective images of `kind`, spread round-robin over its defect types (as
+/// [`generate`] makes them): `(defect, index within the defect type)`.
+pub fn defect_slots(kind: Kind, n: usize) -> Vec<(Defect, usize)> {
+    let defects = kind.defects();
+    (0..n)
+        .map(|i| (defects[i % defects.len()], i / defects.len()))
+        .collect()
+}
+
+/// Renders and writes `samples` of `size` px from `seed` (in parallel, creating their folders):
+/// the images [`generate`] would write for the same kind, part, index, size and seed, byte for
+/// byte. Returns the number of files written (images and masks).
+pub fn write_samples(samples: &[Sample], size: u32, seed: u64) -> Result<usize, SynthError> {
+    if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
+        return Err(SynthError::Config(format!(
+            "image size {size} is outside {MIN_SIZE}..={MAX_SIZE}"
+        )));
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| SynthError::Io { path, error }
+    };
+    // Create folders up front (sequentially), then render and encode in parallel.
+    for job in samples {
+        for p in std::iter::once(&job.image_path).chain(job.mask_path.iter()) {
+            let parent = p.parent().expect("joined paths have parents");
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+    }
+    let written: Result<Vec<usize>, SynthError> = samples
+        .par_iter()
+        .map(|job| {
+            let r = render(
+                job.kind,
+                job.defect(),
+                size,
+                sample_seed(seed, job.kind, job.part, job.index),
+            );
+            write_png(&job.image_path, PngImage::Rgb(&r.image))?;
+            if let (Some(path), Some(mask)) = (&job.mask_path, &r.mask) {
+                write_png(path, PngImage::Gray(mask))?;
+                Ok(2)
+            } else {
+                Ok(1)
+            }
+        })
+        .collect();
+    Ok(written?.into_iter().sum())
 }
 
 /// Write the benchmark under `out`.
@@ -372,14 +441,14 @@ pub fn generate(out: &Path, cfg: &SynthConfig, force: bool) -> Result<SynthSumma
         }
         let k = cfg.per_category;
         for index in 0..k {
-            jobs.push(Job {
+            jobs.push(Sample {
                 kind,
                 part: Part::Train,
                 index,
                 image_path: dir.join("train/good").join(format!("{index:03}.png")),
                 mask_path: None,
             });
-            jobs.push(Job {
+            jobs.push(Sample {
                 kind,
                 part: Part::TestGood,
                 index,
@@ -387,11 +456,8 @@ pub fn generate(out: &Path, cfg: &SynthConfig, force: bool) -> Result<SynthSumma
                 mask_path: None,
             });
         }
-        let defects = kind.defects();
-        for i in 0..k {
-            let defect = defects[i % defects.len()];
-            let index = i / defects.len();
-            jobs.push(Job {
+        for (defect, index) in defect_slots(kind, k) {
+            jobs.push(Sample {
                 kind,
                 part: Part::TestDefect(defect),
                 index,
@@ -413,41 +479,11 @@ pub fn generate(out: &Path, cfg: &SynthConfig, force: bool) -> Result<SynthSumma
             test_anomalous: k,
         });
     }
-    // Create folders up front (sequentially), then render and encode in parallel.
-    for job in &jobs {
-        for p in std::iter::once(&job.image_path).chain(job.mask_path.iter()) {
-            let parent = p.parent().expect("joined paths have parents");
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-        }
-    }
-    let size = cfg.size;
-    let seed = cfg.seed;
-    let written: Result<Vec<usize>, SynthError> = jobs
-        .par_iter()
-        .map(|job| {
-            let defect = match job.part {
-                Part::TestDefect(d) => Some(d),
-                _ => None,
-            };
-            let r = render(
-                job.kind,
-                defect,
-                size,
-                sample_seed(seed, job.kind, job.part, job.index),
-            );
-            write_png(&job.image_path, PngImage::Rgb(&r.image))?;
-            if let (Some(path), Some(mask)) = (&job.mask_path, &r.mask) {
-                write_png(path, PngImage::Gray(mask))?;
-                Ok(2)
-            } else {
-                Ok(1)
-            }
-        })
-        .collect();
+    let files_written = write_samples(&jobs, cfg.size, cfg.seed)?;
     Ok(SynthSummary {
         out: out.to_path_buf(),
         kinds: summaries,
-        files_written: written?.into_iter().sum(),
+        files_written,
     })
 }
 

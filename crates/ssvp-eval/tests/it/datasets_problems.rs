@@ -68,6 +68,9 @@ fn fail_lists_every_offending_path() {
     assert_eq!(sorted(got), sorted(expected.clone()));
     let text = err.to_string();
     assert!(text.starts_with("4 problems"), "{text}");
+    // Says what to do in the CLI's words, not in Rust's (`OnProblem::Skip`).
+    assert!(text.contains("skip them with --skip-bad)"), "{text}");
+    assert!(!text.contains("::"), "{text}");
     for (path, _) in &expected {
         assert!(
             text.contains(&path.display().to_string()),
