@@ -96,3 +96,40 @@ fn the_headless_config_reader_agrees_with_the_head_builds() {
         ErrorKind::InvalidInput
     );
 }
+
+/// The example configs for local weights (`examples/configs/*.toml`) read as the presets they
+/// name, with only the weights' paths changed; the paper's also as a whole SSVP config.
+#[test]
+fn the_example_configs_are_their_presets_with_local_weights() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let (backbones, taps, _) = ssvp_detect::load::scoring_config(Some(&path), None).unwrap();
+        let name = backbones
+            .preset
+            .clone()
+            .expect("each example names its preset");
+        let preset = ssvp_features::presets::preset(&name).unwrap();
+        let local = ssvp_features::BackbonesConfig {
+            clip: preset.config.clip.clone(),
+            dino: preset.config.dino.clone(),
+            ..backbones.clone()
+        };
+        assert_eq!(local, preset.config, "{}", path.display());
+        assert_eq!(taps, preset.taps, "{}", path.display());
+        assert!(
+            backbones.dino.starts_with("/opt/models/"),
+            "{}",
+            path.display()
+        );
+        if name == "paper" {
+            ssvp_model::SsvpConfig::from_toml_file(&path).unwrap();
+        }
+    }
+    assert_eq!(seen, 3);
+}
