@@ -140,7 +140,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!();
     println!(
         "The same steps by hand (for your own parts: your folders, and real backbones instead \
-         of tiny):"
+         of tiny; the bank brings its backbones to calibrate and detect):"
     );
     let o = shown(out);
     println!(
@@ -150,7 +150,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         shown(&demo.bank)
     );
     println!(
-        "  ssvp calibrate --backbones tiny --bank {} --normal {} --target-fpr {} --holdout 0 \
+        "  ssvp calibrate --bank {} --normal {} --target-fpr {} --holdout 0 \
          {}--out {}",
         shown(&demo.bank),
         shown(&demo.holdout_dir),
@@ -159,7 +159,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         shown(&demo.calibration_file)
     );
     println!(
-        "  ssvp detect --backbones tiny --bank {} --calibration {} {}--out {o}/inspect-again {}",
+        "  ssvp detect --bank {} --calibration {} {}--out {o}/inspect-again {}",
         shown(&demo.bank),
         shown(&demo.calibration_file),
         map_size_flag(p),
