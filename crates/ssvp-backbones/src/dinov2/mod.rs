@@ -25,8 +25,6 @@ mod interpolate;
 mod model;
 pub mod names;
 
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device};
 
 pub use config::{Activation, Dinov2Config, PRESETS};
@@ -35,7 +33,7 @@ pub use names::{Dinov2Names, NameScheme};
 // The token helpers are family-independent: DINOv2 lays its tokens out as DINOv3 does.
 pub use crate::dinov3::{patches_to_map, split_tokens, HiddenStates, Tokens};
 
-use crate::weights::{Checkpoint, ModelSource, Renames, ResolvedFiles, WantedFiles};
+use crate::weights::{Checkpoint, Renames, ResolvedFiles};
 use crate::{Error, Result};
 
 /// Per-channel mean of the DINOv2 weights' normalisation: ImageNet's.
@@ -43,66 +41,11 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// Per-channel standard deviation of the DINOv2 weights' normalisation: ImageNet's.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Weights files tried in a directory or hub repo, in order; a local directory without any of
-/// them may hold a single Meta checkpoint (`*.pth`).
-const WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "model.safetensors.index.json"];
-
 /// Turns `--weights` (a file, a directory, or a hub id) into files on disk: a Hugging Face
 /// directory or hub repo (`model.safetensors` and `config.json`), a weights file, or a local
 /// directory holding exactly one Meta `.pth`.
 pub fn resolve(spec: &str) -> Result<ResolvedFiles> {
-    let source = ModelSource::parse(spec)?;
-    let wanted = WantedFiles {
-        weights: &WEIGHTS_FILES,
-        config: Some("config.json"),
-    };
-    match &source {
-        ModelSource::Local(dir) if dir.is_dir() => match source.resolve(wanted) {
-            Ok(files) => Ok(files),
-            Err(_) => resolve_meta_dir(dir),
-        },
-        _ => source.resolve(wanted),
-    }
-}
-
-/// A directory with one Meta checkpoint (`dinov2_vitl14_reg4_pretrain.pth`).
-fn resolve_meta_dir(dir: &Path) -> Result<ResolvedFiles> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth"))
-        .collect();
-    found.sort();
-    match found.len() {
-        0 => Err(Error::NotFound {
-            message: format!(
-                "directory {} has no DINOv2 weights: looked for {} and *.pth",
-                dir.display(),
-                WEIGHTS_FILES.join(", ")
-            ),
-            path: Some(dir.to_path_buf()),
-            source: None,
-        }),
-        1 => {
-            let config = Some(dir.join("config.json")).filter(|c| c.is_file());
-            Ok(ResolvedFiles {
-                weights: found.remove(0),
-                config,
-                origin: dir.display().to_string(),
-            })
-        }
-        _ => Err(Error::InvalidInput {
-            message: format!(
-                "directory {} has several .pth files ({}); pass the one to use",
-                dir.display(),
-                found
-                    .iter()
-                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }),
-    }
+    crate::weights::resolve_hf_or_meta(spec, "DINOv2")
 }
 
 impl Dinov2Model {

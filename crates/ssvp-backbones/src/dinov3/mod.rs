@@ -17,8 +17,6 @@ mod model;
 pub mod names;
 mod rope;
 
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device};
 
 pub use config::{Activation, Dinov3Config, PRESETS};
@@ -26,7 +24,7 @@ pub use model::{patches_to_map, split_tokens, Dinov3Model, Dinov3Output, HiddenS
 pub use names::{Dinov3Names, NameScheme};
 pub use rope::{apply_rope, Rope, RopeTables};
 
-use crate::weights::{Checkpoint, ModelSource, Renames, ResolvedFiles, WantedFiles};
+use crate::weights::{Checkpoint, Renames, ResolvedFiles};
 use crate::{Error, Result};
 
 /// Per-channel mean of the LVD-1689M (web image) weights' normalisation: ImageNet's.
@@ -38,64 +36,9 @@ pub const SAT493M_MEAN: [f32; 3] = [0.430, 0.411, 0.296];
 /// Per-channel standard deviation of the SAT-493M weights' normalisation.
 pub const SAT493M_STD: [f32; 3] = [0.213, 0.156, 0.143];
 
-/// Weights files tried in a directory or hub repo, in order; a local directory without any of
-/// them may hold a single Meta checkpoint (`*.pth`).
-const WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "model.safetensors.index.json"];
-
 /// Turns `--weights` (a file, a directory, or a hub id) into files on disk.
 pub fn resolve(spec: &str) -> Result<ResolvedFiles> {
-    let source = ModelSource::parse(spec)?;
-    let wanted = WantedFiles {
-        weights: &WEIGHTS_FILES,
-        config: Some("config.json"),
-    };
-    match &source {
-        ModelSource::Local(dir) if dir.is_dir() => match source.resolve(wanted) {
-            Ok(files) => Ok(files),
-            Err(_) => resolve_meta_dir(dir),
-        },
-        _ => source.resolve(wanted),
-    }
-}
-
-/// A directory with one Meta checkpoint (`dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth`).
-fn resolve_meta_dir(dir: &Path) -> Result<ResolvedFiles> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth"))
-        .collect();
-    found.sort();
-    match found.len() {
-        0 => Err(Error::NotFound {
-            message: format!(
-                "directory {} has no DINOv3 weights: looked for {} and *.pth",
-                dir.display(),
-                WEIGHTS_FILES.join(", ")
-            ),
-            path: Some(dir.to_path_buf()),
-            source: None,
-        }),
-        1 => {
-            let config = Some(dir.join("config.json")).filter(|c| c.is_file());
-            Ok(ResolvedFiles {
-                weights: found.remove(0),
-                config,
-                origin: dir.display().to_string(),
-            })
-        }
-        _ => Err(Error::InvalidInput {
-            message: format!(
-                "directory {} has several .pth files ({}); pass the one to use",
-                dir.display(),
-                found
-                    .iter()
-                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }),
-    }
+    crate::weights::resolve_hf_or_meta(spec, "DINOv3")
 }
 
 impl Dinov3Model {

@@ -19,4 +19,7 @@ mod source;
 pub use checkpoint::Checkpoint;
 pub use names::{NameScheme, Renames};
 pub use seeded::seeded_var_builder;
-pub use source::{hub_cache_dir, HubSettings, ModelSource, ResolvedFiles, WantedFiles};
+pub use source::{
+    hub_cache_dir, resolve_hf_or_meta, HubSettings, ModelSource, ResolvedFiles, WantedFiles,
+    HF_WEIGHTS_FILES,
+};

@@ -393,3 +393,65 @@ mod tests {
         assert!(err.to_string().contains("model.safetensors"), "{err}");
     }
 }
+
+/// Weights files a DINO directory or hub repo is searched for, in order.
+pub const HF_WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "model.safetensors.index.json"];
+
+/// Resolves a DINO `--weights` (DINOv2 and DINOv3 ship alike): a Hugging Face directory or hub
+/// repo (`model.safetensors` or its index, and `config.json`), a weights file, or a local
+/// directory holding exactly one Meta `.pth`. `model` names the family in messages.
+pub fn resolve_hf_or_meta(spec: &str, model: &str) -> Result<ResolvedFiles> {
+    let source = ModelSource::parse(spec)?;
+    let wanted = WantedFiles {
+        weights: &HF_WEIGHTS_FILES,
+        config: Some("config.json"),
+    };
+    match &source {
+        ModelSource::Local(dir) if dir.is_dir() => match source.resolve(wanted) {
+            Ok(files) => Ok(files),
+            Err(_) => resolve_meta_dir(dir, model),
+        },
+        _ => source.resolve(wanted),
+    }
+}
+
+/// A directory with one Meta checkpoint (`dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth`,
+/// `dinov2_vitl14_reg4_pretrain.pth`).
+fn resolve_meta_dir(dir: &Path, model: &str) -> Result<ResolvedFiles> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "pth"))
+        .collect();
+    found.sort();
+    match found.len() {
+        0 => Err(Error::NotFound {
+            message: format!(
+                "directory {} has no {model} weights: looked for {} and *.pth",
+                dir.display(),
+                HF_WEIGHTS_FILES.join(", ")
+            ),
+            path: Some(dir.to_path_buf()),
+            source: None,
+        }),
+        1 => {
+            let config = Some(dir.join("config.json")).filter(|c| c.is_file());
+            Ok(ResolvedFiles {
+                weights: found.remove(0),
+                config,
+                origin: dir.display().to_string(),
+            })
+        }
+        _ => Err(Error::InvalidInput {
+            message: format!(
+                "directory {} has several .pth files ({}); pass the one to use",
+                dir.display(),
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}

@@ -143,6 +143,11 @@ fn references_bank_mutual_calibrate_and_eval_without_a_head() {
     ];
     args.extend(tiny);
     ok(&ssvp(&args));
+    // The calibration records the backbones it was made with (CLIP left out: a DINO bank).
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&cal).unwrap()).unwrap();
+    let made_with = &json["model"]["made_with"]["backbones"];
+    assert_eq!(made_with["preset"], "tiny");
+    assert_eq!(made_with["clip"], "none");
     let calibrated = root.join("calibrated");
     let mut args = vec![
         "detect",
