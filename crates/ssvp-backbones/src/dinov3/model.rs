@@ -9,6 +9,8 @@ use candle_nn::VarBuilder;
 
 use super::config::{Activation, Dinov3Config};
 use super::rope::{apply_rope, Rope, RopeTables};
+use crate::nn::vit;
+pub use crate::nn::vit::HiddenStates;
 use crate::nn::{attention, merge_heads, split_heads, Grad, LayerNorm, Linear};
 
 /// Patch projection (a stride-P conv with bias) plus the CLS and register tokens.
@@ -243,9 +245,6 @@ pub struct Dinov3Output {
     pub grid: (usize, usize),
 }
 
-/// Requested hidden states as `(block, state)`, in request order.
-pub type HiddenStates = Vec<(usize, Tensor)>;
-
 /// A DINOv3 vision transformer.
 #[derive(Debug)]
 pub struct Dinov3Model {
@@ -366,13 +365,16 @@ impl Dinov3Model {
     /// block, [`Self::forward_blocks`] up to the deepest requested one.
     pub fn flops(&self, grid: (usize, usize), through: usize) -> f64 {
         let cfg = &self.config;
-        let (d, h) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
-        let patches = (grid.0 * grid.1) as f64;
-        let n = patches + cfg.num_prefix_tokens() as f64;
-        let mlp_matrices = if cfg.use_gated_mlp { 3.0 } else { 2.0 };
-        let pixels_per_patch = (cfg.num_channels * cfg.patch_size * cfg.patch_size) as f64;
-        let block = 2.0 * n * (4.0 * d * d + mlp_matrices * d * h) + 4.0 * n * n * d;
-        2.0 * patches * pixels_per_patch * d + through.min(self.layers.len()) as f64 * block
+        vit::VitShape {
+            width: cfg.hidden_size,
+            mlp: cfg.intermediate_size,
+            gated: cfg.use_gated_mlp,
+            prefix: cfg.num_prefix_tokens(),
+            channels: cfg.num_channels,
+            patch: cfg.patch_size,
+            depth: self.layers.len(),
+        }
+        .flops(grid, through)
     }
 
     /// Embeds `pixels` and runs blocks `1..=through`; returns the requested states (request
@@ -384,22 +386,8 @@ impl Dinov3Model {
         norm_hidden: bool,
         through: usize,
     ) -> Result<(HiddenStates, Tensor, (usize, usize))> {
-        let (_, c, h, w) = pixels.dims4().map_err(|_| {
-            candle_core::Error::Msg(format!(
-                "DINOv3 expects pixels shaped [batch, channels, height, width], got {:?}",
-                pixels.dims()
-            ))
-        })?;
-        if c != self.config.num_channels {
-            bail!(
-                "DINOv3 expects {} input channels, got {c}",
-                self.config.num_channels
-            );
-        }
-        let layers = self.layers.len();
-        if let Some(bad) = blocks.iter().find(|&&b| b > layers) {
-            bail!("block {bad} requested, but the model has blocks 1..={layers}");
-        }
+        let (c, layers) = (self.config.num_channels, self.layers.len());
+        let (h, w) = vit::check_input("DINOv3", pixels, c, layers, blocks)?;
         let (hp, wp) = self.grid_for(h, w)?;
         let pixels = pixels.to_dtype(self.dtype)?.to_device(&self.device)?;
         let rope = self.rope.tables(
@@ -409,27 +397,20 @@ impl Dinov3Model {
             self.dtype,
             &self.device,
         )?;
-
-        let mut x = self.embeddings.forward(&pixels)?;
-        let mut hidden = Vec::with_capacity(blocks.len());
-        let keep = |index: usize, x: &Tensor, hidden: &mut Vec<(usize, Tensor)>| -> Result<()> {
-            for &b in blocks.iter().filter(|&&b| b == index) {
-                let state = if norm_hidden {
-                    self.final_norm(x)?
+        let x = self.embeddings.forward(&pixels)?;
+        let (hidden, x) = vit::run_tapped(
+            x,
+            blocks,
+            through,
+            |i, x| self.layers[i].forward(x, &rope),
+            |x| {
+                if norm_hidden {
+                    self.final_norm(x)
                 } else {
-                    x.clone()
-                };
-                hidden.push((b, state));
-            }
-            Ok(())
-        };
-        keep(0, &x, &mut hidden)?;
-        for (i, layer) in self.layers.iter().take(through).enumerate() {
-            x = layer.forward(&x, &rope)?;
-            keep(i + 1, &x, &mut hidden)?;
-        }
-        // Return in request order, not block order.
-        hidden.sort_by_key(|(b, _)| blocks.iter().position(|r| r == b).unwrap_or(usize::MAX));
+                    Ok(x.clone())
+                }
+            },
+        )?;
         Ok((hidden, x, (hp, wp)))
     }
 }
@@ -439,13 +420,6 @@ impl Dinov3Output {
     /// `hidden.<block>` `[tokens, width]` (CLS, registers, patches), `cls` `[width]` and `patch`
     /// `[patches, width]`.
     pub fn embed_tensors(&self, item: usize) -> Result<Vec<(String, Tensor)>> {
-        let pick = |t: &Tensor| t.get(item)?.to_dtype(DType::F32)?.contiguous();
-        let mut out = Vec::with_capacity(self.hidden.len() + 2);
-        for (block, state) in &self.hidden {
-            out.push((format!("hidden.{block}"), pick(state)?));
-        }
-        out.push(("cls".to_string(), pick(&self.cls)?));
-        out.push(("patch".to_string(), pick(&self.patch)?));
-        Ok(out)
+        vit::embed_tensors(&self.hidden, &self.cls, &self.patch, item)
     }
 }

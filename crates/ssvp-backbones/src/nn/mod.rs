@@ -11,6 +11,7 @@ mod activation;
 mod attention_cpu;
 mod cpu_values;
 mod linear_cpu;
+pub mod vit;
 
 pub use activation::Activation;
 pub use cpu_values::{cpu_f32, with_cpu_f32};

@@ -340,60 +340,6 @@ impl HubFailure {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_tells_paths_from_hub_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let local = dir.path().to_str().unwrap();
-        assert_eq!(
-            ModelSource::parse(local).unwrap(),
-            ModelSource::Local(dir.path().to_path_buf())
-        );
-        assert_eq!(
-            ModelSource::parse("openai/clip-vit-large-patch14-336").unwrap(),
-            ModelSource::Hub {
-                repo: "openai/clip-vit-large-patch14-336".into(),
-                revision: "main".into()
-            }
-        );
-        assert_eq!(
-            ModelSource::parse("facebook/dinov3-vitl16-pretrain-lvd1689m@abc123").unwrap(),
-            ModelSource::Hub {
-                repo: "facebook/dinov3-vitl16-pretrain-lvd1689m".into(),
-                revision: "abc123".into()
-            }
-        );
-        let err = ModelSource::parse("./missing/weights.safetensors").unwrap_err();
-        assert!(err.to_string().contains("no such file"), "{err}");
-        assert!(ModelSource::parse("just-a-name").is_err());
-    }
-
-    #[test]
-    fn local_directory_resolution_prefers_the_first_wanted_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pytorch_model.bin"), b"x").unwrap();
-        std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
-        let wanted = WantedFiles {
-            weights: &["model.safetensors", "pytorch_model.bin"],
-            config: Some("config.json"),
-        };
-        let files = ModelSource::Local(dir.path().into())
-            .resolve(wanted)
-            .unwrap();
-        assert_eq!(files.weights, dir.path().join("pytorch_model.bin"));
-        assert_eq!(files.config, Some(dir.path().join("config.json")));
-
-        let empty = tempfile::tempdir().unwrap();
-        let err = ModelSource::Local(empty.path().into())
-            .resolve(wanted)
-            .unwrap_err();
-        assert!(err.to_string().contains("model.safetensors"), "{err}");
-    }
-}
-
 /// Weights files a DINO directory or hub repo is searched for, in order.
 pub const HF_WEIGHTS_FILES: [&str; 2] = ["model.safetensors", "model.safetensors.index.json"];
 
@@ -453,5 +399,59 @@ fn resolve_meta_dir(dir: &Path, model: &str) -> Result<ResolvedFiles> {
                     .join(", ")
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_tells_paths_from_hub_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().to_str().unwrap();
+        assert_eq!(
+            ModelSource::parse(local).unwrap(),
+            ModelSource::Local(dir.path().to_path_buf())
+        );
+        assert_eq!(
+            ModelSource::parse("openai/clip-vit-large-patch14-336").unwrap(),
+            ModelSource::Hub {
+                repo: "openai/clip-vit-large-patch14-336".into(),
+                revision: "main".into()
+            }
+        );
+        assert_eq!(
+            ModelSource::parse("facebook/dinov3-vitl16-pretrain-lvd1689m@abc123").unwrap(),
+            ModelSource::Hub {
+                repo: "facebook/dinov3-vitl16-pretrain-lvd1689m".into(),
+                revision: "abc123".into()
+            }
+        );
+        let err = ModelSource::parse("./missing/weights.safetensors").unwrap_err();
+        assert!(err.to_string().contains("no such file"), "{err}");
+        assert!(ModelSource::parse("just-a-name").is_err());
+    }
+
+    #[test]
+    fn local_directory_resolution_prefers_the_first_wanted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pytorch_model.bin"), b"x").unwrap();
+        std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
+        let wanted = WantedFiles {
+            weights: &["model.safetensors", "pytorch_model.bin"],
+            config: Some("config.json"),
+        };
+        let files = ModelSource::Local(dir.path().into())
+            .resolve(wanted)
+            .unwrap();
+        assert_eq!(files.weights, dir.path().join("pytorch_model.bin"));
+        assert_eq!(files.config, Some(dir.path().join("config.json")));
+
+        let empty = tempfile::tempdir().unwrap();
+        let err = ModelSource::Local(empty.path().into())
+            .resolve(wanted)
+            .unwrap_err();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
     }
 }
