@@ -61,7 +61,10 @@ pub fn run(mut args: CalibrateArgs) -> anyhow::Result<()> {
     require_some(&inputs, &paths)?;
     // Said before the model is loaded and any image is scored, since that can take a while.
     check_plan(inputs.len(), args.target_fpr, args.holdout)?;
-    let detector = load_detector(&args.model.spec(args.model.options(), None)?)?;
+    let mut spec = args.model.spec(args.model.options(), None)?;
+    // A bundle's own calibration is what this one replaces: the model is loaded without it.
+    spec.calibration = None;
+    let detector = load_detector(&spec)?;
     let bar =
         ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr());
     bar.set_style(

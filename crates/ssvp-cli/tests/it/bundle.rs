@@ -426,6 +426,27 @@ fn a_bundle_carries_the_dino_weights_a_bank_was_made_with() {
     assert!(detections(&bundled)
         .iter()
         .any(|d| d["calibrated_score"].is_number()));
+    // Recalibrating a bundled model on the line: its own calibration is replaced, not loaded.
+    let recal = root.join("recal.json");
+    let args = [
+        "calibrate",
+        "--bundle",
+        s(&whole),
+        "--normal",
+        s(&test_good),
+        "--target-fpr",
+        "0.25",
+        "--holdout",
+        "0",
+        "--out",
+        s(&recal),
+    ];
+    ok(&ssvp_offline(&args, &fresh));
+    let threshold = |p: &Path| -> Value {
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        json["image"]["threshold"].clone()
+    };
+    assert_eq!(threshold(&recal), threshold(&cal));
     // A flag naming a part the bundle holds is refused, naming both.
     let out = ssvp_offline(
         &[
