@@ -34,7 +34,7 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// Build (or describe) a bank of good reference images for `ssvp detect --bank`.
     Bank(cmd::bank::BankArgs),
-    /// Extract backbone features (CLIP or DINOv3) of one image into a safetensors file.
+    /// Extract backbone features (CLIP, DINOv3 or DINOv2) of one image into a safetensors file.
     Embed(cmd::embed::EmbedArgs),
     /// Evaluate anyone's predictions: image and pixel metrics per category.
     Metrics(cmd::metrics::MetricsArgs),

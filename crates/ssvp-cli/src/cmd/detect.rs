@@ -20,6 +20,8 @@ Examples:
   # With a trained SSVP head (`ssvp train`) and its calibration:
   ssvp detect --checkpoint runs/visa --class-name \"metal plate\" --calibration line3-calib.json \\
       --out results/today /data/line3/today
+  # Either, packed by `ssvp bundle create` for a line PC with no network:
+  ssvp detect --bundle line3.ssvp --out results/today /data/line3/today
   `ssvp demo` runs a bank, a calibration and this command on synthetic parts.
 
 Inputs: image files (PNG, JPEG, BMP, TIFF; 8/16-bit, grey, RGB(A), palette), directories (walked

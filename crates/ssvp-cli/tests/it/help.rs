@@ -32,6 +32,6 @@ fn help_lists_the_main_job_first_and_detect_shows_examples() {
             .lines()
             .filter(|l| l.trim_start().starts_with("ssvp detect --"))
             .count();
-        assert_eq!(examples, 2, "{text}");
+        assert_eq!(examples, 3, "{text}");
     }
 }
