@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -160,24 +160,10 @@ impl Checkpoint {
 }
 
 fn load_sharded_safetensors(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| Error::io(format!("cannot read {}", index.display()), index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
-        message: format!("{} is not valid JSON", index.display()),
-        source: Some(Box::new(e)),
-    })?;
-    let weight_map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::format(format!("{} has no `weight_map` object", index.display())))?;
     let dir = index.parent().unwrap_or(Path::new("."));
-    let mut shards: Vec<PathBuf> = weight_map
-        .values()
-        .filter_map(|v| v.as_str())
-        .map(|f| dir.join(f))
-        .collect();
-    shards.sort();
-    shards.dedup();
+    let shards = super::fetch::shard_names(index)?
+        .into_iter()
+        .map(|name| dir.join(name));
     let mut tensors = HashMap::new();
     for shard in shards {
         let part = candle_core::safetensors::load(&shard, device)

@@ -776,8 +776,9 @@ fn safe_relative(name: &str) -> Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-/// The distinct shard files a sharded safetensors index lists.
-fn shard_names(index: &Path) -> Result<Vec<String>> {
+/// The distinct shard files a sharded safetensors index lists (each a plain relative name:
+/// an index cannot point outside its folder).
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index)
         .map_err(|e| Error::io(format!("cannot read {}", index.display()), index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {

@@ -279,6 +279,15 @@ fn resolve_hub(
         path: None,
         source: None,
     })?;
+    // A sharded checkpoint: its index names the shards, which land beside it in the snapshot.
+    if weights.to_string_lossy().ends_with(".index.json") {
+        for shard in super::fetch::shard_names(&weights)? {
+            remote.get(&shard).map_err(|err| {
+                let failure = classify(&err);
+                failure.into_error(repo_id, revision, &shard, err)
+            })?;
+        }
+    }
     let config = match wanted.config {
         Some(file) => match remote.get(file) {
             Ok(path) => Some(path),

@@ -225,13 +225,31 @@ fn serve(mut stream: TcpStream, state: &Mutex<HubState>, base: &str) -> std::io:
         respond(&mut stream, "302 Found", &headers, b"");
     } else {
         headers.push(("ETag".into(), format!("\"{:040x}\"", file.bytes.len())));
-        headers.push(("Content-Length".into(), file.bytes.len().to_string()));
+        // hf-hub's own client asks for `bytes=0-0` first and reads the size from Content-Range.
+        let total = file.bytes.len();
+        let (status, body) = match range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+        {
+            Some((a, b)) => {
+                let start = a.parse::<usize>().unwrap_or(0).min(total);
+                let end = b.parse::<usize>().map_or(total, |e| (e + 1).min(total));
+                headers.push((
+                    "Content-Range".into(),
+                    format!("bytes {start}-{}/{total}", end.saturating_sub(1)),
+                ));
+                ("206 Partial Content", &file.bytes[start..end.max(start)])
+            }
+            None => ("200 OK", &file.bytes[..]),
+        };
+        headers.push(("Content-Length".into(), body.len().to_string()));
         drop(st);
         respond(
             &mut stream,
-            "200 OK",
+            status,
             &headers,
-            if method == "GET" { &file.bytes } else { b"" },
+            if method == "GET" { body } else { b"" },
         );
     }
     Ok(())
@@ -481,4 +499,70 @@ fn a_gated_repo_says_where_to_accept_the_licence_and_to_set_hf_token() {
     assert!(err.contains("gated"), "{err}");
     assert!(err.contains(&format!("{}/{repo}", hub.url)), "{err}");
     assert!(err.contains("export HF_TOKEN="), "{err}");
+}
+
+/// A sharded checkpoint named by its hub id: the loader fetches the index and then the shards
+/// it lists (into the same snapshot), and the model runs (`ssvp embed`).
+#[test]
+fn a_sharded_checkpoint_is_fetched_with_its_shards() {
+    let (weights, config, real) = dinov2_files();
+    if !real {
+        return; // the fixture is needed to run the model
+    }
+    // One shard holding every tensor of the fixture, and the index that names it.
+    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
+    let shard = "model-00001-of-00001.safetensors";
+    let weight_map: serde_json::Map<String, serde_json::Value> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .map(|k| (k.clone(), serde_json::Value::from(shard)))
+        .collect();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    let mut state = HubState::default();
+    for (file, bytes, lfs) in [
+        (
+            "model.safetensors.index.json",
+            serde_json::to_vec(&index).unwrap(),
+            false,
+        ),
+        (shard, weights.clone(), true),
+        ("config.json", config, false),
+    ] {
+        state
+            .files
+            .insert(format!("{REPO}/{file}"), HubFile { bytes, lfs });
+    }
+    let hub = FakeHub::start(state);
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    super::common::synth(&work.path().join("data"), "disc", 2, 56, 0);
+    let image = work.path().join("data/disc/train/good/000.png");
+    let out_file = work.path().join("dinov2.safetensors");
+    let out = ssvp_hub(
+        home.path(),
+        &[("HF_ENDPOINT", hub.url.as_str())],
+        &[
+            "embed",
+            "--backbone",
+            "dinov2",
+            "--weights",
+            REPO,
+            "--image",
+            super::common::s(&image),
+            "--size",
+            "56",
+            "--out",
+            super::common::s(&out_file),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out_file.is_file());
+    assert!(
+        hub.gets().iter().any(|(p, _)| p.ends_with(shard)),
+        "{:?}",
+        hub.gets()
+    );
 }
