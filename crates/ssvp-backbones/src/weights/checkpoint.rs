@@ -1,5 +1,5 @@
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -161,9 +161,7 @@ impl Checkpoint {
 
 fn load_sharded_safetensors(index: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let dir = index.parent().unwrap_or(Path::new("."));
-    let shards = super::fetch::shard_names(index)?
-        .into_iter()
-        .map(|name| dir.join(name));
+    let shards = shard_names(index)?.into_iter().map(|name| dir.join(name));
     let mut tensors = HashMap::new();
     for shard in shards {
         let part = candle_core::safetensors::load(&shard, device)
@@ -214,4 +212,39 @@ impl SimpleBackend for NamedTensors {
     fn contains_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
+}
+
+/// A repository file name as a relative path without `..` or a root, or an error (names come
+/// from the network: a sharded index lists them).
+pub(crate) fn safe_relative(name: &str) -> Result<PathBuf> {
+    let path = Path::new(name);
+    if name.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(Error::format(format!(
+            "refusing the repository file name `{name}`: not a plain relative path"
+        )));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// The distinct shard files a sharded safetensors index lists (each a plain relative name:
+/// an index cannot point outside its folder).
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| Error::io(format!("cannot read {}", index.display()), index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+        message: format!("{} is not JSON", index.display()),
+        source: Some(Box::new(e)),
+    })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(format!("{} has no weight_map object", index.display())))?;
+    let names: BTreeSet<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    for name in &names {
+        safe_relative(name)?;
+    }
+    Ok(names.into_iter().collect())
 }

@@ -28,15 +28,15 @@
 //! are there, whether each safetensors file is as long as its header says, which downloads are
 //! unfinished, and with [`Verify::Digests`] whether every LFS blob still hashes to its name.
 
-use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hf_hub::Cache;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::checkpoint::{safe_relative, shard_names};
 use super::source::{HubSettings, WantedFiles};
 use crate::{Error, Result};
 
@@ -762,41 +762,6 @@ fn clean_etag(etag: &str) -> String {
         .trim_start_matches("W/")
         .trim_matches('"')
         .to_string()
-}
-
-/// A repository file name as a relative path without `..`, or an error (names come from the
-/// network: a sharded index lists them).
-fn safe_relative(name: &str) -> Result<PathBuf> {
-    let path = Path::new(name);
-    if name.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(Error::format(format!(
-            "refusing the repository file name `{name}`: not a plain relative path"
-        )));
-    }
-    Ok(path.to_path_buf())
-}
-
-/// The distinct shard files a sharded safetensors index lists (each a plain relative name:
-/// an index cannot point outside its folder).
-pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| Error::io(format!("cannot read {}", index.display()), index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
-        message: format!("{} is not JSON", index.display()),
-        source: Some(Box::new(e)),
-    })?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::format(format!("{} has no weight_map object", index.display())))?;
-    let names: BTreeSet<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    for name in &names {
-        safe_relative(name)?;
-    }
-    Ok(names.into_iter().collect())
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

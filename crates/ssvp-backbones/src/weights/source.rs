@@ -281,7 +281,7 @@ fn resolve_hub(
     })?;
     // A sharded checkpoint: its index names the shards, which land beside it in the snapshot.
     if weights.to_string_lossy().ends_with(".index.json") {
-        for shard in super::fetch::shard_names(&weights)? {
+        for shard in super::checkpoint::shard_names(&weights)? {
             remote.get(&shard).map_err(|err| {
                 let failure = classify(&err);
                 failure.into_error(repo_id, revision, &shard, err)
