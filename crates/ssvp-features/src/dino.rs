@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use ssvp_backbones::dinov2::{self, Dinov2Model};
 use ssvp_backbones::dinov3::{self, Dinov3Model};
-use ssvp_backbones::weights::seeded_var_builder;
+use ssvp_backbones::weights::{resolve_hf_or_meta, seeded_var_builder, ResolvedFiles};
 use ssvp_image::Preprocess;
 
 use crate::config::{BackbonesConfig, DinoArch, TINY};
@@ -63,31 +63,106 @@ impl DinoTower {
             return Ok((Self::V3(model), format!("seeded:{tiny_seed}")));
         }
         let arch = cfg.dino_arch_by_name();
-        let loading = |name: &str, e| {
-            Error::loading(name, &cfg.dino, "--dino-weights", cfg.preset.as_deref(), e)
+        let name = if arch == DinoArch::Dinov2 {
+            "DINOv2"
+        } else {
+            "DINO"
         };
-        // DINOv2 and DINOv3 directories look alike (model.safetensors + config.json): an
+        // DINOv2 and DINOv3 ship alike (model.safetensors + config.json, or a Meta .pth): an
         // undecided name is settled by the config's `model_type`.
-        let files = match arch {
-            DinoArch::Dinov2 => dinov2::resolve(&cfg.dino).map_err(|e| loading("DINOv2", e))?,
-            _ => dinov3::resolve(&cfg.dino).map_err(|e| loading("DINOv3", e))?,
-        };
+        let files = resolve_hf_or_meta(&cfg.dino, name).map_err(|e| {
+            Error::loading(name, &cfg.dino, "--dino-weights", cfg.preset.as_deref(), e)
+        })?;
         let arch = match arch {
             DinoArch::Auto if config_says_dinov2(files.config.as_deref()) => DinoArch::Dinov2,
             DinoArch::Auto => DinoArch::Dinov3,
             fixed => fixed,
         };
-        let tower = match arch {
-            DinoArch::Dinov2 => Self::V2(
-                Dinov2Model::load_files(&files, None, dtype, device)
-                    .map_err(|e| loading("DINOv2", e))?,
-            ),
-            _ => Self::V3(
-                Dinov3Model::load_files(&files, None, dtype, device)
-                    .map_err(|e| loading("DINOv3", e))?,
-            ),
-        };
+        let tower = Self::from_files(arch, &files, None, dtype, device)?;
         Ok((tower, weights_fingerprint(&files.weights)?))
+    }
+
+    /// Loads weights already resolved as `arch` (DINOv3 or DINOv2; `Auto` reads DINOv3), with
+    /// the config of a named architecture preset (`dinov2_vits14`, `dinov3_vitl16`, ...) when
+    /// given, else the weights' `config.json` or their shapes.
+    pub fn from_files(
+        arch: DinoArch,
+        files: &ResolvedFiles,
+        preset: Option<&str>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let unknown = |name: &str, known: &[&str]| {
+            Error::Config(format!(
+                "unknown {name} preset `{}`; known: {known:?}",
+                preset.unwrap_or("")
+            ))
+        };
+        let loading = |name: &str| format!("loading {name} weights `{}`", files.origin);
+        Ok(match arch {
+            DinoArch::Dinov2 => {
+                let config = preset
+                    .map(|p| {
+                        dinov2::Dinov2Config::preset(p)
+                            .ok_or_else(|| unknown("DINOv2", &dinov2::PRESETS))
+                    })
+                    .transpose()?;
+                Self::V2(
+                    Dinov2Model::load_files(files, config, dtype, device)
+                        .map_err(|e| Error::backbone(loading("DINOv2"), e))?,
+                )
+            }
+            _ => {
+                let config = preset
+                    .map(|p| {
+                        dinov3::Dinov3Config::preset(p)
+                            .ok_or_else(|| unknown("DINOv3", &dinov3::PRESETS))
+                    })
+                    .transpose()?;
+                Self::V3(
+                    Dinov3Model::load_files(files, config, dtype, device)
+                        .map_err(|e| Error::backbone(loading("DINOv3"), e))?,
+                )
+            }
+        })
+    }
+
+    /// The patch grid of an input of `height` x `width` pixels, or why it does not work.
+    pub fn grid_for(&self, height: usize, width: usize) -> Result<(usize, usize)> {
+        let input = |e| Error::backbone(format!("the {} input size", self.name()), e);
+        match self {
+            Self::V3(m) => m.grid_for(height, width).map_err(input),
+            Self::V2(m) => m.grid_for(height, width).map_err(input),
+        }
+    }
+
+    /// Register tokens after the CLS.
+    pub fn num_registers(&self) -> usize {
+        self.num_prefix_tokens() - 1
+    }
+
+    /// The tensors `ssvp embed` writes (`hidden.<block>`, `cls`, `patch`) of the first image of
+    /// `pixels`, every block run, the requested states final-normed when `norm_hidden`.
+    pub fn embed_tensors(
+        &self,
+        pixels: &Tensor,
+        blocks: &[usize],
+        norm_hidden: bool,
+    ) -> Result<Vec<(String, Tensor)>> {
+        let running = |e| Error::backbone(format!("running {}", self.name()), e);
+        let outputs = |e| Error::backbone(format!("the {} outputs", self.name()), e);
+        match self {
+            Self::V3(m) => m
+                .forward(pixels, blocks, norm_hidden)
+                .map_err(running)?
+                .embed_tensors(0)
+                .map_err(outputs),
+            Self::V2(m) => m
+                .forward(pixels, blocks, norm_hidden)
+                .map_err(running)?
+                .embed_tensors(0)
+                .map_err(outputs),
+        }
     }
 
     /// `DINOv3` or `DINOv2`, for messages.

@@ -10,10 +10,11 @@ use ssvp_backbones::clip::tokenizer::ClipTokenizer;
 use ssvp_backbones::clip::{
     Activation, ClipModel, ConfigChoice, LoadOptions, PosInterp, VisionOptions,
 };
-use ssvp_backbones::dinov2::{self, Dinov2Config, Dinov2Model};
-use ssvp_backbones::dinov3::{self, Dinov3Config, Dinov3Model};
+use ssvp_backbones::weights::resolve_hf_or_meta;
 use ssvp_image::Preprocess;
 
+use crate::config::DinoArch;
+use crate::dino::DinoTower;
 use crate::error::{Error, Result};
 
 /// Which tower.
@@ -130,8 +131,8 @@ impl EmbedRequest {
     pub fn run(&self) -> Result<Embedding> {
         match self.tower {
             EmbedTower::Clip => self.clip(),
-            EmbedTower::Dinov3 => self.dinov3(),
-            EmbedTower::Dinov2 => self.dinov2(),
+            EmbedTower::Dinov3 => self.dino(DinoArch::Dinov3),
+            EmbedTower::Dinov2 => self.dino(DinoArch::Dinov2),
         }
     }
 
@@ -296,52 +297,48 @@ impl EmbedRequest {
         })
     }
 
-    fn dinov3(&self) -> Result<Embedding> {
+    /// One DINO tower (DINOv3 or DINOv2) on the image: the same flags and output names for
+    /// both; DINOv3 takes `--sat`, DINOv2 records its register count.
+    fn dino(&self, arch: DinoArch) -> Result<Embedding> {
         self.refuse_clip_options()?;
-        let config = self
-            .preset
-            .as_deref()
-            .map(|p| {
-                Dinov3Config::preset(p).ok_or_else(|| {
-                    Error::Config(format!(
-                        "unknown DINOv3 preset `{p}`; known: {:?}",
-                        dinov3::PRESETS
-                    ))
-                })
-            })
-            .transpose()?;
-        let files = dinov3::resolve(&self.weights).map_err(|e| {
-            Error::backbone(format!("resolving DINOv3 weights `{}`", self.weights), e)
+        let (key, name, default_size) = match arch {
+            DinoArch::Dinov2 => ("dinov2", "DINOv2", 448),
+            _ => ("dinov3", "DINOv3", 592),
+        };
+        if self.sat && arch == DinoArch::Dinov2 {
+            return Err(Error::Config(
+                "--sat applies to DINOv3 only (DINOv2's weights are normalised with ImageNet's \
+                 mean/std), not to --backbone dinov2"
+                    .into(),
+            ));
+        }
+        let files = resolve_hf_or_meta(&self.weights, name).map_err(|e| {
+            Error::backbone(format!("resolving {name} weights `{}`", self.weights), e)
         })?;
-        let model =
-            Dinov3Model::load_files(&files, config, parse_dtype(&self.dtype)?, &self.device)
-                .map_err(|e| {
-                    Error::backbone(format!("loading DINOv3 weights `{}`", self.weights), e)
-                })?;
-        let (height, width) = self.input_size(592);
-        let grid = model
-            .grid_for(height, width)
-            .map_err(|e| Error::backbone("the DINOv3 input size", e))?;
+        let tower = DinoTower::from_files(
+            arch,
+            &files,
+            self.preset.as_deref(),
+            parse_dtype(&self.dtype)?,
+            &self.device,
+        )?;
+        let (height, width) = self.input_size(default_size);
+        let grid = tower.grid_for(height, width)?;
         let blocks = if self.layers.is_empty() {
-            quarter_points(model.config().num_hidden_layers)
+            quarter_points(tower.depth())
         } else {
             self.layers.clone()
         };
-        let recipe = if self.sat {
-            Preprocess::dinov3_sat(width)
-        } else {
-            Preprocess::dinov3(width)
+        let recipe = match arch {
+            DinoArch::Dinov2 => Preprocess::dinov2(width),
+            _ if self.sat => Preprocess::dinov3_sat(width),
+            _ => Preprocess::dinov3(width),
         }
         .with_size(width, height);
         let pixels = self.pixels(&recipe)?;
-        let out = model
-            .forward(&pixels, &blocks, self.norm_layers)
-            .map_err(|e| Error::backbone("running DINOv3", e))?;
-        let tensors = out
-            .embed_tensors(0)
-            .map_err(|e| Error::backbone("the DINOv3 outputs", e))?;
-        let metadata = HashMap::from([
-            ("backbone".to_string(), "dinov3".to_string()),
+        let tensors = tower.embed_tensors(&pixels, &blocks, self.norm_layers)?;
+        let mut metadata = HashMap::from([
+            ("backbone".to_string(), key.to_string()),
             ("weights".to_string(), files.origin.clone()),
             ("image".to_string(), self.image.display().to_string()),
             ("input_height".to_string(), height.to_string()),
@@ -354,75 +351,9 @@ impl EmbedRequest {
             ),
             ("dtype".to_string(), self.dtype.to_ascii_lowercase()),
         ]);
-        Ok(Embedding {
-            tensors,
-            metadata,
-            blocks,
-            grid,
-        })
-    }
-
-    fn dinov2(&self) -> Result<Embedding> {
-        self.refuse_clip_options()?;
-        if self.sat {
-            return Err(Error::Config(
-                "--sat applies to DINOv3 only (DINOv2's weights are normalised with ImageNet's \
-                 mean/std), not to --backbone dinov2"
-                    .into(),
-            ));
+        if arch == DinoArch::Dinov2 {
+            metadata.insert("registers".into(), tower.num_registers().to_string());
         }
-        let config = self
-            .preset
-            .as_deref()
-            .map(|p| {
-                Dinov2Config::preset(p).ok_or_else(|| {
-                    Error::Config(format!(
-                        "unknown DINOv2 preset `{p}`; known: {:?}",
-                        dinov2::PRESETS
-                    ))
-                })
-            })
-            .transpose()?;
-        let files = dinov2::resolve(&self.weights).map_err(|e| {
-            Error::backbone(format!("resolving DINOv2 weights `{}`", self.weights), e)
-        })?;
-        let model =
-            Dinov2Model::load_files(&files, config, parse_dtype(&self.dtype)?, &self.device)
-                .map_err(|e| {
-                    Error::backbone(format!("loading DINOv2 weights `{}`", self.weights), e)
-                })?;
-        let (height, width) = self.input_size(448);
-        let grid = model
-            .grid_for(height, width)
-            .map_err(|e| Error::backbone("the DINOv2 input size", e))?;
-        let blocks = if self.layers.is_empty() {
-            quarter_points(model.config().num_hidden_layers)
-        } else {
-            self.layers.clone()
-        };
-        let recipe = Preprocess::dinov2(width).with_size(width, height);
-        let pixels = self.pixels(&recipe)?;
-        let out = model
-            .forward(&pixels, &blocks, self.norm_layers)
-            .map_err(|e| Error::backbone("running DINOv2", e))?;
-        let tensors = out
-            .embed_tensors(0)
-            .map_err(|e| Error::backbone("the DINOv2 outputs", e))?;
-        let metadata = HashMap::from([
-            ("backbone".to_string(), "dinov2".to_string()),
-            ("weights".to_string(), files.origin.clone()),
-            ("image".to_string(), self.image.display().to_string()),
-            ("input_height".to_string(), height.to_string()),
-            ("input_width".to_string(), width.to_string()),
-            ("grid".to_string(), format!("{}x{}", grid.0, grid.1)),
-            (
-                "registers".to_string(),
-                model.config().num_register_tokens.to_string(),
-            ),
-            ("norm_layers".to_string(), self.norm_layers.to_string()),
-            ("normalisation".to_string(), "imagenet".to_string()),
-            ("dtype".to_string(), self.dtype.to_ascii_lowercase()),
-        ]);
         Ok(Embedding {
             tensors,
             metadata,
