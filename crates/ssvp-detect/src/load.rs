@@ -183,14 +183,20 @@ pub fn scoring_backbones(
             .check_against(&found.record.backbones, &found.what)
             .map_err(flags)?;
     }
+    // The artifact's own settings when the flags name no other backbones: they keep the
+    // weights it was made with (a local copy, say), which the bare preset would not.
+    let same_preset = |found: &Recorded| {
+        choice.preset.is_none() || choice.preset == found.record.backbones.preset
+    };
     let (mut backbones, mut taps, postprocess) = match (config, &choice.preset, recorded) {
-        (Some(_), _, _) | (None, Some(_), _) => scoring_config(config, choice.preset.as_deref())?,
-        (None, None, Some(found)) => (
+        (None, _, Some(found)) if same_preset(found) => (
             found.record.backbones.clone(),
             found.record.taps.clone(),
             PostprocessConfig::default(),
         ),
-        (None, None, None) => {
+        (Some(_), _, _) | (None, Some(_), _) => scoring_config(config, choice.preset.as_deref())?,
+        // Nothing named and nothing recorded (a recorded one was taken above).
+        (None, None, _) => {
             let preset = presets::preset(ANOMALYDINO).map_err(flags)?;
             (preset.config, preset.taps, PostprocessConfig::default())
         }

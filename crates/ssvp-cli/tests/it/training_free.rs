@@ -389,6 +389,13 @@ fn local_dinov2_weights_score_references_offline() {
         s(&test),
     ]));
     assert_eq!(scores(&by_refs), scores(&by_bank));
+    // Naming the bank's own preset again keeps the local weights it was made with.
+    let again = root.join("again");
+    let args = ["detect", "--bank", s(&bank), "--backbones", "anomalydino"];
+    ok(&offline(
+        &[&args[..], &["--out", s(&again), s(&test)]].concat(),
+    ));
+    assert_eq!(scores(&by_refs), scores(&again));
     // Without the local weights the hub copy is wanted, and the error says how to get it.
     let out = offline(&[
         "detect",
