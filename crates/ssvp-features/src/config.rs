@@ -208,13 +208,15 @@ impl BackbonesConfig {
         self.clip.trim() != NO_TOWER
     }
 
-    /// The DINO architecture: [`DinoArch::Auto`] decided from the weights' name (`dinov2` in
-    /// it); a local directory's `config.json` is read by the loader, which has it at hand.
+    /// The DINO architecture: [`DinoArch::Auto`] decided from the weights' name (`dinov2` or
+    /// `dinov3` in it); otherwise a local directory's `config.json` is read by the loader, which
+    /// has it at hand.
     pub fn dino_arch_by_name(&self) -> DinoArch {
+        let name = self.dino.to_ascii_lowercase();
         match self.dino_arch {
-            DinoArch::Auto if self.dino.to_ascii_lowercase().contains("dinov2") => DinoArch::Dinov2,
-            DinoArch::Auto => DinoArch::Auto,
-            fixed => fixed,
+            DinoArch::Auto if name.contains("dinov2") => DinoArch::Dinov2,
+            DinoArch::Auto if name.contains("dinov3") => DinoArch::Dinov3,
+            other => other,
         }
     }
 

@@ -63,10 +63,10 @@ impl DinoTower {
             return Ok((Self::V3(model), format!("seeded:{tiny_seed}")));
         }
         let arch = cfg.dino_arch_by_name();
-        let name = if arch == DinoArch::Dinov2 {
-            "DINOv2"
-        } else {
-            "DINO"
+        let name = match arch {
+            DinoArch::Dinov2 => "DINOv2",
+            DinoArch::Dinov3 => "DINOv3",
+            DinoArch::Auto => "DINO",
         };
         // DINOv2 and DINOv3 ship alike (model.safetensors + config.json, or a Meta .pth): an
         // undecided name is settled by the config's `model_type`.
