@@ -342,7 +342,8 @@ fn bad_references_and_banks_are_refused_with_the_reason() {
 
 /// DINOv2 weights in a local directory (the committed 2-block parity fixture) under the
 /// `anomalydino` preset, on a machine with no network and an empty Hugging Face cache:
-/// references score, no CLIP is fetched, and a bank made with them brings them back.
+/// references and mutual scoring run, no CLIP is fetched, and a bank made with them brings them
+/// back.
 #[test]
 fn local_dinov2_weights_score_references_offline() {
     let tmp = tempfile::tempdir().unwrap();
@@ -396,6 +397,13 @@ fn local_dinov2_weights_score_references_offline() {
         &[&args[..], &["--out", s(&again), s(&test)]].concat(),
     ));
     assert_eq!(scores(&by_refs), scores(&again));
+    // Mutual scoring on the same DINOv2 tower: every tapped block, no references.
+    let mutual = root.join("mutual");
+    let args = ["detect", "--mutual", "--out", s(&mutual), s(&test)];
+    ok(&offline(&[&args[..], &flags[..]].concat()));
+    let recs = records(&mutual);
+    assert_eq!(recs.len(), 12);
+    assert!(recs.iter().all(|r| r["detection"]["mode"] == "mutual"));
     // Without the local weights the hub copy is wanted, and the error says how to get it.
     let out = offline(&[
         "detect",
