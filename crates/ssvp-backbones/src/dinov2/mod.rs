@@ -36,11 +36,6 @@ pub use crate::dinov3::{patches_to_map, split_tokens, HiddenStates, Tokens};
 use crate::weights::{Checkpoint, Renames, ResolvedFiles};
 use crate::{Error, Result};
 
-/// Per-channel mean of the DINOv2 weights' normalisation: ImageNet's.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// Per-channel standard deviation of the DINOv2 weights' normalisation: ImageNet's.
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
 /// Turns `--weights` (a file, a directory, or a hub id) into files on disk: a Hugging Face
 /// directory or hub repo (`model.safetensors` and `config.json`), a weights file, or a local
 /// directory holding exactly one Meta `.pth`.
@@ -71,24 +66,10 @@ impl Dinov2Model {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let config = match (config, &files.config) {
-            (Some(c), _) => Some(c),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), path, e))?;
-                Some(
-                    Dinov2Config::from_hf_json(&text)
-                        .map_err(|e| e.context(format!("in {}", path.display())))?,
-                )
-            }
-            (None, None) => None,
-        };
+        let config = files.config_or(config, Dinov2Config::from_hf_json)?;
         let checkpoint = Checkpoint::load(&files.weights, device)?;
-        let hint = format!("{} {}", files.origin, files.weights.display());
-        let preset_hint = hint
-            .split_whitespace()
-            .find(|s| Dinov2Config::preset(s).is_some());
-        Self::from_checkpoint(checkpoint, config, preset_hint, dtype, device)
+        let preset_hint = files.preset_hint(|s| Dinov2Config::preset(s).is_some());
+        Self::from_checkpoint(checkpoint, config, preset_hint.as_deref(), dtype, device)
     }
 
     /// Builds a model from a checkpoint in any supported spelling. `preset_hint` (a name such as

@@ -64,24 +64,10 @@ impl Dinov3Model {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let config = match (config, &files.config) {
-            (Some(c), _) => Some(c),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), path, e))?;
-                Some(
-                    Dinov3Config::from_hf_json(&text)
-                        .map_err(|e| e.context(format!("in {}", path.display())))?,
-                )
-            }
-            (None, None) => None,
-        };
+        let config = files.config_or(config, Dinov3Config::from_hf_json)?;
         let checkpoint = Checkpoint::load(&files.weights, device)?;
-        let hint = format!("{} {}", files.origin, files.weights.display());
-        let preset_hint = hint
-            .split_whitespace()
-            .find(|s| Dinov3Config::preset(s).is_some());
-        Self::from_checkpoint(checkpoint, config, preset_hint, dtype, device)
+        let preset_hint = files.preset_hint(|s| Dinov3Config::preset(s).is_some());
+        Self::from_checkpoint(checkpoint, config, preset_hint.as_deref(), dtype, device)
     }
 
     /// Builds a model from a checkpoint in any supported spelling. `preset_hint` (a name such as

@@ -41,6 +41,38 @@ pub struct ResolvedFiles {
     pub origin: String,
 }
 
+impl ResolvedFiles {
+    /// The model config: `given` when there is one (e.g. a preset), else the `config.json` next
+    /// to the weights read by `parse`, else `None` (the loader infers it from the shapes).
+    pub fn config_or<C>(
+        &self,
+        given: Option<C>,
+        parse: impl Fn(&str) -> Result<C>,
+    ) -> Result<Option<C>> {
+        match (given, &self.config) {
+            (Some(c), _) => Ok(Some(c)),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("cannot read {}", path.display()), path, e))?;
+                Ok(Some(parse(&text).map_err(|e| {
+                    e.context(format!("in {}", path.display()))
+                })?))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The first word of the origin or the weights' path that `is_preset` accepts (a hub repo
+    /// or Meta file name such as `dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth`): a hint for
+    /// inferring what the shapes leave open (the head count).
+    pub fn preset_hint(&self, is_preset: impl Fn(&str) -> bool) -> Option<String> {
+        format!("{} {}", self.origin, self.weights.display())
+            .split_whitespace()
+            .find(|s| is_preset(s))
+            .map(str::to_owned)
+    }
+}
+
 /// How hub ids are resolved: the cache, offline mode, token and endpoint. Taken from the
 /// environment by [`HubSettings::from_env`] (what [`ModelSource::resolve`] uses); passing them
 /// explicitly to [`ModelSource::resolve_with`] keeps tests and embedders off process-wide state.
