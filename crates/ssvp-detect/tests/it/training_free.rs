@@ -137,6 +137,56 @@ fn references_and_mutual_scoring_find_defects_on_fresh_draws() {
     }
 }
 
+/// A bank built where CLIP is left out (what `ssvp bank build` does for DINO features) holds the
+/// same vectors under the same backbone digest as one built with both towers, and serves a
+/// fused detector, which loads CLIP for its head.
+#[test]
+fn a_bank_made_without_clip_serves_a_fused_detector() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    synth(&data, &[Kind::Disc], 6, 96, 11);
+    let fixture = shared_fixture();
+    let mut dino_cfg = fixture.config.backbones.clone();
+    dino_cfg.clip = ssvp_features::NO_TOWER.into();
+    let taps = ssvp_features::TapLayers {
+        clip: Vec::new(),
+        dino: fixture.config.model.dino_layers,
+    };
+    let dino_only = Backbones::load(&dino_cfg, &taps, &Device::Cpu).unwrap();
+    assert!(!dino_only.has_clip());
+    let refs: Vec<_> = kind_images(&data, Kind::Disc, "train/good")
+        .into_iter()
+        .map(|i| i.image)
+        .take(3)
+        .collect();
+    let names = || (0..3).map(|i| format!("ref{i}")).collect::<Vec<_>>();
+    let opts = BankOptions::default();
+    let without = bank_of_images(&dino_only, &refs, names(), &opts).unwrap();
+    let with = bank_of_images(fixture.backbones.as_ref(), &refs, names(), &opts).unwrap();
+    assert_eq!(without.meta().backbones, with.meta().backbones);
+    for (a, b) in without.keys().iter().zip(with.keys()) {
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            a.flatten_all().unwrap().to_vec1().unwrap(),
+            b.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(a, b);
+    }
+    let memory = ssvp_detect::memory::references_memory(
+        without,
+        fixture.backbones.identity(),
+        ReferenceScoring::default(),
+    )
+    .unwrap();
+    let fused = fixture
+        .detector(DetectorOptions::default())
+        .with_memory(memory)
+        .unwrap();
+    let test = kind_images(&data, Kind::Disc, "test/good");
+    let out = fused.detect(&test[..1]).unwrap();
+    assert_eq!(out[0].mode, "fused");
+    assert!(out[0].score_distance.is_some() && out[0].score_head.is_some());
+}
+
 /// Images of one kind from a fresh draw.
 fn kind_images(root: &Path, kind: Kind, folder: &str) -> Vec<InputImage> {
     let dir = root.join(kind.name()).join(folder);
