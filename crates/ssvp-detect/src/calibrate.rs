@@ -51,6 +51,28 @@ pub struct NormalScore {
     pub map_median: f32,
 }
 
+impl NormalScore {
+    /// What a good image's detection gives a calibration.
+    pub fn of(detection: &crate::Detection) -> Self {
+        Self {
+            score: detection.score,
+            map_max: detection.map_stats.max,
+            map_median: map_median(&detection.map.data),
+        }
+    }
+}
+
+/// The median of a map (lower middle for even sizes: a value that occurs in the map).
+pub(crate) fn map_median(values: &[f32]) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    let mid = (v.len() - 1) / 2;
+    let (_, m, _) = v.select_nth_unstable_by(mid, f32::total_cmp);
+    *m
+}
+
 /// The image-level part of a calibration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageCalibration {
@@ -312,6 +334,25 @@ impl Calibration {
             ColorScale { lo, hi }
         } else {
             ColorScale { lo, hi: lo + 1e-3 }
+        }
+    }
+
+    /// A copy of this calibration for the model `identity`, unchanged otherwise: what a
+    /// detector whose references bank grew (`ssvp_memory::PatchBank::with_references`) keeps
+    /// deciding with until it is calibrated again.
+    ///
+    /// Valid only when the new model's score of every image is lower than or equal to the old
+    /// one's: a references bank that only grew (each patch distance is a minimum over a
+    /// superset of vectors, so every image score can only fall). The normal images' scores
+    /// fall too, so the kept threshold is then higher than a fresh fit's: the false-alarm
+    /// bound still holds (conservatively), the p-values and calibrated scores read as if
+    /// computed on the old scores, and detection may miss slightly more than after
+    /// re-calibrating. Any other change of the model (another head, other backbones, a bank
+    /// that lost or changed vectors) needs a new calibration; nothing here checks it.
+    pub fn carried_to(&self, identity: &ModelIdentity) -> Calibration {
+        Calibration {
+            model: identity.clone(),
+            ..self.clone()
         }
     }
 

@@ -4,10 +4,11 @@
 //!
 //! ```text
 //! decoded image ─(tiles)─► preprocess ─► the towers the scorer reads (stopped at its deepest
-//! tap when it reads no global feature) ─► scorer (crate::scorer: head, references, mutual,
-//! fused, or any other) ─► per unit: score, map on the map grid ─► resize to the tile/image
-//! ─(stitch)─► map at the image's resolution ─► the scorer's image score ─► decision
-//! (crate::decision), calibrated score, p-value ─► regions
+//! tap when it reads no global feature) ─► scorer (crate::scorer: head, references,
+//! mutual, fused, or any other; don't-care tokens score 0) ─► per unit: score, map on the
+//! map grid ─► resize to the tile/image ─(stitch)─► map at the image's resolution (0 in
+//! don't-care regions) ─► the scorer's image score ─► decision (crate::decision), calibrated
+//! score, p-value ─► regions
 //! ```
 //!
 //! The detector never asks which scorer it holds: what the scorer states in its
@@ -32,6 +33,7 @@ use crate::assembly::{ms_since, Assembly};
 use crate::calibrate::Calibration;
 use crate::decision::{check_threshold, is_anomalous};
 use crate::detection::{Detection, MapStats, Timings};
+use crate::dont_care::{DontCare, NormRect};
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::InputImage;
 use crate::memory::{set_sizes, Memory};
@@ -41,10 +43,13 @@ use crate::scorer::{Fused, HeadScorer};
 use crate::settings::{DetectorOptions, DetectorSettings, ModelIdentity};
 use crate::tiling::{crop, is_tiled, layout, Tile};
 
-/// The loaded model and how it decides. See the module docs.
+/// The loaded model and how it decides. See the module docs. A clone shares the backbones
+/// and the scorer (both read-only), so a detector that decides otherwise (another threshold,
+/// other regions) is cheap to make beside the one in use.
+#[derive(Clone)]
 pub struct Detector {
     /// What scores, and what it said of itself when the detector took it.
-    scorer: Option<(Box<dyn Scorer>, Description)>,
+    scorer: Option<(Arc<dyn Scorer>, Description)>,
     /// The trained head, kept to fuse it with other memories (evaluation draws a bank per
     /// category).
     #[cfg(feature = "head")]
@@ -55,6 +60,8 @@ pub struct Detector {
     identity: ModelIdentity,
     options: DetectorOptions,
     calibration: Option<Calibration>,
+    /// Regions of every image that are not inspected (never empty: empty is `None`).
+    dont_care: Option<DontCare>,
 }
 
 impl Detector {
@@ -100,6 +107,7 @@ impl Detector {
             identity,
             options,
             calibration: None,
+            dont_care: None,
         })
     }
 
@@ -111,8 +119,32 @@ impl Detector {
         let description = scorer.describe();
         self.identity.head = description.head_digest.clone();
         self.identity.bank = description.bank_digest.clone();
-        self.scorer = Some((scorer, description));
+        self.scorer = Some((Arc::from(scorer), description));
         Ok(self)
+    }
+
+    /// The same detector deciding at `threshold` (`None`: the calibration's, if any) instead
+    /// of the threshold it was given.
+    pub fn with_image_threshold(mut self, threshold: Option<f64>) -> Result<Self> {
+        if let Some(t) = threshold {
+            check_threshold(t)?;
+        }
+        self.options.image_threshold = threshold;
+        Ok(self)
+    }
+
+    /// A new detector whose references are `bank`, scored as this detector scores its own
+    /// bank (same taps, top fraction and foreground rule; fused with the head if it has one).
+    /// The calibration is dropped, as in [`Detector::with_replaced_memory`].
+    pub fn with_bank(&self, bank: ssvp_memory::PatchBank) -> Result<Detector> {
+        let scoring = self.scorer()?.reference_scoring().ok_or_else(|| {
+            Error::invalid(format!(
+                "a {} detector scores against no bank of good references",
+                self.mode()
+            ))
+        })?;
+        let memory = crate::memory::references_memory(bank, self.backbones.identity(), scoring)?;
+        self.with_replaced_memory(memory)
     }
 
     /// Adds a training-free memory (with a head: the fused mode). A bank must come from these
@@ -131,6 +163,44 @@ impl Detector {
             return Ok(Box::new(Fused::new(Arc::clone(head), distances)?));
         }
         Ok(distances)
+    }
+
+    /// A new detector with the memory replaced by `memory` (fused with the head, if this
+    /// detector has one), leaving this one as it is: a server keeps serving this detector while
+    /// the new one is built, then swaps them. The backbones (shared), the head, the options,
+    /// the post-processing, the don't-care regions and the checkpoint's name are kept; the
+    /// calibration is not, since it names this model's bank. Re-apply one with
+    /// [`Detector::with_calibration`] (a calibration of this detector carries over when the new
+    /// scores can only be lower: [`Calibration::carried_to`]).
+    pub fn with_replaced_memory(&self, memory: Memory) -> Result<Detector> {
+        let scorer = self.scorer_of(memory)?;
+        let detector = Self {
+            scorer: None,
+            #[cfg(feature = "head")]
+            head: self.head.clone(),
+            postprocess: self.postprocess.clone(),
+            backbones: Arc::clone(&self.backbones),
+            identity: self.identity.clone(),
+            options: self.options.clone(),
+            calibration: None,
+            dont_care: self.dont_care.clone(),
+        };
+        detector.with_scorer(scorer)
+    }
+
+    /// Ignores `regions` of every image from now on (see [`crate::dont_care`]): their tokens
+    /// score 0 before any image score is formed, and the map is 0 there. `None` or empty
+    /// regions leave the detector exactly as without them. The regions are not part of the
+    /// settings a calibration compares: a calibration made without them (or with others) is
+    /// not refused, so calibrate again after changing them.
+    pub fn with_dont_care(mut self, regions: Option<DontCare>) -> Self {
+        self.dont_care = regions.filter(|r| !r.is_empty());
+        self
+    }
+
+    /// The don't-care regions in use (`None` when there are none).
+    pub fn dont_care(&self) -> Option<&DontCare> {
+        self.dont_care.as_ref()
     }
 
     /// Applies a calibration, refusing one made for another model or other settings.
@@ -271,7 +341,9 @@ impl Detector {
 
     /// The scorer on backbone features of a batch, each map post-processed onto the
     /// `map_size x map_size` grid. This is the step `ssvp eval` measures. For a scorer of
-    /// sets the batch is the set: every image scores the others.
+    /// sets the batch is the set: every image scores the others. The features are of whole
+    /// images: the don't-care regions mask their tokens as in [`Detector::detect`] (the maps
+    /// here are on the map grid, so the pixel-level zeroing of `detect` is not applied).
     pub fn score_features(
         &self,
         features: &[ImageFeatures],
@@ -291,21 +363,28 @@ impl Detector {
         class_name: &str,
         scorer: &dyn Scorer,
     ) -> Result<Vec<UnitScore>> {
-        Ok(self.score_features_timed(features, class_name, scorer)?.0)
+        let units = vec![NormRect::WHOLE; features.len()];
+        Ok(self
+            .score_features_timed(features, &units, class_name, scorer)?
+            .0)
     }
 
     /// [`Detector::score_features_with`] with the time of the head, the memory and the
-    /// post-processing.
+    /// post-processing; `units[i]` is where the `i`-th features lie in their image.
     fn score_features_timed(
         &self,
         features: &[ImageFeatures],
+        units: &[NormRect],
         class_name: &str,
         scorer: &dyn Scorer,
     ) -> Result<(Vec<UnitScore>, f64, f64, f64)> {
         if features.is_empty() {
             return Ok((Vec::new(), 0.0, 0.0, 0.0));
         }
-        let ctx = ScoreContext::new(class_name, self.options.map_size, &self.postprocess);
+        let mut ctx = ScoreContext::new(class_name, self.options.map_size, &self.postprocess);
+        if let Some(regions) = &self.dont_care {
+            ctx = ctx.with_dont_care(regions, units);
+        }
         let units = scorer.score(features, &ctx)?;
         if units.len() != features.len() {
             return Err(Error::new(
@@ -407,7 +486,7 @@ impl Detector {
         // A scorer that compares a set's images needs the features of the whole set before
         // any image can be scored.
         let whole_set = self.set_size().is_some();
-        let mut held: Vec<(usize, ImageFeatures, Timings)> = Vec::new();
+        let mut held: Vec<(usize, NormRect, ImageFeatures, Timings)> = Vec::new();
         for (chunk, ready) in batch
             .units
             .chunks(self.options.batch_size)
@@ -416,6 +495,14 @@ impl Detector {
             let crops: Vec<Option<RgbImage8>> = chunk
                 .iter()
                 .map(|(i, tile)| tile.map(|t| crop(&images[*i].image, &t)))
+                .collect();
+            let rects: Vec<NormRect> = chunk
+                .iter()
+                .map(|(i, tile)| {
+                    tile.map_or(NormRect::WHOLE, |t| {
+                        NormRect::of_tile(&t, images[*i].image.width, images[*i].image.height)
+                    })
+                })
                 .collect();
             let pixels: Vec<&RgbImage8> = chunk
                 .iter()
@@ -446,11 +533,17 @@ impl Detector {
                 ..Timings::default()
             };
             if whole_set {
-                held.extend(chunk.iter().zip(features).map(|((i, _), f)| (*i, f, share)));
+                held.extend(
+                    chunk
+                        .iter()
+                        .zip(&rects)
+                        .zip(features)
+                        .map(|(((i, _), rect), f)| (*i, *rect, f, share)),
+                );
                 continue;
             }
             let (scores, head_ms, memory_ms, post_ms) =
-                self.score_features_timed(&features, class_name, scorer)?;
+                self.score_features_timed(&features, &rects, class_name, scorer)?;
             let share = Timings {
                 head_ms: head_ms / n,
                 memory_ms: memory_ms / n,
@@ -462,11 +555,12 @@ impl Detector {
             }
         }
         if whole_set {
-            let (idx, rest): (Vec<usize>, Vec<(ImageFeatures, Timings)>) =
-                held.into_iter().map(|(i, f, t)| (i, (f, t))).unzip();
-            let (features, shares): (Vec<ImageFeatures>, Vec<Timings>) = rest.into_iter().unzip();
+            let idx: Vec<usize> = held.iter().map(|(i, ..)| *i).collect();
+            let rects: Vec<NormRect> = held.iter().map(|(_, r, ..)| *r).collect();
+            let (features, shares): (Vec<ImageFeatures>, Vec<Timings>) =
+                held.into_iter().map(|(_, _, f, t)| (f, t)).unzip();
             let (scores, head_ms, memory_ms, post_ms) =
-                self.score_features_timed(&features, class_name, scorer)?;
+                self.score_features_timed(&features, &rects, class_name, scorer)?;
             let n = features.len().max(1) as f64;
             for ((i, score), share) in idx.into_iter().zip(scores).zip(shares) {
                 let share = Timings {
@@ -516,8 +610,13 @@ impl Detector {
         timings.decode_ms = input.decode_ms;
         let started = Instant::now();
         let assembled = assembly.finish()?;
+        let (mut map, maxima) = (assembled.map, assembled.maxima);
+        // The scorer zeroed the don't-care tokens; smoothing and upsampling spread their
+        // neighbours' values back in, so the regions are zeroed again at the image's pixels.
+        if let Some(regions) = &self.dont_care {
+            regions.zero_map(&mut map);
+        }
         timings.postprocess_ms += ms_since(started);
-        let (map, maxima) = (assembled.map, assembled.maxima);
         let scores = scorer.image_scores(&maxima);
         let score = scores.score;
         let threshold = self.image_threshold();

@@ -428,13 +428,6 @@ pub struct CalibrateJob {
     pub seed: u64,
 }
 
-/// The median of a map (lower middle for even sizes: a value that occurs in the map).
-fn map_median(values: &[f32]) -> f32 {
-    let mut v = values.to_vec();
-    let mid = (v.len() - 1) / 2;
-    *v.select_nth_unstable_by(mid, f32::total_cmp).1
-}
-
 /// A reference scores (nearly) zero against its own bank, so calibrating on references would
 /// set the threshold far too low: they are refused, by canonical path.
 fn refuse_references(detector: &Detector, inputs: &[InputFile]) -> Result<()> {
@@ -492,11 +485,7 @@ pub fn calibrate_files(
     };
     scan(detector, &refs, &job.decode, &mut |input, outcome| {
         match outcome {
-            Ok((_, d)) => normal.push(NormalScore {
-                score: d.score,
-                map_max: d.map_stats.max,
-                map_median: map_median(&d.map.data),
-            }),
+            Ok((_, d)) => normal.push(NormalScore::of(&d)),
             Err(e) if e.kind().is_client_error() => {
                 progress.failed += 1;
                 skipped.push((input.key(), e));
@@ -675,7 +664,7 @@ mod tests {
 
     #[test]
     fn median_of_a_map() {
-        assert_eq!(map_median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(map_median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
+        assert_eq!(crate::calibrate::map_median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(crate::calibrate::map_median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
     }
 }

@@ -12,6 +12,7 @@
 //! - [`memory`]: reference banks and mutual-scoring configurations, made into scorers;
 //! - [`detector`]: [`Detector`], the one per-image pipeline (preprocess -> towers -> scorer ->
 //!   maps at the image's resolution -> decision -> regions), with [`tiling`] for large images;
+//! - [`dont_care`]: regions of the image an operator marks as not inspected;
 //! - [`decision`]: the decision rule;
 //! - [`calibrate`]: thresholds and calibrated scores from normal images only;
 //! - [`detection`]: [`Detection`], the serde answer every front emits;
@@ -34,6 +35,7 @@ pub mod demo;
 pub mod detection;
 pub mod detector;
 pub mod doctor;
+pub mod dont_care;
 pub mod error;
 pub mod evaluate;
 pub mod input;
@@ -50,6 +52,7 @@ pub mod tiling;
 pub use calibrate::Calibration;
 pub use detection::{Detection, MapStats, Timings};
 pub use detector::Detector;
+pub use dont_care::{DontCare, NormRect};
 pub use error::{Error, ErrorKind, Result};
 pub use input::InputImage;
 pub use load::LoadSpec;

@@ -18,6 +18,7 @@ use ssvp_image::RgbImage8;
 use ssvp_memory::BankMeta;
 pub use ssvp_memory::{CoresetOptions, ForegroundOptions, MutualOptions, PatchBank};
 
+use crate::detector::Detector;
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{read_image, DecodeOptions};
 pub use crate::scorer::mutual::{set_sizes, MutualConfig, DEFAULT_SET_SIZE};
@@ -136,7 +137,19 @@ fn bank_of_images_with(
     opts: &BankOptions,
     features_of: impl Fn(&[RgbImage8]) -> ssvp_features::Result<Vec<ImageFeatures>>,
 ) -> Result<PatchBank> {
-    if opts.rotations == 0 || opts.batch_size == 0 {
+    let features = features_of_copies(images, opts.rotations, opts.batch_size, features_of)?;
+    bank_of_features(identity, &features, names, opts)
+}
+
+/// The features of each image's `rotations` copies (at `360 / rotations` degree steps, the
+/// first unrotated), in a row per image, computed `batch_size` copies at a time.
+fn features_of_copies(
+    images: &[RgbImage8],
+    rotations: usize,
+    batch_size: usize,
+    features_of: impl Fn(&[RgbImage8]) -> ssvp_features::Result<Vec<ImageFeatures>>,
+) -> Result<Vec<ImageFeatures>> {
+    if rotations == 0 || batch_size == 0 {
         return Err(Error::invalid(
             "rotations and the batch size must be positive",
         ));
@@ -144,20 +157,77 @@ fn bank_of_images_with(
     let copies: Vec<RgbImage8> = images
         .iter()
         .flat_map(|img| {
-            (0..opts.rotations).map(move |r| {
+            (0..rotations).map(move |r| {
                 if r == 0 {
                     img.clone()
                 } else {
-                    ssvp_image::augment::rotate(img, 360.0 * r as f64 / opts.rotations as f64)
+                    ssvp_image::augment::rotate(img, 360.0 * r as f64 / rotations as f64)
                 }
             })
         })
         .collect();
     let mut features = Vec::with_capacity(copies.len());
-    for chunk in copies.chunks(opts.batch_size) {
+    for chunk in copies.chunks(batch_size) {
         features.extend(features_of(chunk)?);
     }
-    bank_of_features(identity, &features, names, opts)
+    Ok(features)
+}
+
+/// The detector's references bank grown by `images`, decoded good parts named `names` (one
+/// name each): an operator's "this part is good" joins the bank at once
+/// ([`PatchBank::with_references`]). The images run through the detector's backbones at the
+/// bank's taps (only the towers those read, each stopped after its deepest tap, as
+/// [`build_bank`] runs them) in the bank's rotations, in batches of the detector's batch size.
+/// The bank's metadata (what made it, its normal scale) is kept.
+///
+/// The grown bank serves a new detector ([`crate::Detector::with_replaced_memory`]); the old
+/// detector is left as it is. Every image score of the new one is at most the old one's, so
+/// its calibration may be carried over ([`crate::Calibration::carried_to`]).
+///
+/// Refused: a detector whose scorer reads no bank ([`ErrorKind::InvalidInput`]), no image
+/// ([`ErrorKind::NotEnoughData`]), a name count other than the image count.
+pub fn grow_bank(
+    detector: &Detector,
+    images: &[RgbImage8],
+    names: Vec<String>,
+) -> Result<PatchBank> {
+    let bank = detector.scorer()?.bank().ok_or_else(|| {
+        Error::invalid(format!(
+            "a {} detector holds no bank of good references to add images to",
+            detector.mode()
+        ))
+    })?;
+    if images.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotEnoughData,
+            "no image was given to add to the bank",
+        ));
+    }
+    if names.len() != images.len() {
+        return Err(Error::invalid(format!(
+            "{} names given for {} images to add to the bank",
+            names.len(),
+            images.len()
+        )));
+    }
+    let backbones = detector.backbones();
+    let taps = taps_of_bank(bank, backbones.identity())?;
+    let towers = towers_of(&taps, false);
+    let features = features_of_copies(
+        images,
+        bank.meta().rotations.max(1),
+        detector.options().batch_size.max(1),
+        |chunk| {
+            let refs: Vec<&RgbImage8> = chunk.iter().collect();
+            let (clip, dino) = backbones.preprocess_towers(&refs, towers)?;
+            backbones.features_of_towers(clip.as_ref(), dino.as_ref(), false)
+        },
+    )?;
+    let rows: Vec<Vec<Tensor>> = features
+        .iter()
+        .map(|f| tapped(f, &taps))
+        .collect::<ssvp_features::Result<_>>()?;
+    bank.with_references(&rows, names).map_err(Error::from)
 }
 
 /// Builds a bank from the features of the references (each reference's `opts.rotations`

@@ -128,6 +128,85 @@ impl PatchBank {
         Ok(Self { meta, keys })
     }
 
+    /// A copy of the bank with the patch vectors of more good images appended: what an
+    /// operator's "this part is good" adds, without running the original references again.
+    ///
+    /// `rows[i][t]` are the patch tokens `[N, D_t]` of new image copy `i` at tap `t`, laid out
+    /// as [`PatchBank::build`] takes them (each new image's [`BankMeta::rotations`] copies in a
+    /// row); they are L2-normalised and appended to each tap's matrix, and `names` (one per new
+    /// image) join [`BankMeta::references`]. Every patch distance is then a minimum over a
+    /// superset of the old vectors, so no distance grows and the new images' own patches are
+    /// at distance (nearly) 0.
+    ///
+    /// [`BankMeta::normal_scale`] is kept: it is the leave-one-out scale of the original
+    /// references, read only by fusion to put distances on the head's scale, and recomputing
+    /// it would move every fused score of the grown model. A bank reduced by a coreset keeps
+    /// [`BankMeta::coreset`] as recorded; the added rows are not reduced.
+    ///
+    /// Refused ([`ErrorKind::InvalidInput`], or [`ErrorKind::NotEnoughData`] for no rows): a
+    /// row without exactly one tensor per tap, a tensor that is not `[grid cells, D_t]` of the
+    /// bank, a number of copies that is not a multiple of the rotations, or a number of names
+    /// that does not match the images.
+    pub fn with_references(&self, rows: &[Vec<Tensor>], names: Vec<String>) -> Result<PatchBank> {
+        if rows.is_empty() {
+            return Err(Error::new(
+                ErrorKind::NotEnoughData,
+                "no image was given to add to the bank",
+            ));
+        }
+        let taps = self.keys.len();
+        let copies = self.meta.rotations.max(1);
+        if rows.len() % copies != 0 {
+            return Err(Error::invalid(format!(
+                "{} image copies are not whole images of the bank's {copies} rotations each",
+                rows.len()
+            )));
+        }
+        if names.len() * copies != rows.len() {
+            return Err(Error::invalid(format!(
+                "{} names given for {} added images",
+                names.len(),
+                rows.len() / copies
+            )));
+        }
+        let cells = self.meta.grid.0 * self.meta.grid.1;
+        for (i, row) in rows.iter().enumerate() {
+            if row.len() != taps {
+                return Err(Error::invalid(format!(
+                    "added image copy {i} has features at {} taps, the bank has {taps}",
+                    row.len()
+                )));
+            }
+            for (t, (x, k)) in row.iter().zip(&self.keys).enumerate() {
+                let want = (cells, k.dim(1)?);
+                if x.dims() != [want.0, want.1] {
+                    return Err(Error::invalid(format!(
+                        "added image copy {i} has features of shape {:?} at tap `{}`, the bank \
+                         holds {} patches of width {} per image",
+                        x.dims(),
+                        self.meta.taps[t],
+                        want.0,
+                        want.1
+                    )));
+                }
+            }
+        }
+        let mut keys = Vec::with_capacity(taps);
+        for (t, k) in self.keys.iter().enumerate() {
+            let mut parts = Vec::with_capacity(rows.len() + 1);
+            parts.push(k.clone());
+            for row in rows {
+                let x = row[t].to_device(k.device())?.to_dtype(k.dtype())?;
+                parts.push(l2_normalize_rows(&x)?);
+            }
+            let refs: Vec<&Tensor> = parts.iter().collect();
+            keys.push(stack_rows(&refs)?);
+        }
+        let mut meta = self.meta.clone();
+        meta.references.extend(names);
+        Ok(Self { meta, keys })
+    }
+
     /// What the bank holds.
     pub fn meta(&self) -> &BankMeta {
         &self.meta
@@ -418,6 +497,65 @@ mod tests {
         );
         let other = bank.check_compatible("another", "vitl / vitl", &bank.meta().taps.clone());
         assert_eq!(other.unwrap_err().kind(), ErrorKind::Mismatch);
+    }
+
+    #[test]
+    fn added_references_are_near_and_no_distance_grows() {
+        let images = vec![vec![image(0.0)], vec![image(1.0)]];
+        let mut m = meta(1, 1);
+        m.references = vec!["a".into(), "b".into()];
+        let bank = PatchBank::build(&images, m, None).unwrap();
+        let queries: Vec<Tensor> = (3..9).map(|s| image(s as f32 * 0.9)).collect();
+        let before: Vec<Vec<f32>> = queries
+            .iter()
+            .map(|q| bank.distances(std::slice::from_ref(q)).unwrap())
+            .collect();
+        let added = image(5.0 * 0.9);
+        assert!(before[2].iter().any(|v| *v > 1e-3), "{:?}", before[2]);
+        let grown = bank
+            .with_references(&[vec![added.clone()]], vec!["c".into()])
+            .unwrap();
+        assert_eq!(grown.len(), 12);
+        assert_eq!(grown.meta().references, ["a", "b", "c"]);
+        assert_eq!(grown.meta().normal_scale, bank.meta().normal_scale);
+        let own = grown.distances(&[added]).unwrap();
+        assert!(own.iter().all(|v| v.abs() < 1e-6), "{own:?}");
+        for (q, old) in queries.iter().zip(&before) {
+            let new = grown.distances(std::slice::from_ref(q)).unwrap();
+            for (n, o) in new.iter().zip(old) {
+                assert!(*n <= *o + 1e-6, "{n} > {o}");
+            }
+        }
+        // The original bank is untouched.
+        assert_eq!(bank.len(), 8);
+    }
+
+    #[test]
+    fn bad_additions_are_refused() {
+        let bank = PatchBank::build(&[vec![image(0.0)]], meta(1, 2), None);
+        assert!(bank.is_err(), "one copy is not a whole reference of two");
+        let bank =
+            PatchBank::build(&[vec![image(0.0)], vec![image(0.5)]], meta(1, 2), None).unwrap();
+        let add = |rows: &[Vec<Tensor>], names: usize| {
+            bank.with_references(rows, (0..names).map(|i| format!("n{i}")).collect())
+                .unwrap_err()
+        };
+        assert_eq!(add(&[], 0).kind(), ErrorKind::NotEnoughData);
+        let one = vec![image(2.0)];
+        let err = add(std::slice::from_ref(&one), 1);
+        assert!(err.to_string().contains("rotations"), "{err}");
+        let err = add(&[one.clone(), one.clone()], 2);
+        assert!(err.to_string().contains("names"), "{err}");
+        let err = add(&[vec![image(1.0), image(2.0)], one.clone()], 1);
+        assert!(err.to_string().contains("2 taps"), "{err}");
+        let narrow = Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap();
+        let err = add(&[vec![narrow], one.clone()], 1);
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("shape"), "{err}");
+        let ok = bank
+            .with_references(&[one.clone(), vec![image(3.0)]], vec!["x".into()])
+            .unwrap();
+        assert_eq!(ok.len(), 16);
     }
 
     #[test]

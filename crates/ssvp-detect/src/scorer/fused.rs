@@ -1,7 +1,8 @@
 //! [`Fused`]: the trained head and a training-free scorer together. Both maps (each already on
 //! the map grid) and both scores are averaged after the distance is brought onto the head's
 //! probability scale by the normal scale of its scorer ([`normalise_distance`]). The towers run
-//! once: the taps the other scorer reads are tensors the head reads too.
+//! once: the taps the other scorer reads are tensors the head reads too. Don't-care regions
+//! are masked by each part (both score 0 there before their maps are averaged).
 
 use std::sync::Arc;
 
@@ -113,6 +114,10 @@ impl Scorer for Fused {
 
     fn bank(&self) -> Option<&PatchBank> {
         self.distances.bank()
+    }
+
+    fn reference_scoring(&self) -> Option<super::references::ReferenceScoring> {
+        self.distances.reference_scoring()
     }
 }
 

@@ -1,6 +1,8 @@
 //! [`HeadScorer`]: the trained SSVP head. It reads both towers whole (the patch tokens of the
 //! tapped blocks and both global features) and scores `S_final`, the fusion of its global and
-//! local scores, with the class name in its prompts.
+//! local scores, with the class name in its prompts. Don't-care tokens are set to 0 in its
+//! map `P_map`, and `S_local` and `S_final` are read again from the masked map; `S_global`,
+//! from the unit's global feature, is not masked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use candle_core::{DType, Tensor};
 use sha2::{Digest, Sha256};
 use ssvp_features::{Backbones, ImageFeatures, TowerSet};
 use ssvp_image::ColorScale;
-use ssvp_model::{stack_features, Mode, PromptEncoding, SsvpHead};
+use ssvp_model::{stack_features, LocalScore, Mode, PromptEncoding, SsvpHead};
 use ssvp_util::error::message_chain;
 
 use super::{
@@ -121,6 +123,32 @@ impl HeadScorer {
             .collect())
     }
 
+    /// The head's parts after don't-care tokens of `P_map` were set to 0 in `map`: `S_local`
+    /// read again from the masked map by the head's rule (`model.local_score`: its maximum, or
+    /// the mean of its `k` largest cells), and `S_final = (1 - γ)·S_global + γ·S_local` again.
+    /// `S_global` is kept: it comes from the global feature of the whole unit, which has seen
+    /// the masked area and cannot be masked after the fact. The values match the head's own
+    /// up to float rounding (they are computed here in f32/f64 on the host, not by the head's
+    /// tensors).
+    fn masked_parts(&self, parts: HeadParts, map: &[f32]) -> HeadParts {
+        let config = self.head.model_config();
+        let local = match config.local_score {
+            LocalScore::Max => map.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            LocalScore::TopKMean { k } => {
+                let mut sorted = map.to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let k = k.clamp(1, sorted.len().max(1));
+                sorted.iter().take(k).sum::<f32>() / k as f32
+            }
+        };
+        let local = f64::from(local);
+        HeadParts {
+            score: tiled_head_score(parts.global, local, config.gamma),
+            global: parts.global,
+            local,
+        }
+    }
+
     /// The head's `S_final` of an image from its units' maxima: a unit's own score, or for
     /// tiles the fusion rule over the tiles' maxima of `S_global` and `S_local`.
     pub fn image_head_score(&self, units: &UnitMaxima) -> Option<f64> {
@@ -158,7 +186,11 @@ impl Scorer for HeadScorer {
         let outputs = ctx.timed(Stage::Head, || self.outputs(features, ctx.class_name))?;
         outputs
             .into_iter()
-            .map(|(parts, map)| {
+            .enumerate()
+            .map(|(unit, (mut parts, mut map))| {
+                if ctx.mask_tokens(unit, first.grid, &mut map) {
+                    parts = self.masked_parts(parts, &map);
+                }
                 Ok(UnitScore {
                     score: parts.score,
                     head: Some(parts),

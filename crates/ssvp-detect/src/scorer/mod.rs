@@ -43,6 +43,7 @@ pub use head::HeadScorer;
 pub use mutual::Mutual;
 pub use references::References;
 
+use crate::dont_care::{DontCare, NormRect};
 use crate::error::Result;
 use crate::settings::{DetectorOptions, ScorerSettings};
 
@@ -53,8 +54,10 @@ pub trait Scorer: Send + Sync {
     fn describe(&self) -> Description;
 
     /// Scores a batch. Every unit's map comes from [`ScoreContext::map`] (the map grid, smoothed
-    /// as in evaluation). A scorer whose [`Description::set_size`] is set gets a whole set at
-    /// once and may compare its images with each other.
+    /// as in evaluation); the don't-care tokens of unit `i` (the `i`-th features) score 0 before
+    /// the unit's score and map are formed ([`ScoreContext::mask_tokens`]). A scorer whose
+    /// [`Description::set_size`] is set gets a whole set at once and may compare its images
+    /// with each other.
     fn score(&self, features: &[ImageFeatures], ctx: &ScoreContext<'_>) -> Result<Vec<UnitScore>>;
 
     /// An image's scores from those of its units: one unit for an image scored whole, the
@@ -78,6 +81,12 @@ pub trait Scorer: Send + Sync {
     fn bank(&self) -> Option<&PatchBank> {
         None
     }
+
+    /// How the distances to [`Scorer::bank`] are scored, so the same scoring can be rebuilt
+    /// over another bank (a station's bank grown by parts marked good).
+    fn reference_scoring(&self) -> Option<references::ReferenceScoring> {
+        None
+    }
 }
 
 /// A shared scorer scores as itself (the head is shared between its own detector and the fused
@@ -97,6 +106,9 @@ impl<S: Scorer + ?Sized> Scorer for std::sync::Arc<S> {
     }
     fn bank(&self) -> Option<&PatchBank> {
         (**self).bank()
+    }
+    fn reference_scoring(&self) -> Option<references::ReferenceScoring> {
+        (**self).reference_scoring()
     }
 }
 
@@ -190,12 +202,14 @@ pub enum Stage {
 }
 
 /// What a scorer is given besides the features: the class name, the map grid and its
-/// post-processing, and clocks for its stages.
+/// post-processing, the don't-care regions of its units, and clocks for its stages.
 pub struct ScoreContext<'a> {
     /// The class name of the prompts.
     pub class_name: &'a str,
     map_size: usize,
     postprocess: &'a PostprocessConfig,
+    /// The regions, and where each unit of the call lies in its image.
+    dont_care: Option<(&'a DontCare, &'a [NormRect])>,
     head_ms: Cell<f64>,
     memory_ms: Cell<f64>,
     postprocess_ms: Cell<f64>,
@@ -208,10 +222,42 @@ impl<'a> ScoreContext<'a> {
             class_name,
             map_size,
             postprocess,
+            dont_care: None,
             head_ms: Cell::new(0.0),
             memory_ms: Cell::new(0.0),
             postprocess_ms: Cell::new(0.0),
         }
+    }
+
+    /// The context with don't-care `regions`: `units[i]` is where unit `i` of the call (the
+    /// `i`-th features) lies in its image. Empty regions are no regions.
+    pub fn with_dont_care(mut self, regions: &'a DontCare, units: &'a [NormRect]) -> Self {
+        self.dont_care = (!regions.is_empty()).then_some((regions, units));
+        self
+    }
+
+    /// Which tokens of unit `unit` (of token grid `grid`, row-major) are don't-care (see
+    /// [`DontCare::token_mask`]); `None` when none is, so that a unit the regions miss scores
+    /// exactly as without them.
+    pub fn dont_care(&self, unit: usize, grid: (usize, usize)) -> Option<Vec<bool>> {
+        let (regions, units) = self.dont_care?;
+        let mask = regions.token_mask(grid, *units.get(unit)?);
+        mask.contains(&true).then_some(mask)
+    }
+
+    /// Sets the don't-care token scores of unit `unit` to 0 in `values` (its token-grid scores,
+    /// row-major): what every scorer does before it forms the unit's score and map. Returns
+    /// whether any token was masked (`values` is untouched otherwise).
+    pub fn mask_tokens(&self, unit: usize, grid: (usize, usize), values: &mut [f32]) -> bool {
+        let Some(mask) = self.dont_care(unit, grid) else {
+            return false;
+        };
+        values
+            .iter_mut()
+            .zip(mask)
+            .filter(|(_, masked)| *masked)
+            .for_each(|(v, _)| *v = 0.0);
+        true
     }
 
     /// A token-grid map (`grid.0 * grid.1` values, row-major) upsampled to the map grid and

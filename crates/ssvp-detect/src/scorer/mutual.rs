@@ -1,6 +1,7 @@
 //! [`Mutual`]: zero-shot scoring of a set of unlabeled images against each other (MuSc). Every
-//! patch scores by its distances to the most similar patches of the other images; an image
-//! scores its highest patch, optionally re-scored by RsCIN over the set's global features.
+//! patch scores by its distances to the most similar patches of the other images (0 in an
+//! image's don't-care regions, which still serve as the others' neighbours); an image scores
+//! its highest patch, optionally re-scored by RsCIN over the set's global features.
 //! Only RsCIN reads a global feature: without it each tower stops after its deepest tap.
 
 use candle_core::Tensor;
@@ -138,13 +139,20 @@ impl Scorer for Mutual {
             return Ok(Vec::new());
         };
         let grid = first.grid;
-        let (scores, patches) = ctx.timed(Stage::Memory, || -> Result<_> {
+        let (scores, patches, scale) = ctx.timed(Stage::Memory, || -> Result<_> {
             let layers: Vec<Vec<Tensor>> = self
                 .taps
                 .iter()
                 .map(|t| features.iter().map(|f| Ok(t.of(f)?.clone())).collect())
                 .collect::<Result<_>>()?;
-            let patches = ssvp_memory::mutual::mutual_scores(&layers, grid, &self.config.options)?;
+            let mut patches =
+                ssvp_memory::mutual::mutual_scores(&layers, grid, &self.config.options)?;
+            // The set's normal scale is read before the regions are masked: it is the level
+            // the set's patches reach, whatever an image's regions hide.
+            let scale = set_scale(&patches);
+            for (unit, p) in patches.iter_mut().enumerate() {
+                ctx.mask_tokens(unit, grid, p);
+            }
             let mut scores: Vec<f64> = patches
                 .iter()
                 .map(|p| f64::from(p.iter().copied().fold(f32::NEG_INFINITY, f32::max)))
@@ -153,9 +161,8 @@ impl Scorer for Mutual {
                 let globals = rscin_globals(features, self.taps[0])?;
                 scores = ssvp_memory::mutual::rscin(&scores, &globals, windows)?;
             }
-            Ok((scores, patches))
+            Ok((scores, patches, scale))
         })?;
-        let scale = set_scale(&patches);
         scores
             .into_iter()
             .zip(&patches)

@@ -1,7 +1,7 @@
 //! [`References`]: few-shot scoring against a bank of good parts (AnomalyDINO). A patch scores
-//! its cosine distance to the nearest bank vector; the image the mean of its top 1 % patch
-//! distances. It reads only the bank's taps, so a DINOv3-only bank never runs CLIP and each
-//! tower stops after its deepest tap.
+//! its cosine distance to the nearest bank vector (0 where background masking or a don't-care
+//! region says so); the image the mean of its top 1 % patch distances. It reads only the bank's
+//! taps, so a DINOv3-only bank never runs CLIP and each tower stops after its deepest tap.
 
 use serde::{Deserialize, Serialize};
 use ssvp_features::{tapped, towers_of, ImageFeatures, Tap};
@@ -126,7 +126,7 @@ impl Scorer for References {
     fn score(&self, features: &[ImageFeatures], ctx: &ScoreContext<'_>) -> Result<Vec<UnitScore>> {
         let grids = ctx.timed(Stage::Memory, || -> Result<Vec<(f32, Vec<f32>)>> {
             let mut out = Vec::with_capacity(features.len());
-            for f in features {
+            for (unit, f) in features.iter().enumerate() {
                 let mut grid = self.bank.distances(&tapped(f, &self.taps)?)?;
                 if let Some(opts) = &self.scoring.foreground {
                     // Background patches score 0 and stay in the grid (AnomalyDINO).
@@ -136,6 +136,8 @@ impl Scorer for References {
                         .filter(|(_, keep)| !keep)
                         .for_each(|(d, _)| *d = 0.0);
                 }
+                // Don't-care patches score 0 before the image score, like background ones.
+                ctx.mask_tokens(unit, f.grid, &mut grid);
                 out.push((top_fraction_mean(&grid, self.scoring.top_fraction), grid));
             }
             Ok(out)
@@ -159,6 +161,10 @@ impl Scorer for References {
 
     fn bank(&self) -> Option<&PatchBank> {
         Some(&self.bank)
+    }
+
+    fn reference_scoring(&self) -> Option<ReferenceScoring> {
+        Some(self.scoring.clone())
     }
 }
 

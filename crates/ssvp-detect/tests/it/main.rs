@@ -8,6 +8,7 @@ mod detect_eval;
 mod e2e_zero_shot;
 mod inputs;
 mod load_errors;
+mod station;
 mod tiling;
 mod toy_scorer;
 mod training_free;
