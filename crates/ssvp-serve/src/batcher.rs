@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::state::DetectorSource;
 
 /// How images are gathered into batches.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +51,8 @@ pub struct Scored {
     pub queue_seconds: f64,
     /// Images in the batch it was scored in.
     pub batch_size: usize,
+    /// The detector that scored it (a station may have put another in force since).
+    pub detector: Arc<Detector>,
 }
 
 /// One image waiting to be scored.
@@ -95,7 +98,11 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the batcher task on the current runtime.
-    pub fn start(detector: Arc<Detector>, options: BatchOptions, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        detector: Arc<DetectorSource>,
+        options: BatchOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(options.max_queue_size.max(1));
         let task = tokio::spawn(run(detector, options, rx, metrics.clone()));
         Self {
@@ -147,7 +154,7 @@ fn poisoned() -> ApiError {
 }
 
 async fn run(
-    detector: Arc<Detector>,
+    detector: Arc<DetectorSource>,
     options: BatchOptions,
     mut rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
@@ -197,7 +204,8 @@ async fn run(
             continue;
         }
         metrics.batch_size.observe(live.len() as f64);
-        let detector = detector.clone();
+        // Each batch is scored by the detector in force when it starts.
+        let detector = detector.current();
         let batch_metrics = metrics.clone();
         let jobs = live.len();
         let outcome =
@@ -213,7 +221,7 @@ async fn run(
 /// when a batch fails, its images are scored one by one, so one image's failure is its own.
 /// The batch's time is recorded before any answer goes out, so a client that reads the metrics
 /// after its answer finds its batch counted.
-fn score_batch(detector: &Detector, jobs: Vec<Job>, metrics: &Metrics) {
+fn score_batch(detector: &Arc<Detector>, jobs: Vec<Job>, metrics: &Metrics) {
     let started = Instant::now();
     let size = jobs.len();
     let mut groups: Vec<(String, Vec<Job>)> = Vec::new();
@@ -235,6 +243,7 @@ fn score_batch(detector: &Detector, jobs: Vec<Job>, metrics: &Metrics) {
             detection,
             image,
             queue_seconds,
+            detector: Arc::clone(detector),
             batch_size: size,
         };
         match detect(detector, &images, &class_name) {

@@ -22,8 +22,10 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod station;
 
 pub use batcher::BatchOptions;
 pub use error::{ApiError, Error};
 pub use server::{init_logging, run, serve, serve_until, signals, termination, LogFormat};
-pub use state::{ServeOptions, Service};
+pub use ssvp_station::StationOptions;
+pub use state::{ServeOptions, Service, StationSetup};

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use ssvp_detect::input::{decode_image, DecodeOptions};
 use ssvp_detect::output::encode::ColorScale;
 use ssvp_detect::{Detector, ErrorKind, InputImage};
+use ssvp_station::{Station, StationOptions};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::batcher::{BatchOptions, Batcher, Job, Scored};
@@ -46,6 +47,19 @@ pub struct ServeOptions {
     pub drain_delay: Duration,
     /// After the listener closes: how long in-flight requests get before the server exits.
     pub shutdown_timeout: Duration,
+    /// The inspection station (`--station DIR`): the browser UI and its state.
+    pub station: Option<StationSetup>,
+}
+
+/// Where the station keeps its state and what it watches.
+#[derive(Clone, Debug)]
+pub struct StationSetup {
+    /// The station's directory (database, images, banks).
+    pub dir: std::path::PathBuf,
+    /// A folder whose new images are scored and recorded without a client (`--watch`).
+    pub watch: Option<std::path::PathBuf>,
+    /// Re-scoring and decoding.
+    pub options: StationOptions,
 }
 
 impl Default for ServeOptions {
@@ -64,6 +78,7 @@ impl Default for ServeOptions {
             public_metrics: false,
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(20),
+            station: None,
         }
     }
 }
@@ -102,14 +117,51 @@ impl ServeOptions {
     }
 }
 
+/// Where the detector of each batch comes from: the one loaded, or the one a station's
+/// versions put in force (which an operator's action replaces at run time).
+pub enum DetectorSource {
+    /// The detector loaded at start.
+    Fixed(Arc<Detector>),
+    /// The station's detector in force.
+    Station(Arc<Station>),
+}
+
+impl DetectorSource {
+    /// The detector in force now.
+    pub fn current(&self) -> Arc<Detector> {
+        match self {
+            DetectorSource::Fixed(d) => Arc::clone(d),
+            DetectorSource::Station(s) => s.in_force().detector,
+        }
+    }
+}
+
 /// The loaded model and its queue.
 pub struct LoadedModel {
     /// The detector every request is scored by.
-    pub detector: Arc<Detector>,
+    pub source: Arc<DetectorSource>,
     /// The queue that gathers images into its batches.
     pub batcher: Batcher,
+}
+
+impl LoadedModel {
+    /// The detector in force now.
+    pub fn detector(&self) -> Arc<Detector> {
+        self.source.current()
+    }
+
+    /// The station, when the server runs one.
+    pub fn station(&self) -> Option<&Arc<Station>> {
+        match &*self.source {
+            DetectorSource::Station(s) => Some(s),
+            DetectorSource::Fixed(_) => None,
+        }
+    }
+
     /// The value range the map PNGs are drawn on (the detector's map scale).
-    pub map_scale: ColorScale,
+    pub fn map_scale(&self) -> ColorScale {
+        self.detector().map_scale()
+    }
 }
 
 /// The state behind every handler.
@@ -126,6 +178,8 @@ pub struct AppState {
     admission: Semaphore,
     next_id: AtomicU64,
     id_prefix: String,
+    /// The station's live events (idle without a station).
+    pub events: crate::station::events::Events,
 }
 
 impl AppState {
@@ -158,6 +212,7 @@ impl AppState {
             admission,
             next_id: AtomicU64::new(0),
             id_prefix,
+            events: Default::default(),
         }
     }
 
@@ -327,7 +382,7 @@ impl AppState {
         let mut scored = scored;
         if let Some(t) = threshold {
             for s in &mut scored {
-                model.detector.decide_at(&mut s.detection, t)?;
+                s.detector.decide_at(&mut s.detection, t)?;
             }
         }
         self.metrics.images_scored.inc_by(scored.len() as u64);
@@ -372,7 +427,6 @@ impl Service {
         let state = &self.state;
         // One gathered batch is one backbone pass.
         detector.set_batch_size(state.options.batching.max_batch_size);
-        let map_scale = detector.map_scale();
         state.metrics.model_load_seconds.set(load_seconds);
         state
             .metrics
@@ -384,20 +438,25 @@ impl Service {
                 calibrated: detector.calibration().is_some().to_string(),
             })
             .set(1);
-        let detector = Arc::new(detector);
+        let source = Arc::new(match &state.options.station {
+            Some(setup) => DetectorSource::Station(Arc::new(
+                Station::open(&setup.dir, detector, setup.options.clone())
+                    .map_err(|e| format!("opening the station in {}: {e}", setup.dir.display()))?,
+            )),
+            None => DetectorSource::Fixed(Arc::new(detector)),
+        });
         let batcher = Batcher::start(
-            detector.clone(),
+            source.clone(),
             state.options.batching.clone(),
             state.metrics.clone(),
         );
         state
             .model
-            .set(LoadedModel {
-                detector,
-                batcher,
-                map_scale,
-            })
+            .set(LoadedModel { source, batcher })
             .map_err(|_| "a model is already installed".to_string())?;
+        if let Some(dir) = state.options.station.as_ref().and_then(|s| s.watch.clone()) {
+            crate::station::watch::start(state.clone(), dir)?;
+        }
         if !state.is_draining() {
             state.metrics.model_ready.set(1);
         }
@@ -408,6 +467,7 @@ impl Service {
     pub fn begin_drain(&self) {
         self.state.draining.store(true, Ordering::SeqCst);
         self.state.metrics.model_ready.set(0);
+        self.state.events.close();
     }
 
     /// Closes the batch queue and waits until every queued image has been answered.

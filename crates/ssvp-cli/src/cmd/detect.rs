@@ -94,6 +94,11 @@ pub struct DetectArgs {
     /// Title of the HTML report.
     #[arg(long, default_value = "ssvp inspection report")]
     pub title: String,
+    /// Decide as the inspection station in DIR does now: its bank version (parts marked
+    /// good), don't-care regions, calibration and threshold. The model flags must name the
+    /// model the station was started with.
+    #[arg(long, value_name = "DIR")]
+    pub station: Option<PathBuf>,
 }
 
 pub fn run(mut args: DetectArgs) -> anyhow::Result<ExitCode> {
@@ -112,6 +117,20 @@ pub fn run(mut args: DetectArgs) -> anyhow::Result<ExitCode> {
             .model
             .spec(options, args.decision.calibration.clone())?,
     )?;
+    let detector = match &args.station {
+        None => std::sync::Arc::new(detector),
+        Some(dir) => {
+            if !dir.join("station.sqlite").is_file() {
+                anyhow::bail!(
+                    "--station {}: no station there (it is made by `ssvp serve --station DIR`)",
+                    dir.display()
+                );
+            }
+            ssvp_station::Station::open(dir, detector, Default::default())?
+                .in_force()
+                .detector
+        }
+    };
     let job = DetectJob {
         out_dir: args.out.clone(),
         files: FileOptions {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use ssvp_serve::{BatchOptions, LogFormat, ServeOptions};
+use ssvp_serve::{BatchOptions, LogFormat, ServeOptions, StationOptions, StationSetup};
 
 use super::detector_args::{load_detector, DecisionArgs, ModelArgs};
 
@@ -21,6 +21,8 @@ Routes (docs/serve.md has the schemas and examples; GET /openapi.json the OpenAP
                                   pred_boxes, box_scores, box_batch_index (JSON or binary)
   GET  /v2, /v2/models/NAME, /v2/models/NAME/ready, /v2/health/live, /v2/health/ready
   GET  /healthz, /readyz, /metrics (Prometheus), /openapi.json
+  With --station DIR: the inspection station's UI at GET / and its API under /station/api
+  (docs/station.md); /v1/detect parts are stored in the station too.
 
 The model flags are checked first (the files they name exist and read: checkpoint, config,
 bank, references, calibration); then the server listens and answers the probes while the model
@@ -101,6 +103,17 @@ pub struct ServeArgs {
     /// Print the OpenAPI document and exit (docs/openapi.json is this output).
     #[arg(long)]
     pub print_openapi: bool,
+    /// Run the inspection station: the browser UI at / with its state (parts, results,
+    /// feedback, threshold and bank versions, audit log) kept in DIR (docs/station.md).
+    #[arg(long, value_name = "DIR")]
+    pub station: Option<PathBuf>,
+    /// Score and store every image file that appears in DIR (a camera's drop folder).
+    #[arg(long, value_name = "DIR", requires = "station")]
+    pub watch: Option<PathBuf>,
+    /// After a part is marked good or the regions change: besides labelled and flagged parts,
+    /// re-score this many of the newest parts.
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "station")]
+    pub rescore_window: usize,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -161,7 +174,20 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
         public_metrics: args.public_metrics,
         drain_delay: seconds(args.drain_delay, "--drain-delay")?,
         shutdown_timeout: seconds(args.shutdown_timeout, "--shutdown-timeout")?,
+        station: args.station.clone().map(|dir| StationSetup {
+            dir,
+            watch: args.watch.clone(),
+            options: StationOptions {
+                rescore_window: args.rescore_window,
+                decode: args.model.decode(),
+            },
+        }),
     };
+    if let Some(dir) = &args.watch {
+        if !dir.is_dir() {
+            anyhow::bail!("--watch {}: not a directory", dir.display());
+        }
+    }
     let log = if args.log_format == "json" {
         LogFormat::Json
     } else {

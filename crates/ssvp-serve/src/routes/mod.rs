@@ -47,7 +47,7 @@ pub fn route_label(path: &str) -> &'static str {
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
         ["openapi.json"] => "/openapi.json",
-        _ => "unmatched",
+        other => crate::station::route_label(other).unwrap_or("unmatched"),
     }
 }
 
@@ -57,6 +57,7 @@ fn exempt_from_auth(route: &str, state: &AppState) -> bool {
         route,
         "/healthz" | "/readyz" | "/v2/health/live" | "/v2/health/ready"
     ) || (route == "/metrics" && state.options.public_metrics)
+        || (state.options.station.is_some() && crate::station::is_public_asset(route))
 }
 
 fn sane_request_id(value: &HeaderValue) -> Option<String> {
@@ -152,7 +153,13 @@ impl Service {
     /// Every route, behind the body limit and the middleware.
     pub fn router(&self) -> Router {
         let state = self.state();
+        let station = if state.options.station.is_some() {
+            crate::station::router()
+        } else {
+            Router::new()
+        };
         Router::new()
+            .merge(station)
             .route("/v1/detect", post(v1::detect))
             .route("/v2", get(oip::server_metadata))
             .route("/v2/health/live", get(health::v2_live))
@@ -189,7 +196,7 @@ mod tests {
         assert_eq!(route_label("/v2/models/x"), "/v2/models/{name}");
         assert_eq!(route_label("/v1/detect"), "/v1/detect");
         assert_eq!(route_label("/etc/passwd"), "unmatched");
-        assert_eq!(route_label(""), "unmatched");
+        assert_eq!(route_label("/"), "/");
     }
 
     #[test]

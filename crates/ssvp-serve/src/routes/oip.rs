@@ -165,7 +165,7 @@ fn parse_parameters(request: &InferRequest, model: &LoadedModel) -> Result<Asked
             )))
         }
     };
-    let has_threshold = threshold.is_some() || model.detector.image_threshold().is_some();
+    let has_threshold = threshold.is_some() || model.detector().image_threshold().is_some();
     let outputs = match &request.outputs {
         Some(list) => {
             let mut names = Vec::new();
@@ -203,7 +203,7 @@ fn parse_parameters(request: &InferRequest, model: &LoadedModel) -> Result<Asked
              start the server with --threshold, or pass the parameter `threshold`",
         ));
     }
-    if outputs.contains(&"pred_mask") && model.detector.pixel_threshold().is_none() {
+    if outputs.contains(&"pred_mask") && model.detector().pixel_threshold().is_none() {
         return Err(ApiError::bad_request(
             "`pred_mask` needs a pixel threshold: calibrate the model or start the server with \
              --pixel-threshold",
@@ -430,7 +430,7 @@ pub async fn infer(
         // Named so that the decoder's messages read "cannot decode image 0 of the request".
         images.push(state.decode(bytes, format!("{i} of the request")).await?);
     }
-    let detector = model.detector.clone();
+    let detector = model.detector();
     let class_name = asked
         .class_name
         .clone()
@@ -445,7 +445,7 @@ pub async fn infer(
     parameters.insert("mode".into(), json!(detector.mode()));
     parameters.insert("class_name".into(), json!(class_name));
     parameters.insert("calibrated".into(), json!(detector.calibration().is_some()));
-    let scale = model.map_scale;
+    let scale = model.map_scale();
     let binary_outputs: Vec<bool> = asked
         .outputs
         .iter()

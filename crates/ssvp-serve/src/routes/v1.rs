@@ -89,8 +89,15 @@ pub async fn detect(
             }
         )));
     };
+    // The station (when there is one) stores the bytes as they were sent.
+    let raw = bytes.clone();
+    let part_name = if name == "from the request body" {
+        format!("api-{}", context.id)
+    } else {
+        name.clone()
+    };
     let image = state.decode(bytes, name).await?;
-    let detector = model.detector.clone();
+    let detector = model.detector();
     let class_name = options
         .class_name
         .clone()
@@ -99,7 +106,10 @@ pub async fn detect(
         .score(vec![image], &class_name, options.threshold, context.arrived)
         .await?
         .remove(0);
-    let scale = model.map_scale;
+    if let Some(station) = model.station() {
+        crate::station::record(station, &state, raw, part_name, "api", None, &scored).await?;
+    }
+    let scale = scored.detector.map_scale();
     let (want_map, want_overlay) = (
         options.map.unwrap_or(false),
         options.overlay.unwrap_or(false),
