@@ -8,3 +8,4 @@ mod fuzz;
 mod load;
 mod openapi;
 mod shutdown;
+mod station;
