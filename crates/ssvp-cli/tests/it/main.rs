@@ -14,6 +14,7 @@ mod fetch;
 mod help;
 mod metrics;
 mod serve;
+mod station;
 mod synth;
 mod train_eval;
 mod training_free;

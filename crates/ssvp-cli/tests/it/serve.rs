@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use common::{fails_with, ok, records, s, ssvp, synth};
 use serde_json::Value;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
     log: mpsc::Receiver<String>,
 }
 
@@ -28,7 +28,7 @@ impl Drop for Server {
 }
 
 /// Starts `ssvp serve ARGS --port 0 --log-format json` and waits for it to be ready.
-fn start(args: &[&str]) -> Server {
+pub(crate) fn start(args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ssvp"))
         .arg("serve")
         .args(args)
@@ -73,7 +73,7 @@ fn start(args: &[&str]) -> Server {
 }
 
 /// One request on a fresh connection; (status, body).
-fn request(
+pub(crate) fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
