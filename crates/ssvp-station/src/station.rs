@@ -613,6 +613,8 @@ impl Station {
                 },
             )?;
             store::set_current(tx, now.bank_version, version)?;
+            // An undo back to this bank version restores the threshold last applied with it.
+            store::set_bank_threshold(tx, now.bank_version, version)?;
             store::audit(
                 tx,
                 who,
@@ -744,8 +746,9 @@ impl Station {
         )
     }
 
-    /// Back to the bank version before the one in force, exactly: its bank, regions,
-    /// calibration and threshold; the labels the undone version made are marked undone and the
+    /// Back to the bank version before the one in force, exactly: its bank, regions and
+    /// calibration, and the threshold last in force with it (the one applied before the
+    /// undone change); the labels the undone version made are marked undone and the
     /// parts it touched are re-scored.
     pub fn undo(&self, who: &str, why: &str) -> Result<ChangeReport> {
         check_who_why(who, why)?;

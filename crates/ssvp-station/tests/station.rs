@@ -179,7 +179,10 @@ fn a_false_alarm_marked_good_rescores_below_the_threshold_and_undo_restores_the_
 
     let undone = station.undo("bo", "wrong part").unwrap();
     assert_eq!(undone.bank_version, 1);
-    assert_eq!(undone.threshold.version, 1, "the threshold of version 1");
+    assert_eq!(
+        undone.threshold.version, 2,
+        "the threshold in force before the undone change: the operator's"
+    );
     assert_eq!(station.bank_version().unwrap().bank_sha256, original_bank);
     let restored = station.part(worst).unwrap();
     assert!(!restored.in_bank);
@@ -414,4 +417,109 @@ fn marking_some_shifted_good_parts_lowers_false_alarms_on_the_rest() {
             "seed {seed}: defects {defects_before} -> {defects_after}"
         );
     }
+}
+
+/// Scale: 100k parts in the database, then the queries the UI makes. A measurement, not a
+/// timed test (run by hand: `cargo test --release -p ssvp-station --test station -- --ignored
+/// --nocapture`); docs/station.md has the figures.
+#[test]
+#[ignore]
+fn a_hundred_thousand_parts() {
+    use ssvp_station::store::{self, NewPart, NewResult};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let station = Station::open(dir.path(), model(50, 4), StationOptions::default()).unwrap();
+    drop(station);
+    let mut conn = store::open(&dir.path().join("station.sqlite")).unwrap();
+    let started = Instant::now();
+    let detection = r#"{"score":0.1,"regions":[]}"#;
+    let map = vec![0u8; 2_000];
+    store::in_transaction(&mut conn, |tx| {
+        for i in 0..100_000_i64 {
+            let id = store::insert_part(
+                tx,
+                &NewPart {
+                    name: &format!("cam1-{i:06}.png"),
+                    sha256: &format!("{i:064x}"),
+                    content_type: "image/png",
+                    width: 640,
+                    height: 480,
+                    source: "watch",
+                },
+            )?;
+            let score = ((i * 7919) % 1000) as f64 / 1000.0;
+            store::add_result(
+                tx,
+                id,
+                &NewResult {
+                    event: "scored",
+                    bank_version: 1,
+                    threshold: Some(0.9),
+                    score,
+                    anomalous: Some(score > 0.9),
+                    detection,
+                    map_png: &map,
+                    who: None,
+                    why: None,
+                },
+            )?;
+            if i % 50 == 0 {
+                store::add_feedback(tx, id, Label::Good, "ana", "", None)?;
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    println!(
+        "insert 100k parts: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(conn);
+    let station = Station::open(dir.path(), model(50, 4), StationOptions::default()).unwrap();
+    let time = |what: &str, f: &dyn Fn()| {
+        let mut runs: Vec<f64> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        println!("{what}: median {:.1} ms", runs[2]);
+    };
+    time("first page, newest first", &|| {
+        station.parts(&PartQuery::default()).unwrap();
+    });
+    time("page 1000, by score", &|| {
+        station
+            .parts(&PartQuery {
+                offset: 50_000,
+                sort: Some("score".into()),
+                ..Default::default()
+            })
+            .unwrap();
+    });
+    time("flagged only, by score", &|| {
+        station
+            .parts(&PartQuery {
+                decision: Some("anomalous".into()),
+                sort: Some("score".into()),
+                ..Default::default()
+            })
+            .unwrap();
+    });
+    time("name search", &|| {
+        station
+            .parts(&PartQuery {
+                q: Some("cam1-0999".into()),
+                ..Default::default()
+            })
+            .unwrap();
+    });
+    time("all scores (Threshold view)", &|| {
+        station.scores().unwrap();
+    });
+    time("counts (state)", &|| {
+        station.counts().unwrap();
+    });
 }

@@ -9,3 +9,4 @@ mod load;
 mod openapi;
 mod shutdown;
 mod station;
+mod station_ui;

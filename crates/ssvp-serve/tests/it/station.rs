@@ -336,8 +336,8 @@ async fn parts_feedback_regions_undo_and_exports_through_the_api() {
     let state = parse(&body);
     assert_eq!(state["bank"]["version"], 1);
     assert_eq!(
-        state["threshold"]["version"], 1,
-        "the start's threshold again"
+        state["threshold"]["version"], 2,
+        "the threshold applied before the undone changes"
     );
 
     // Exports: one line per part.

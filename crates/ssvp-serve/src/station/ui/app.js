@@ -1085,7 +1085,7 @@ function PartView(root, idStr) {
     }
     renderChanges(what, version, changes || [], true);
   }
-  function renderChanges(what, version, changes, undoable) {
+  function renderChanges(what, version, changes, undoable, note = '') {
     changesPanel.hidden = false;
     const undoBtn = h('button', { type: 'button', class: 'btn danger-outline', testid: 'undo-button', text: 'Undo', onclick: () => undo(undoBtn) });
     undoBtn.hidden = !undoable;
@@ -1102,6 +1102,8 @@ function PartView(root, idStr) {
       h('div', { class: 'panel-head' },
         h('h2', { text: what }),
         h('span', { class: 'muted', testid: 'changes-bank', text: version != null ? `${undoable ? 'new ' : ''}bank v${version}` : '' })),
+      // replaceChildren would print a null as text: an absent note is no child at all.
+      ...(note ? [h('p', { class: 'changes-note', testid: 'changes-note', text: note })] : []),
       h('p', { testid: 'changes-summary', text: changes.length === 1 ? '1 part changed decision:' : `${changes.length} parts changed decision${changes.length ? ':' : '.'}` }),
       h('ul', { class: 'change-list', testid: 'changes-list', hidden: !rows.length }, rows),
       h('div', { class: 'editor-tools' }, undoBtn,
@@ -1110,7 +1112,7 @@ function PartView(root, idStr) {
   async function undo(btn) {
     const ww = await askWhoWhy({
       title: 'Undo the bank change',
-      message: 'Goes back to the previous bank version, exactly.',
+      message: 'Goes back to the previous bank version, exactly: its references, regions and threshold (an Apply made since then is undone too).',
       confirm: 'Undo',
       why: 'undo',
       danger: true,
@@ -1118,10 +1120,15 @@ function PartView(root, idStr) {
     if (!ww) return;
     btn.disabled = true;
     try {
+      const before = S.state && S.state.threshold;
       const r = await postJson(`${API}/undo`, ww);
       const v = r && (r.bank_version ?? (r.bank && r.bank.version));
-      toast(`Undone${v != null ? `: back to bank v${v}` : ''}.`, 'ok');
-      renderChanges('Undone', v, Array.isArray(r && r.changes) ? r.changes : [], false);
+      // The previous version's threshold comes back with it: say so when it is another value.
+      const t = r && r.threshold;
+      const moved = before && t && t.version !== before.version && t.value !== before.value;
+      const note = moved ? `Threshold back to v${t.version ?? '?'} = ${fmtScore(t.value)} (was ${fmtScore(before.value)}).` : '';
+      toast(`Undone${v != null ? `: back to bank v${v}` : ''}.${note ? ` ${note}` : ''}`, 'ok');
+      renderChanges('Undone', v, Array.isArray(r && r.changes) ? r.changes : [], false, note);
       await refreshState().catch(() => {});
       resetPolys();
       reload();
