@@ -133,18 +133,43 @@ impl Detector {
         Ok(self)
     }
 
-    /// A new detector whose references are `bank`, scored as this detector scores its own
-    /// bank (same taps, top fraction and foreground rule; fused with the head if it has one).
-    /// The calibration is dropped, as in [`Detector::with_replaced_memory`].
+    /// A new detector whose bank is `bank`, scored as this detector scores its own (same taps
+    /// and scoring; fused with the head, or correcting it, as before). The calibration is
+    /// dropped, as in [`Detector::with_replaced_memory`].
     pub fn with_bank(&self, bank: ssvp_memory::PatchBank) -> Result<Detector> {
-        let scoring = self.scorer()?.reference_scoring().ok_or_else(|| {
+        let scorer = self.scorer()?.with_bank(bank).ok_or_else(|| {
             Error::invalid(format!(
                 "a {} detector scores against no bank of good references",
                 self.mode()
             ))
-        })?;
-        let memory = crate::memory::references_memory(bank, self.backbones.identity(), scoring)?;
-        self.with_replaced_memory(memory)
+        })??;
+        let mut detector = self.clone();
+        detector.calibration = None;
+        detector.with_scorer(scorer)
+    }
+
+    /// A new detector whose scorer is corrected by `bank`, a feedback bank of parts marked
+    /// good ([`crate::memory::feedback_bank`]; the rule is [`crate::scorer::feedback`]'s). For
+    /// a scorer with no bank of its own: a scorer with one takes feedback into it
+    /// ([`Detector::with_bank`]). The calibration is dropped.
+    pub fn with_feedback(&self, bank: ssvp_memory::PatchBank) -> Result<Detector> {
+        let inner = self
+            .scorer
+            .as_ref()
+            .map(|(s, _)| Arc::clone(s))
+            .ok_or_else(|| Error::invalid("this detector has no scorer to correct"))?;
+        let taps = crate::memory::taps_of_bank(&bank, self.backbones.identity())?;
+        let names = bank.meta().taps.clone();
+        let distances = crate::scorer::References::new(
+            bank,
+            taps,
+            names,
+            crate::memory::ReferenceScoring::default(),
+        )?;
+        let scorer = crate::scorer::Feedback::new(inner, Box::new(distances))?;
+        let mut detector = self.clone();
+        detector.calibration = None;
+        detector.with_scorer(Box::new(scorer))
     }
 
     /// Adds a training-free memory (with a head: the fused mode). A bank must come from these

@@ -230,6 +230,66 @@ pub fn grow_bank(
     bank.with_references(&rows, names).map_err(Error::from)
 }
 
+/// A feedback bank from one part marked good, for a detector whose scorer has no bank of its
+/// own (the trained head; [`crate::scorer::Feedback`] is the rule). It is read at the
+/// references' default taps (AnomalyDINO's), through the detector's backbones, and its normal
+/// scale is the part's own: the median, over its patches, of the distance to the nearest patch
+/// of the same image that is not its neighbour (how far apart good patches of this product
+/// are). The scale stays fixed as the bank grows ([`grow_bank`] keeps it).
+pub fn feedback_bank(detector: &Detector, image: &RgbImage8, name: String) -> Result<PatchBank> {
+    let backbones = detector.backbones();
+    let identity = backbones.identity();
+    let opts = BankOptions::default();
+    let taps = opts.taps.resolve(identity.scales())?;
+    let towers = towers_of(&taps, false);
+    let (clip, dino) = backbones.preprocess_towers(&[image], towers)?;
+    let features = backbones.features_of_towers(clip.as_ref(), dino.as_ref(), false)?;
+    let scale = self_similarity_scale(taps[0].of(&features[0])?, features[0].grid)?;
+    let mut bank = bank_of_features(identity, &features, vec![name], &opts)?;
+    if let Some(record) = detector.identity().made_with.as_ref() {
+        if let Ok(v) = serde_json::to_value(record) {
+            bank.set_made_with(v);
+        }
+    }
+    bank.set_normal_scale(scale);
+    Ok(bank)
+}
+
+/// The median over an image's patches (`[N, D]` on a `rows x cols` grid) of the cosine
+/// distance to the nearest patch that is not within one step of it.
+fn self_similarity_scale(patches: &Tensor, grid: (usize, usize)) -> Result<f32> {
+    let (rows, cols) = grid;
+    let x = patches.to_dtype(candle_core::DType::F32)?;
+    let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let x = x.broadcast_div(&norms)?;
+    let sims = x.matmul(&x.t()?)?.to_vec2::<f32>()?;
+    let n = rows * cols;
+    if sims.len() != n || n < 2 {
+        return Err(Error::invalid(format!(
+            "{} patches do not fill a {rows}x{cols} grid",
+            sims.len()
+        )));
+    }
+    let mut nearest: Vec<f32> = (0..n)
+        .filter_map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            (0..n)
+                .filter(|&j| {
+                    let (rj, cj) = (j / cols, j % cols);
+                    r.abs_diff(rj) > 1 || c.abs_diff(cj) > 1
+                })
+                .map(|j| 1.0 - sims[i][j])
+                .min_by(f32::total_cmp)
+        })
+        .collect();
+    if nearest.is_empty() {
+        return Err(Error::invalid("the grid is too small to measure a scale"));
+    }
+    let mid = (nearest.len() - 1) / 2;
+    let (_, m, _) = nearest.select_nth_unstable_by(mid, f32::total_cmp);
+    Ok(m.max(1e-6))
+}
+
 /// Builds a bank from the features of the references (each reference's `opts.rotations`
 /// copies in a row, as [`bank_of_images`] computes them).
 pub fn bank_of_features(

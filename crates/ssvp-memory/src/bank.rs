@@ -217,6 +217,12 @@ impl PatchBank {
         self.meta.made_with = Some(made_with);
     }
 
+    /// Sets the distance normal patches reach (a bank of one image has no leave-one-out
+    /// scale; its maker measures one otherwise).
+    pub fn set_normal_scale(&mut self, scale: f32) {
+        self.meta.normal_scale = Some(scale);
+    }
+
     /// The unit-row matrix of each tap (`[M_t, D_t]`).
     pub fn keys(&self) -> &[Tensor] {
         &self.keys

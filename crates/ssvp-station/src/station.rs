@@ -29,7 +29,7 @@ use serde::Serialize;
 use ssvp_detect::calibrate::{min_images, NormalScore};
 use ssvp_detect::decision::{check_threshold, is_anomalous};
 use ssvp_detect::input::{decode_image, DecodeOptions};
-use ssvp_detect::memory::{grow_bank, PatchBank};
+use ssvp_detect::memory::{feedback_bank, grow_bank, PatchBank};
 use ssvp_detect::{Calibration, Detection, Detector, DontCare, Error, ErrorKind, Result};
 use ssvp_eval::postprocess::resize_map;
 use ssvp_image::{colorize, encode_png_rgb8};
@@ -375,16 +375,20 @@ impl Station {
             )
         })?;
         let base_bank = self.base.scorer()?.bank();
-        let mut detector = match (&bv.bank_sha256, base_bank) {
-            (Some(sha), Some(_)) => {
+        let mut detector = match &bv.bank_sha256 {
+            Some(sha) => {
                 self.banks.get(sha)?;
                 let bank = ssvp_detect::memory::load_bank(
                     &self.banks.path_of(sha)?,
                     self.base.backbones().device(),
                 )?;
-                self.base.with_bank(bank)?
+                // A model without a bank of its own gets the parts marked good as feedback.
+                match base_bank {
+                    Some(_) => self.base.with_bank(bank)?,
+                    None => self.base.with_feedback(bank)?,
+                }
             }
-            _ => Detector::clone(&self.base),
+            None => Detector::clone(&self.base),
         };
         detector = detector.with_dont_care((!regions.is_empty()).then_some(regions));
         if let Some(c) = &bv.calibration {
@@ -667,13 +671,7 @@ impl Station {
                 changes: Vec::new(),
             });
         }
-        if now.detector.scorer()?.bank().is_none() {
-            return Err(Error::new(
-                ErrorKind::Mismatch,
-                "marking a part good adds it to the reference bank, and this model has none: \
-                 start the station with good references (--bank or --normal)",
-            ));
-        }
+        let has_bank = now.detector.scorer()?.bank().is_some();
         if now.in_bank.contains(&id) {
             return Err(Error::new(
                 ErrorKind::Mismatch,
@@ -682,17 +680,25 @@ impl Station {
         }
         let bytes = self.images.get(&row.sha256)?;
         let input = decode_image(&bytes, &row.name, &self.options.decode)?;
-        let grown = grow_bank(
-            &now.detector,
-            std::slice::from_ref(&input.image),
-            vec![bank_name(id, &row.sha256)],
-        )?;
+        let name = bank_name(id, &row.sha256);
+        // Into the model's bank; a model without one (the trained head) starts a feedback
+        // bank with this part (ssvp_detect::scorer::feedback has the rule).
+        let grown = if has_bank {
+            grow_bank(
+                &now.detector,
+                std::slice::from_ref(&input.image),
+                vec![name],
+            )?
+        } else {
+            feedback_bank(&now.detector, &input.image, name)?
+        };
         let bank_sha = Self::store_bank(&self.dir, &self.banks, &grown)?;
         let refs = grown.meta().references.len();
-        let detector = now
-            .detector
-            .with_bank(grown)?
-            .with_dont_care(now.detector.dont_care().cloned());
+        let detector = if has_bank {
+            now.detector.with_bank(grown)?
+        } else {
+            now.detector.with_feedback(grown)?
+        };
         let regions = json(&detector.dont_care().cloned().unwrap_or_default())?;
         self.apply_change(
             &now,

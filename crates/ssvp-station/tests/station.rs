@@ -359,6 +359,118 @@ fn parts_are_paged_sorted_and_filtered() {
     assert_eq!(station.part(999).unwrap_err().kind(), ErrorKind::NotFound);
 }
 
+/// A model with no bank (the untrained tiny head) calibrated like [`model`].
+fn head_model() -> Detector {
+    let head = ssvp_model::SsvpHead::new(&SsvpConfig::tiny(), &candle_core::Device::Cpu).unwrap();
+    let detector = Detector::new(head, Arc::clone(tiny()), DetectorOptions::default()).unwrap();
+    let normal: Vec<InputImage> = (900..920)
+        .map(|s| InputImage::from_rgb(format!("n{s}"), good(s)))
+        .collect();
+    let scores: Vec<NormalScore> = detector
+        .detect(&normal)
+        .unwrap()
+        .iter()
+        .map(NormalScore::of)
+        .collect();
+    let calibration = Calibration::fit(
+        &scores,
+        0.1,
+        0.0,
+        0,
+        detector.identity().clone(),
+        detector.settings(),
+    )
+    .unwrap();
+    detector.with_calibration(calibration).unwrap()
+}
+
+#[test]
+fn a_head_without_a_bank_is_corrected_by_a_feedback_bank() {
+    let dir = tempfile::tempdir().unwrap();
+    let station = Station::open(dir.path(), head_model(), StationOptions::default()).unwrap();
+    assert_eq!(station.in_force().detector.mode(), "head");
+    let ids: Vec<i64> = (950..956)
+        .map(|s| record(&station, &format!("g{s}.png"), &warm_light(&good(s)), None))
+        .collect();
+    let defects: Vec<i64> = (0..3)
+        .map(|i| record(&station, &format!("d{i}.png"), &defective(960 + i), None))
+        .collect();
+    let score = |id: i64| station.part(id).unwrap().score;
+    let before: Vec<f64> = ids.iter().chain(&defects).map(|&id| score(id)).collect();
+    let (first, second) = (ids[0], ids[1]);
+    station
+        .set_threshold(score(first) - 1e-6, "ana", "tight")
+        .unwrap();
+    assert_eq!(station.part(first).unwrap().anomalous, Some(true));
+
+    let report = station.mark(first, Label::Good, "ana", "fine").unwrap();
+    let now = station.in_force();
+    assert_eq!(now.detector.mode(), "head+feedback");
+    let bank = now.detector.scorer().unwrap().bank().unwrap().clone();
+    assert_eq!(bank.meta().references.len(), 1);
+    let scale = bank
+        .meta()
+        .normal_scale
+        .expect("a feedback bank has its scale");
+    assert!(scale > 0.0);
+    assert!(
+        score(first) < 1e-3 * before[0],
+        "{} vs {}",
+        score(first),
+        before[0]
+    );
+    assert_eq!(station.part(first).unwrap().anomalous, Some(false));
+    assert!(report.changes.iter().any(|c| c.id == first));
+    // No score rises: the factor is at most 1 (up to the rounding of batched arithmetic).
+    for (i, &id) in ids.iter().chain(&defects).enumerate() {
+        assert!(
+            score(id) <= before[i] * (1.0 + 1e-6),
+            "part {id}: {} > {}",
+            score(id),
+            before[i]
+        );
+    }
+    assert_eq!(report.threshold.value, station.in_force().threshold.value);
+
+    // The next mark grows the same bank; its scale stays.
+    station
+        .mark(second, Label::Good, "ana", "fine too")
+        .unwrap();
+    let grown = station
+        .in_force()
+        .detector
+        .scorer()
+        .unwrap()
+        .bank()
+        .unwrap()
+        .clone();
+    assert_eq!(grown.meta().references.len(), 2);
+    assert_eq!(grown.meta().normal_scale, Some(scale));
+
+    // A restart rebuilds the corrected head from the stored bank.
+    let kept = score(ids[2]);
+    drop(station);
+    let station = Station::open(dir.path(), head_model(), StationOptions::default()).unwrap();
+    assert_eq!(station.in_force().detector.mode(), "head+feedback");
+    let again = station
+        .in_force()
+        .detector
+        .detect(&[InputImage::from_rgb("again", warm_light(&good(952)))])
+        .unwrap();
+    assert!(
+        (again[0].score - kept).abs() <= 1e-5 * kept,
+        "{} vs {kept}",
+        again[0].score
+    );
+
+    // Undo twice: the head alone again, with its scores.
+    station.undo("bo", "back").unwrap();
+    station.undo("bo", "back").unwrap();
+    assert_eq!(station.in_force().detector.mode(), "head");
+    let restored = station.part(first).unwrap().score;
+    assert!((restored - before[0]).abs() < 1e-6 * before[0].abs().max(1.0));
+}
+
 /// The learning test. A batch of good parts arrives under a warmer lamp and is flagged;
 /// marking `k` of them good must lower the false alarms on the *other* warm-lit parts while
 /// the defects stay flagged. Seeds are fresh draws of the references, the batch and the

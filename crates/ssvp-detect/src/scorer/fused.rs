@@ -116,8 +116,12 @@ impl Scorer for Fused {
         self.distances.bank()
     }
 
-    fn reference_scoring(&self) -> Option<super::references::ReferenceScoring> {
-        self.distances.reference_scoring()
+    fn with_bank(&self, bank: PatchBank) -> Option<Result<Box<dyn Scorer>>> {
+        let distances = match self.distances.with_bank(bank)? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Fused::new(Arc::clone(&self.head), distances).map(|f| Box::new(f) as Box<dyn Scorer>))
     }
 }
 

@@ -9,6 +9,7 @@
 //! | [`References`] | `references.rs` | the bank's taps, each tower stopped at its deepest | AnomalyDINO's top-1 % mean distance to good patches |
 //! | [`Mutual`] | `mutual.rs` | the selected taps (+ globals for RsCIN) | MuSc: the images of a set score each other |
 //! | [`Fused`] | `fused.rs` | the head's and the other scorer's | the mean of the two on a common scale |
+//! | [`Feedback`] | `feedback.rs` | the inner scorer's and a bank of parts marked good | the inner score times `min(1, distance / scale)` |
 //!
 //! The head and fused scorers need the `head` feature (on by default); the training-free ones
 //! build without the head crate.
@@ -21,6 +22,7 @@
 //!
 //! [`Detector::with_scorer`]: crate::Detector::with_scorer
 
+pub mod feedback;
 #[cfg(feature = "head")]
 pub mod fused;
 #[cfg(feature = "head")]
@@ -36,6 +38,7 @@ use ssvp_features::{ImageFeatures, TowerSet};
 use ssvp_image::ColorScale;
 use ssvp_memory::PatchBank;
 
+pub use feedback::Feedback;
 #[cfg(feature = "head")]
 pub use fused::Fused;
 #[cfg(feature = "head")]
@@ -82,9 +85,10 @@ pub trait Scorer: Send + Sync {
         None
     }
 
-    /// How the distances to [`Scorer::bank`] are scored, so the same scoring can be rebuilt
-    /// over another bank (a station's bank grown by parts marked good).
-    fn reference_scoring(&self) -> Option<references::ReferenceScoring> {
+    /// The same scorer over another bank (a station's bank grown by parts marked good):
+    /// `None` for a scorer that reads no bank.
+    fn with_bank(&self, bank: PatchBank) -> Option<Result<Box<dyn Scorer>>> {
+        let _ = bank;
         None
     }
 }
@@ -107,8 +111,8 @@ impl<S: Scorer + ?Sized> Scorer for std::sync::Arc<S> {
     fn bank(&self) -> Option<&PatchBank> {
         (**self).bank()
     }
-    fn reference_scoring(&self) -> Option<references::ReferenceScoring> {
-        (**self).reference_scoring()
+    fn with_bank(&self, bank: PatchBank) -> Option<Result<Box<dyn Scorer>>> {
+        (**self).with_bank(bank)
     }
 }
 

@@ -163,8 +163,23 @@ impl Scorer for References {
         Some(&self.bank)
     }
 
-    fn reference_scoring(&self) -> Option<ReferenceScoring> {
-        Some(self.scoring.clone())
+    fn with_bank(&self, bank: PatchBank) -> Option<Result<Box<dyn Scorer>>> {
+        if bank.meta().taps != self.tap_names {
+            return Some(Err(crate::error::Error::invalid(format!(
+                "the new bank was read at {:?}, this scorer at {:?}",
+                bank.meta().taps,
+                self.tap_names
+            ))));
+        }
+        Some(
+            References::new(
+                bank,
+                self.taps.clone(),
+                self.tap_names.clone(),
+                self.scoring.clone(),
+            )
+            .map(|r| Box::new(r) as Box<dyn Scorer>),
+        )
     }
 }
 
