@@ -1315,7 +1315,7 @@ function ThresholdView(root) {
     const t = S.state && S.state.threshold;
     if (!t) { info.replaceChildren(h('h2', { text: 'Current threshold' }), h('p', { class: 'muted', text: 'None: the model is not calibrated.' })); return; }
     const conformal = t.conformal
-      ? `conformal bound at FPR ≤ ${t.target_fpr} resting on ${t.rests_on} good images`
+      ? `conformal bound at FPR ≤ ${+(t.target_fpr * 100).toFixed(2)} % resting on ${t.rests_on} good images`
       : 'set by an operator';
     info.replaceChildren(
       h('div', { class: 'panel-head' }, h('h2', { text: 'Current threshold' }), h('span', { class: 'muted', testid: 'threshold-version', text: `version ${t.version ?? '?'}` })),
