@@ -148,6 +148,28 @@ impl Detector {
         detector.with_scorer(scorer)
     }
 
+    /// This detector's bank grown by `images` named `names` ([`crate::memory::grow_bank`], in
+    /// batches of this detector's batch size). Refused for a scorer that reads no bank.
+    pub fn grow_bank(
+        &self,
+        images: &[RgbImage8],
+        names: Vec<String>,
+    ) -> Result<ssvp_memory::PatchBank> {
+        let bank = self.scorer()?.bank().ok_or_else(|| {
+            Error::invalid(format!(
+                "a {} detector holds no bank of good references to add images to",
+                self.mode()
+            ))
+        })?;
+        crate::memory::grow_bank(
+            bank,
+            &self.backbones,
+            self.options.batch_size,
+            images,
+            names,
+        )
+    }
+
     /// A new detector whose scorer is corrected by `bank`, a feedback bank of parts marked
     /// good ([`crate::memory::feedback_bank`]; the rule is [`crate::scorer::feedback`]'s). For
     /// a scorer with no bank of its own: a scorer with one takes feedback into it

@@ -314,13 +314,9 @@ mod tests {
         assert_eq!(missing.kind(), ErrorKind::NotFound);
     }
 
-    #[test]
-    fn points_inside_convex_and_concave_polygons() {
-        let rect = DontCare::rectangle(0.2, 0.2, 0.6, 0.4).unwrap();
-        assert!(rect.covers(0.3, 0.3));
-        assert!(!rect.covers(0.1, 0.3) && !rect.covers(0.3, 0.5) && !rect.covers(0.7, 0.3));
-        // A "U": the notch between its arms is outside.
-        let u = DontCare::new(vec![vec![
+    /// A concave "U" open at the top: arms at x 0.1–0.3 and 0.7–0.9, the notch down to y 0.6.
+    fn u_shape() -> Polygon {
+        vec![
             (0.1, 0.1),
             (0.3, 0.1),
             (0.3, 0.6),
@@ -329,8 +325,16 @@ mod tests {
             (0.9, 0.1),
             (0.9, 0.9),
             (0.1, 0.9),
-        ]])
-        .unwrap();
+        ]
+    }
+
+    #[test]
+    fn points_inside_convex_and_concave_polygons() {
+        let rect = DontCare::rectangle(0.2, 0.2, 0.6, 0.4).unwrap();
+        assert!(rect.covers(0.3, 0.3));
+        assert!(!rect.covers(0.1, 0.3) && !rect.covers(0.3, 0.5) && !rect.covers(0.7, 0.3));
+        // A "U": the notch between its arms is outside.
+        let u = DontCare::new(vec![u_shape()]).unwrap();
         assert!(u.covers(0.2, 0.3), "left arm");
         assert!(u.covers(0.8, 0.3), "right arm");
         assert!(u.covers(0.5, 0.8), "base");
@@ -383,16 +387,7 @@ mod tests {
     #[test]
     fn pixel_masks_agree_with_covers() {
         let dc = DontCare::new(vec![
-            vec![
-                (0.1, 0.1),
-                (0.3, 0.1),
-                (0.3, 0.6),
-                (0.7, 0.6),
-                (0.7, 0.1),
-                (0.9, 0.1),
-                (0.9, 0.9),
-                (0.1, 0.9),
-            ],
+            u_shape(),
             vec![(0.0, 0.0), (1.0, 0.25), (0.5, 0.5)],
             vec![(0.25, 0.25), (0.5, 0.25), (0.5, 0.5), (0.25, 0.5)],
         ])

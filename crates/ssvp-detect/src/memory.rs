@@ -18,7 +18,6 @@ use ssvp_image::RgbImage8;
 use ssvp_memory::BankMeta;
 pub use ssvp_memory::{CoresetOptions, ForegroundOptions, MutualOptions, PatchBank};
 
-use crate::detector::Detector;
 use crate::error::{Error, ErrorKind, Result};
 use crate::input::{read_image, DecodeOptions};
 pub use crate::scorer::mutual::{set_sizes, MutualConfig, DEFAULT_SET_SIZE};
@@ -173,30 +172,28 @@ fn features_of_copies(
     Ok(features)
 }
 
-/// The detector's references bank grown by `images`, decoded good parts named `names` (one
-/// name each): an operator's "this part is good" joins the bank at once
-/// ([`PatchBank::with_references`]). The images run through the detector's backbones at the
-/// bank's taps (only the towers those read, each stopped after its deepest tap, as
-/// [`build_bank`] runs them) in the bank's rotations, in batches of the detector's batch size.
-/// The bank's metadata (what made it, its normal scale) is kept.
+/// `bank` grown by `images`, decoded good parts named `names` (one name each): an operator's
+/// "this part is good" joins the bank at once ([`PatchBank::with_references`]). The images run
+/// through `backbones` at the bank's taps (only the towers those read, each stopped after its
+/// deepest tap, as [`build_bank`] runs them) in the bank's rotations, `batch_size` at a time.
+/// The bank's metadata (what made it, its normal scale) is kept. [`Detector::grow_bank`] grows
+/// a detector's own bank.
 ///
-/// The grown bank serves a new detector ([`crate::Detector::with_replaced_memory`]); the old
-/// detector is left as it is. Every image score of the new one is at most the old one's, so
-/// its calibration may be carried over ([`crate::Calibration::carried_to`]).
+/// The grown bank serves a new detector ([`Detector::with_bank`]); the old detector is left as
+/// it is. Every image score of the new one is at most the old one's, so its calibration may be
+/// carried over ([`crate::Calibration::carried_to`]).
 ///
-/// Refused: a detector whose scorer reads no bank ([`ErrorKind::InvalidInput`]), no image
-/// ([`ErrorKind::NotEnoughData`]), a name count other than the image count.
+/// Refused: no image ([`ErrorKind::NotEnoughData`]), a name count other than the image count.
+///
+/// [`Detector::grow_bank`]: crate::Detector::grow_bank
+/// [`Detector::with_bank`]: crate::Detector::with_bank
 pub fn grow_bank(
-    detector: &Detector,
+    bank: &PatchBank,
+    backbones: &Backbones,
+    batch_size: usize,
     images: &[RgbImage8],
     names: Vec<String>,
 ) -> Result<PatchBank> {
-    let bank = detector.scorer()?.bank().ok_or_else(|| {
-        Error::invalid(format!(
-            "a {} detector holds no bank of good references to add images to",
-            detector.mode()
-        ))
-    })?;
     if images.is_empty() {
         return Err(Error::new(
             ErrorKind::NotEnoughData,
@@ -210,13 +207,12 @@ pub fn grow_bank(
             images.len()
         )));
     }
-    let backbones = detector.backbones();
     let taps = taps_of_bank(bank, backbones.identity())?;
     let towers = towers_of(&taps, false);
     let features = features_of_copies(
         images,
         bank.meta().rotations.max(1),
-        detector.options().batch_size.max(1),
+        batch_size.max(1),
         |chunk| {
             let refs: Vec<&RgbImage8> = chunk.iter().collect();
             let (clip, dino) = backbones.preprocess_towers(&refs, towers)?;
@@ -232,12 +228,11 @@ pub fn grow_bank(
 
 /// A feedback bank from one part marked good, for a detector whose scorer has no bank of its
 /// own (the trained head; [`crate::scorer::Feedback`] is the rule). It is read at the
-/// references' default taps (AnomalyDINO's), through the detector's backbones, and its normal
+/// references' default taps (AnomalyDINO's), through `backbones`, and its normal
 /// scale is the part's own: the median, over its patches, of the distance to the nearest patch
 /// of the same image that is not its neighbour (how far apart good patches of this product
 /// are). The scale stays fixed as the bank grows ([`grow_bank`] keeps it).
-pub fn feedback_bank(detector: &Detector, image: &RgbImage8, name: String) -> Result<PatchBank> {
-    let backbones = detector.backbones();
+pub fn feedback_bank(backbones: &Backbones, image: &RgbImage8, name: String) -> Result<PatchBank> {
     let identity = backbones.identity();
     let opts = BankOptions::default();
     let taps = opts.taps.resolve(identity.scales())?;
@@ -246,11 +241,10 @@ pub fn feedback_bank(detector: &Detector, image: &RgbImage8, name: String) -> Re
     let features = backbones.features_of_towers(clip.as_ref(), dino.as_ref(), false)?;
     let scale = self_similarity_scale(taps[0].of(&features[0])?, features[0].grid)?;
     let mut bank = bank_of_features(identity, &features, vec![name], &opts)?;
-    if let Some(record) = detector.identity().made_with.as_ref() {
-        if let Ok(v) = serde_json::to_value(record) {
-            bank.set_made_with(v);
-        }
-    }
+    // What a later start rebuilds the towers from, as for any bank.
+    let record = serde_json::to_value(backbones.record())
+        .map_err(|e| Error::new(ErrorKind::Model, e.to_string()))?;
+    bank.set_made_with(record);
     bank.set_normal_scale(scale);
     Ok(bank)
 }

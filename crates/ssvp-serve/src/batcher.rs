@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::state::DetectorSource;
+use ssvp_station::Station;
 
 /// How images are gathered into batches.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,6 +86,25 @@ impl Job {
             },
             answer,
         )
+    }
+}
+
+/// Where the detector of each batch comes from: the one loaded, or the one a station's
+/// versions put in force (which an operator's action replaces at run time).
+pub enum DetectorSource {
+    /// The detector loaded at start.
+    Fixed(Arc<Detector>),
+    /// The station's detector in force.
+    Station(Arc<Station>),
+}
+
+impl DetectorSource {
+    /// The detector in force now.
+    pub fn current(&self) -> Arc<Detector> {
+        match self {
+            DetectorSource::Fixed(d) => Arc::clone(d),
+            DetectorSource::Station(s) => s.in_force().detector,
+        }
     }
 }
 

@@ -92,8 +92,17 @@ where
                 let mode = detector.mode().to_string();
                 service
                     .install(detector, started.elapsed().as_secs_f64())
-                    .map_err(Error::Refused)
-                    .map(|()| mode)
+                    .map_err(Error::Refused)?;
+                // A station's watched folder is read once its detector is in force.
+                let watch = service
+                    .options()
+                    .station
+                    .as_ref()
+                    .and_then(|s| s.watch.clone());
+                if let Some(dir) = watch {
+                    crate::station::watch::start(service.state(), dir).map_err(Error::Refused)?;
+                }
+                Ok(mode)
             });
             match installed {
                 Ok(mode) => tracing::info!(

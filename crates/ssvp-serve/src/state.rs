@@ -16,7 +16,7 @@ use ssvp_detect::{Detector, ErrorKind, InputImage};
 use ssvp_station::{Station, StationOptions};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::batcher::{BatchOptions, Batcher, Job, Scored};
+use crate::batcher::{BatchOptions, Batcher, DetectorSource, Job, Scored};
 use crate::error::{status_of, ApiError};
 use crate::metrics::{Metrics, ModelInfo};
 
@@ -117,23 +117,13 @@ impl ServeOptions {
     }
 }
 
-/// Where the detector of each batch comes from: the one loaded, or the one a station's
-/// versions put in force (which an operator's action replaces at run time).
-pub enum DetectorSource {
-    /// The detector loaded at start.
-    Fixed(Arc<Detector>),
-    /// The station's detector in force.
-    Station(Arc<Station>),
-}
-
-impl DetectorSource {
-    /// The detector in force now.
-    pub fn current(&self) -> Arc<Detector> {
-        match self {
-            DetectorSource::Fixed(d) => Arc::clone(d),
-            DetectorSource::Station(s) => s.in_force().detector,
-        }
-    }
+/// What the middleware tells the handlers about their request.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The request id: the client's `x-request-id` when it is a sane token, else the server's.
+    pub id: String,
+    /// When the request arrived: request timeouts count from here.
+    pub arrived: Instant,
 }
 
 /// The loaded model and its queue.
@@ -454,9 +444,6 @@ impl Service {
             .model
             .set(LoadedModel { source, batcher })
             .map_err(|_| "a model is already installed".to_string())?;
-        if let Some(dir) = state.options.station.as_ref().and_then(|s| s.watch.clone()) {
-            crate::station::watch::start(state.clone(), dir)?;
-        }
         if !state.is_draining() {
             state.metrics.model_ready.set(1);
         }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use ssvp_detect::calibrate::{min_images, NormalScore};
 use ssvp_detect::decision::{check_threshold, is_anomalous};
 use ssvp_detect::input::{decode_image, DecodeOptions};
-use ssvp_detect::memory::{feedback_bank, grow_bank, PatchBank};
+use ssvp_detect::memory::{feedback_bank, PatchBank};
 use ssvp_detect::{Calibration, Detection, Detector, DontCare, Error, ErrorKind, Result};
 use ssvp_eval::postprocess::resize_map;
 use ssvp_image::{colorize, encode_png_rgb8};
@@ -218,7 +218,7 @@ impl Station {
         // score the stored parts differently from their results.
         let model_key = format!("{} {} {}", identity.backbones, identity.head, identity.bank);
         let first = store::current(&conn)?.is_none();
-        let station_bank = if first {
+        if first {
             let bank_sha = match base.scorer()?.bank() {
                 Some(bank) => Some(Self::store_bank(dir, &banks, bank)?),
                 None => None,
@@ -289,7 +289,6 @@ impl Station {
                 )?;
                 Ok(())
             })?;
-            bank_sha
         } else {
             let recorded = store::meta(&conn, "model")?.unwrap_or_default();
             if recorded != model_key {
@@ -303,11 +302,13 @@ impl Station {
                     ),
                 ));
             }
-            store::meta(&conn, "base_bank")?.filter(|s| !s.is_empty())
-        };
-        let _ = station_bank;
-        let (bank_version, threshold_version) =
-            store::current(&conn)?.expect("the first start set the current versions");
+        }
+        let (bank_version, threshold_version) = store::current(&conn)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Io,
+                "the station database has no versions in force",
+            )
+        })?;
         let bv = store::bank_version(&conn, bank_version)?;
         let threshold = store::threshold(&conn, threshold_version)?;
         let station = Self {
@@ -684,13 +685,10 @@ impl Station {
         // Into the model's bank; a model without one (the trained head) starts a feedback
         // bank with this part (ssvp_detect::scorer::feedback has the rule).
         let grown = if has_bank {
-            grow_bank(
-                &now.detector,
-                std::slice::from_ref(&input.image),
-                vec![name],
-            )?
+            now.detector
+                .grow_bank(std::slice::from_ref(&input.image), vec![name])?
         } else {
-            feedback_bank(&now.detector, &input.image, name)?
+            feedback_bank(now.detector.backbones(), &input.image, name)?
         };
         let bank_sha = Self::store_bank(&self.dir, &self.banks, &grown)?;
         let refs = grown.meta().references.len();

@@ -13,7 +13,7 @@ use ssvp_backbones::weights::Checkpoint;
 use ssvp_detect::bundle::{
     self, BundleInput, Manifest, MemberKind, MemberStatus, WeightsInput, HEADER_LEN, MAGIC,
 };
-use ssvp_detect::calibrate::{Calibration, NormalScore};
+use ssvp_detect::calibrate::Calibration;
 use ssvp_detect::memory::{
     build_bank, load_bank, references_memory, BankOptions, ReferenceScoring,
 };
@@ -24,7 +24,7 @@ use ssvp_features::identity::weights_fingerprint;
 use ssvp_features::Backbones;
 use ssvp_model::SsvpConfig;
 
-use crate::common::{backbones, shared_fixture, synth};
+use crate::common::{backbones, made_up_calibration, shared_fixture, synth};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -44,24 +44,7 @@ struct Parts {
 }
 
 fn calibration_of(detector: &Detector, path: &Path) {
-    let normal: Vec<NormalScore> = (0..12)
-        .map(|i| NormalScore {
-            score: 0.1 + 0.01 * i as f64,
-            map_max: 0.2 + 0.01 * i as f32,
-            map_median: 0.05,
-        })
-        .collect();
-    Calibration::fit(
-        &normal,
-        0.1,
-        0.0,
-        0,
-        detector.identity().clone(),
-        detector.settings(),
-    )
-    .unwrap()
-    .write(path)
-    .unwrap();
+    made_up_calibration(detector).write(path).unwrap();
 }
 
 fn tiny_backbones() -> Arc<Backbones> {

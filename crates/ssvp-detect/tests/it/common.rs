@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use candle_core::Device;
+use ssvp_detect::calibrate::{Calibration, NormalScore};
 use ssvp_detect::{Detector, DetectorOptions};
 use ssvp_eval::datasets::{self, Dataset, LoadOptions, Split};
 use ssvp_eval::synth::{generate, Kind, SynthConfig};
@@ -138,4 +139,24 @@ pub fn shared_fixture() -> &'static TrainedFixture {
     static FIXTURE: OnceLock<TrainedFixture> = OnceLock::new();
     FIXTURE
         .get_or_init(|| train_fixture(&[Kind::Woven, Kind::Disc, Kind::Board], 16, 128, 5, 111, 12))
+}
+
+/// A calibration of `detector` fitted on made-up normal scores (12 images, 10 % rate).
+pub fn made_up_calibration(detector: &Detector) -> Calibration {
+    let normal: Vec<NormalScore> = (0..12)
+        .map(|i| NormalScore {
+            score: 0.1 + 0.01 * i as f64,
+            map_max: 0.2 + 0.01 * i as f32,
+            map_median: 0.05,
+        })
+        .collect();
+    Calibration::fit(
+        &normal,
+        0.1,
+        0.0,
+        0,
+        detector.identity().clone(),
+        detector.settings(),
+    )
+    .unwrap()
 }

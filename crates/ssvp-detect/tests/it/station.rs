@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use ssvp_detect::memory::{
-    bank_of_images, grow_bank, references_memory, BankOptions, MutualConfig, ReferenceScoring,
+    bank_of_images, references_memory, BankOptions, MutualConfig, ReferenceScoring,
 };
 use ssvp_detect::{
     Calibration, Detection, Detector, DetectorOptions, DontCare, ErrorKind, InputImage, Memory,
@@ -89,22 +89,7 @@ fn detect(detector: &Detector, images: &[RgbImage8]) -> Vec<Detection> {
 
 /// A calibration of `detector` fitted on made-up normal scores.
 fn calibration(detector: &Detector) -> Calibration {
-    let normal: Vec<ssvp_detect::calibrate::NormalScore> = (0..12)
-        .map(|i| ssvp_detect::calibrate::NormalScore {
-            score: 0.1 + 0.01 * i as f64,
-            map_max: 0.2 + 0.01 * i as f32,
-            map_median: 0.05,
-        })
-        .collect();
-    Calibration::fit(
-        &normal,
-        0.1,
-        0.0,
-        0,
-        detector.identity().clone(),
-        detector.settings(),
-    )
-    .unwrap()
+    crate::common::made_up_calibration(detector)
 }
 
 #[test]
@@ -124,12 +109,9 @@ fn a_part_marked_good_joins_the_bank_and_no_score_rises() {
     let before = detect(&old, &all);
     assert!(before[0].score > 0.01, "{}", before[0].score);
 
-    let grown = grow_bank(
-        &old,
-        std::slice::from_ref(&false_alarm),
-        vec!["marked".into()],
-    )
-    .unwrap();
+    let grown = old
+        .grow_bank(std::slice::from_ref(&false_alarm), vec!["marked".into()])
+        .unwrap();
     let bank = old.scorer().unwrap().bank().unwrap();
     assert_eq!(grown.len(), bank.len() + 64, "one image of 8 x 8 patches");
     assert_eq!(grown.meta().references.last().unwrap(), "marked");
@@ -172,15 +154,15 @@ fn a_part_marked_good_joins_the_bank_and_no_score_rises() {
     let mutual = headless(DetectorOptions::default())
         .with_memory(Memory::Mutual(MutualConfig::default()))
         .unwrap();
-    let err = grow_bank(&mutual, &all[..1], vec!["x".into()]).unwrap_err();
+    let err = mutual.grow_bank(&all[..1], vec!["x".into()]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("no bank"), "{err}");
     assert_eq!(
-        grow_bank(&old, &[], vec![]).unwrap_err().kind(),
+        old.grow_bank(&[], vec![]).unwrap_err().kind(),
         ErrorKind::NotEnoughData
     );
     assert_eq!(
-        grow_bank(&old, &all[..1], vec![]).unwrap_err().kind(),
+        old.grow_bank(&all[..1], vec![]).unwrap_err().kind(),
         ErrorKind::InvalidInput
     );
 }

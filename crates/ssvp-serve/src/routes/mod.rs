@@ -19,14 +19,7 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::state::{AppState, Service};
 
-/// What the middleware tells the handlers about their request.
-#[derive(Clone, Debug)]
-pub struct RequestContext {
-    /// The request id: the client's `x-request-id` when it is a sane token, else the server's.
-    pub id: String,
-    /// When the request arrived: request timeouts count from here.
-    pub arrived: Instant,
-}
+pub use crate::state::RequestContext;
 
 /// The header that carries request ids both ways.
 pub const REQUEST_ID: &str = "x-request-id";

@@ -15,8 +15,7 @@ use ssvp_station::{Label, PartQuery, Station};
 
 use super::check_same_origin;
 use crate::error::ApiError;
-use crate::routes::RequestContext;
-use crate::state::AppState;
+use crate::state::{AppState, RequestContext};
 
 /// The station, or 404 when the server runs none (or 503 while the model loads).
 fn station(state: &AppState) -> Result<Arc<Station>, ApiError> {
@@ -294,6 +293,12 @@ pub async fn changes(
         .map_err(|_| ApiError::not_found(format!("no bank version `{version}`")))?;
     let changes = blocking(&state, move |s| s.changes(v)).await?;
     Ok(Json(json!({ "version": v, "changes": changes })))
+}
+
+/// `GET /station/api/events`: Server-Sent Events (`part`, `state`; super::events).
+pub async fn events(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
+    station(&state)?;
+    Ok(state.events.stream())
 }
 
 /// `GET /station/api/audit`.

@@ -4,18 +4,12 @@
 //! than holding memory.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::IntoResponse;
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
-
-use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Events buffered for slow readers.
 const BUFFER: usize = 256;
@@ -67,6 +61,15 @@ impl Events {
     ) {
         (self.sender.subscribe(), self.closed.subscribe())
     }
+
+    /// A stream for one reader: `hello`, then every event until the server drains, with a
+    /// comment every 15 s so proxies keep the connection.
+    pub fn stream(&self) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+        use futures_util::StreamExt;
+        let hello = stream::once(async { Ok(Event::default().event("hello").data("{}")) });
+        Sse::new(hello.chain(events(self.subscribe())))
+            .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    }
 }
 
 type Receivers = (
@@ -91,14 +94,4 @@ fn events(receivers: Receivers) -> impl Stream<Item = Result<Event, Infallible>>
         };
         Some((Ok(event), (rx, closed)))
     })
-}
-
-/// `GET /station/api/events`.
-pub async fn stream(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
-    state.model()?;
-    let receivers = state.events.subscribe();
-    let hello = stream::once(async { Ok(Event::default().event("hello").data("{}")) });
-    use futures_util::StreamExt;
-    Ok(Sse::new(hello.chain(events(receivers)))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -168,7 +168,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/station/api/regions", post(api::regions))
         .route("/station/api/undo", post(api::undo))
         .route("/station/api/changes/{version}", get(api::changes))
-        .route("/station/api/events", get(events::stream))
+        .route("/station/api/events", get(api::events))
         .route("/station/api/audit", get(api::audit))
         .route("/station/api/export.csv", get(api::export_csv))
         .route("/station/api/export.jsonl", get(api::export_jsonl))
