@@ -446,7 +446,7 @@ pub struct PartQuery {
     pub offset: usize,
     /// Parts answered (at most [`MAX_PAGE`]; 0 means 50).
     pub limit: usize,
-    /// `created` (default), `score` or `name`.
+    /// `created` (default), `score`, `decision` (as the score), `feedback` or `name`.
     pub sort: Option<String>,
     /// `desc` (default) or `asc`.
     pub order: Option<String>,
@@ -478,11 +478,14 @@ pub fn parts(
     };
     let sort = match query.sort.as_deref().unwrap_or("created") {
         "created" => "p.id",
-        "score" => "c.score",
+        // Decisions are taken on the score, so they sort as the score does.
+        "score" | "decision" => "c.score",
         "name" => "p.name",
+        // Unlabelled, then `defective`, then `good` (ascending).
+        "feedback" => "coalesce(p.feedback, '')",
         other => {
             return Err(Error::invalid(format!(
-                "sort must be `created`, `score` or `name`, not `{other}`"
+                "sort must be `created`, `score`, `decision`, `feedback` or `name`, not `{other}`"
             )))
         }
     };

@@ -327,6 +327,17 @@ fn parts_are_paged_sorted_and_filtered() {
         ..Default::default()
     });
     assert!(by_score.windows(2).all(|w| w[0].score <= w[1].score));
+    station
+        .mark(by_score[0].id, Label::Defective, "ana", "seen")
+        .unwrap();
+    let (_, by_label) = page(PartQuery {
+        sort: Some("feedback".into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        by_label[0].id, by_score[0].id,
+        "the only label leads, descending"
+    );
     let (flagged, rows) = page(PartQuery {
         decision: Some("anomalous".into()),
         ..Default::default()

@@ -147,16 +147,18 @@ pub async fn scores(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
     let body = blocking(&state, |s| {
         let scores = s.scores()?;
         let now = s.in_force();
-        let calibration = now
-            .detector
-            .calibration()
-            .map(|c| c.image.scores.clone())
-            .unwrap_or_default();
+        let calibration = now.detector.calibration();
         Ok(json!({
             "ids": scores.iter().map(|p| p.0).collect::<Vec<_>>(),
             "scores": scores.iter().map(|p| p.1).collect::<Vec<_>>(),
             "feedback": scores.iter().map(|p| p.2).collect::<Vec<_>>(),
-            "calibration_scores": calibration,
+            "calibration_scores": calibration.map(|c| c.image.scores.clone()).unwrap_or_default(),
+            // The conformal bound of the calibration in force, whatever threshold is applied.
+            "calibration": calibration.map(|c| json!({
+                "threshold": c.image.threshold,
+                "target_fpr": c.target_fpr,
+                "images": c.calibration_images,
+            })),
             "threshold": now.threshold,
         }))
     })

@@ -794,6 +794,10 @@ fn an_operator_inspects_tunes_and_corrects_the_station() {
     // ---- 2. Threshold: try values on the histogram, then apply one
     page.click_id("nav-threshold");
     page.wait("the slider", "!__t.q('threshold-slider').disabled");
+    page.wait(
+        "the calibration's bound in the legend",
+        "(__t.text('calibration-bound') || '').startsWith('conformal bound of the calibration: ')",
+    );
     let version_before = station.get("/station/api/state", None)["threshold"]["version"]
         .as_i64()
         .unwrap();
@@ -1080,6 +1084,13 @@ fn an_operator_inspects_tunes_and_corrects_the_station() {
     );
     page.set_value("filter-decision", "");
     page.wait("every part again", "__t.all('review-row').length === 7");
+    // By label, highest first: the part marked defective leads (the mark good was undone).
+    page.click_id("sort-feedback");
+    page.wait(
+        "the part marked defective first",
+        "__t.q('sort-feedback').dataset.order === 'desc' && __t.all('review-row').length === 7 && \
+         __t.all('cell-feedback')[0].textContent.includes('defective')",
+    );
 
     let downloads = tempfile::tempdir().unwrap();
     let path = downloads.path().to_string_lossy().into_owned();

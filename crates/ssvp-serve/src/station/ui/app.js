@@ -1439,6 +1439,20 @@ function ThresholdView(root) {
       ctx.fillStyle = '#1f2937';
       ctx.fillText('current', x + (x > cw - 80 ? -4 : 4), padT - 12);
     }
+    // the calibration's conformal bound, whatever threshold is applied
+    const bound = data.calibration && Number.isFinite(data.calibration.threshold) ? data.calibration.threshold : null;
+    if (bound != null) {
+      const x = Math.round(X(bound)) + 0.5;
+      ctx.strokeStyle = '#15803d';
+      ctx.setLineDash([2, 3]);
+      ctx.lineWidth = 1.5;
+      ctx.beginPath(); ctx.moveTo(x, padT); ctx.lineTo(x, padT + ph); ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.textAlign = x > cw - 120 ? 'right' : 'left';
+      ctx.textBaseline = 'top';
+      ctx.fillStyle = '#15803d';
+      ctx.fillText('conformal bound', x + (x > cw - 120 ? -4 : 4), padT + 2);
+    }
     // trial line
     const t = current();
     const x = Math.round(X(t)) + 0.5;
@@ -1476,6 +1490,8 @@ function ThresholdView(root) {
     for (const arr of [A, G, D]) if (arr.length) { lo = Math.min(lo, arr[0]); hi = Math.max(hi, arr[arr.length - 1]); }
     const thr = r.threshold && Number.isFinite(r.threshold.value) ? r.threshold.value : thresholdValue();
     if (thr != null) { lo = Math.min(lo, thr); hi = Math.max(hi, thr); }
+    const cal = r.calibration && Number.isFinite(r.calibration.threshold) ? r.calibration : null;
+    if (cal) { lo = Math.min(lo, cal.threshold); hi = Math.max(hi, cal.threshold); }
     if (!Number.isFinite(lo)) { lo = 0; hi = 1; }
     if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
     const pad = (hi - lo) * 0.04;
@@ -1488,7 +1504,7 @@ function ThresholdView(root) {
       return c;
     };
     void asc; void ids;
-    return { all: A, good: G, defective: D, unmarked: U, calib, lo, hi, bins: { n, good: binOf(G), defective: binOf(D), unmarked: binOf(U) } };
+    return { all: A, good: G, defective: D, unmarked: U, calib, calibration: cal, lo, hi, bins: { n, good: binOf(G), defective: binOf(D), unmarked: binOf(U) } };
   }
 
   async function load(keepValue) {
@@ -1501,11 +1517,16 @@ function ThresholdView(root) {
       slider.min = String(data.lo);
       slider.max = String(data.hi);
       slider.disabled = false;
-      legend.replaceChildren(
+      // replaceChildren would print a null as text: absent entries are filtered out.
+      legend.replaceChildren(...[
         h('span', { class: 'lg good', text: `good: ${data.good.length} (calibration ${data.calib.length} + marked)` }),
         h('span', { class: 'lg defect', text: `marked defective: ${data.defective.length}` }),
         h('span', { class: 'lg unmarked', text: `unmarked: ${data.unmarked.length}` }),
-        h('span', { class: 'lg note', text: 'each series scaled to its own peak' }));
+        data.calibration
+          ? h('span', { class: 'lg bound', testid: 'calibration-bound', text: `conformal bound of the calibration: ${fmtScore(data.calibration.threshold)} (FPR ≤ ${+(data.calibration.target_fpr * 100).toFixed(2)} %, ${data.calibration.images} good images)` })
+          : null,
+        h('span', { class: 'lg note', text: 'each series scaled to its own peak' }),
+      ].filter(Boolean));
       setSlider(prev ?? thresholdValue() ?? (data.lo + data.hi) / 2);
       renderInfo();
     } catch (e) {
@@ -1586,7 +1607,7 @@ function ReviewView(root) {
   const prev = h('button', { type: 'button', class: 'btn', testid: 'pager-prev', text: '‹ Prev', onclick: () => go(review.offset - REVIEW_LIMIT) });
   const next = h('button', { type: 'button', class: 'btn', testid: 'pager-next', text: 'Next ›', onclick: () => go(review.offset + REVIEW_LIMIT) });
   const last = h('button', { type: 'button', class: 'btn', testid: 'pager-last', text: 'Last »', onclick: () => go(Math.floor(Math.max(0, total - 1) / REVIEW_LIMIT) * REVIEW_LIMIT) });
-  const sortable = { name: 'name', created: 'date', score: 'score' };
+  const sortable = { name: 'name', created: 'date', score: 'score', decision: 'decision', feedback: 'feedback' };
   const headers = {};
   const th = (key, label, cls = '') => {
     if (!sortable[key]) return h('th', { class: cls, text: label });
