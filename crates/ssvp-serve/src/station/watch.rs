@@ -1,13 +1,14 @@
 //! `--watch DIR`: a camera that drops image files into a folder is scored without a client.
-//! Each new file is read once its size has stopped changing, scored through the batch queue
-//! like a request, and stored in the station (source `watch`). Files already in the folder at
-//! start are scored too, unless the station already holds their bytes, so a restart neither
-//! misses nor repeats a part. Files are never moved or deleted: the folder is the camera's.
+//! Each new or rewritten file is read once its size has stopped changing, scored through the
+//! batch queue like a request, and stored in the station (source `watch`). Files already in the
+//! folder at start are scored too, unless the station already holds their bytes, so a restart
+//! neither misses nor repeats a part. Files are never moved or deleted: the folder is the
+//! camera's.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
@@ -68,15 +69,21 @@ pub fn start(state: Arc<AppState>, dir: PathBuf) -> Result<tokio::task::JoinHand
     tracing::info!(dir = %dir.display(), "watching for new images");
     Ok(tokio::spawn(async move {
         let _watcher = watcher;
-        let mut seen: HashSet<PathBuf> = HashSet::new();
+        // A file is read again only when it changed (a camera that rewrites `latest.png`);
+        // bytes the station already holds are not a new part either way.
+        let mut seen: HashMap<PathBuf, (Option<SystemTime>, u64)> = HashMap::new();
         while let Some(path) = rx.recv().await {
-            if !is_image(&path) || seen.contains(&path) {
+            if !is_image(&path) || !settled(&path).await {
                 continue;
             }
-            if !settled(&path).await {
+            let Ok(meta) = tokio::fs::metadata(&path).await else {
+                continue;
+            };
+            let stamp = (meta.modified().ok(), meta.len());
+            if seen.get(&path) == Some(&stamp) {
                 continue;
             }
-            seen.insert(path.clone());
+            seen.insert(path.clone(), stamp);
             if let Err(e) = score_file(&state, &path).await {
                 tracing::warn!(file = %path.display(), "a watched file was not scored: {e}");
             }

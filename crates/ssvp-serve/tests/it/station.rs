@@ -380,9 +380,19 @@ async fn parts_feedback_regions_undo_and_exports_through_the_api() {
 
 /// Reads the SSE stream until `needle` appears (or the time runs out).
 async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, needle: &str) {
+    read_until_count(stream, seen, needle, 1).await
+}
+
+/// Reads the SSE stream until `needle` has appeared `count` times.
+async fn read_until_count(
+    stream: &mut tokio::net::TcpStream,
+    seen: &mut String,
+    needle: &str,
+    count: usize,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut buf = [0u8; 4096];
-    while !seen.contains(needle) {
+    while seen.matches(needle).count() < count {
         let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
             .await
             .unwrap_or_else(|_| panic!("no `{needle}` in: {seen}"))
@@ -446,6 +456,9 @@ async fn parts_are_pushed_live_and_a_watched_folder_is_scored() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     std::fs::write(drop_folder.join("after.png"), png(&part(23, false))).unwrap();
     read_until(&mut events, &mut seen, "\"name\":\"after.png\"").await;
+    // A camera that rewrites the same file name: the new picture is a new part.
+    std::fs::write(drop_folder.join("after.png"), png(&part(24, true))).unwrap();
+    read_until_count(&mut events, &mut seen, "\"name\":\"after.png\"", 2).await;
     let list = http(
         server.addr,
         "GET",
@@ -477,7 +490,7 @@ async fn parts_are_pushed_live_and_a_watched_folder_is_scored() {
         .iter()
         .filter(|p| p["source"] == "watch")
         .count();
-    assert_eq!(watched, 3);
+    assert_eq!(watched, 4);
     drop(events);
     let mut server = server;
     let _ = server.stop.take().unwrap().send(());
