@@ -57,7 +57,7 @@ pub struct StationOptions {
 impl Default for StationOptions {
     fn default() -> Self {
         Self {
-            rescore_window: 1000,
+            rescore_window: 200,
             decode: DecodeOptions::default(),
         }
     }

@@ -112,7 +112,7 @@ pub struct ServeArgs {
     pub watch: Option<PathBuf>,
     /// After a part is marked good or the regions change: besides labelled and flagged parts,
     /// re-score this many of the newest parts.
-    #[arg(long, value_name = "N", default_value_t = 1000, requires = "station")]
+    #[arg(long, value_name = "N", default_value_t = 200, requires = "station")]
     pub rescore_window: usize,
 }
 
