@@ -147,6 +147,18 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
              --bank), or score sets with `ssvp detect --mutual`"
         );
     }
+    // The station's folders are checked first, before the model flags and the port.
+    if let Some(dir) = &args.watch {
+        if !dir.is_dir() {
+            anyhow::bail!("--watch {}: not a directory", dir.display());
+        }
+    }
+    if let Some(dir) = args.station.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+        anyhow::bail!(
+            "--station {}: not a directory (the station keeps its state in a folder)",
+            dir.display()
+        );
+    }
     args.model.memory.normal = std::mem::take(&mut args.normal);
     let mut detector_options = args.model.options();
     args.decision.apply(&mut detector_options)?;
@@ -183,11 +195,6 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
             },
         }),
     };
-    if let Some(dir) = &args.watch {
-        if !dir.is_dir() {
-            anyhow::bail!("--watch {}: not a directory", dir.display());
-        }
-    }
     let log = if args.log_format == "json" {
         LogFormat::Json
     } else {

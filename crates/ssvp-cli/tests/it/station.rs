@@ -338,3 +338,33 @@ fn detect_decides_as_the_station_does() {
         "no station there",
     );
 }
+
+#[test]
+fn bad_station_flags_are_refused_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let missing = dir.path().join("no-such-folder");
+    let bank = dir.path().join("missing.safetensors");
+    fails_with(
+        &ssvp(&["serve", "--bank", s(&bank), "--station", s(&file)]),
+        "not a directory",
+    );
+    fails_with(
+        &ssvp(&[
+            "serve",
+            "--bank",
+            s(&bank),
+            "--station",
+            s(dir.path()),
+            "--watch",
+            s(&missing),
+        ]),
+        "--watch",
+    );
+    // --watch without a station has nowhere to store what it scores.
+    fails_with(
+        &ssvp(&["serve", "--bank", s(&bank), "--watch", s(dir.path())]),
+        "--station",
+    );
+}

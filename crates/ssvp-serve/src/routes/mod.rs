@@ -27,6 +27,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// The route pattern of a path, as the metrics and logs label it: never the raw path, whose
 /// model names and typos would make unbounded label sets.
 pub fn route_label(path: &str) -> &'static str {
+    if path == "/" {
+        return "/";
+    }
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match parts.as_slice() {
         ["v1", "detect"] => "/v1/detect",
@@ -189,7 +192,7 @@ mod tests {
         assert_eq!(route_label("/v2/models/x"), "/v2/models/{name}");
         assert_eq!(route_label("/v1/detect"), "/v1/detect");
         assert_eq!(route_label("/etc/passwd"), "unmatched");
-        assert_eq!(route_label("/"), "/");
+        assert_eq!(route_label(""), "unmatched");
     }
 
     #[test]

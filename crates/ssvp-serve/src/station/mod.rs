@@ -46,7 +46,6 @@ pub fn is_public_asset(route: &str) -> bool {
 /// The route pattern of a station path (for metrics and logs), if it is one.
 pub fn route_label(parts: &[&str]) -> Option<&'static str> {
     Some(match parts {
-        [] | [""] => "/",
         ["station", "app.js"] => "/station/app.js",
         ["station", "app.css"] => "/station/app.css",
         ["station", "api", "state"] => "/station/api/state",
