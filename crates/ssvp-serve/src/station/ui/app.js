@@ -1425,34 +1425,26 @@ function ThresholdView(root) {
       ctx.textAlign = k === 0 ? 'left' : k === 5 ? 'right' : 'center';
       ctx.fillText(fmtScore(v), x, padT + ph + 6);
     }
+    // A dashed vertical line at `value`, labelled beside it (on its left near the right edge).
+    const marker = (value, colour, dash, label, labelY, room) => {
+      const x = Math.round(X(value)) + 0.5;
+      ctx.strokeStyle = colour;
+      ctx.setLineDash(dash);
+      ctx.lineWidth = 1.5;
+      ctx.beginPath(); ctx.moveTo(x, padT); ctx.lineTo(x, padT + ph); ctx.stroke();
+      ctx.setLineDash([]);
+      const left = x > cw - room;
+      ctx.textAlign = left ? 'right' : 'left';
+      ctx.textBaseline = 'top';
+      ctx.fillStyle = colour;
+      ctx.fillText(label, x + (left ? -4 : 4), labelY);
+    };
     // current threshold
     const cur = thresholdValue();
-    if (cur != null) {
-      const x = Math.round(X(cur)) + 0.5;
-      ctx.strokeStyle = '#1f2937';
-      ctx.setLineDash([4, 4]);
-      ctx.lineWidth = 1.5;
-      ctx.beginPath(); ctx.moveTo(x, padT); ctx.lineTo(x, padT + ph); ctx.stroke();
-      ctx.setLineDash([]);
-      ctx.textAlign = x > cw - 80 ? 'right' : 'left';
-      ctx.textBaseline = 'top';
-      ctx.fillStyle = '#1f2937';
-      ctx.fillText('current', x + (x > cw - 80 ? -4 : 4), padT - 12);
-    }
+    if (cur != null) marker(cur, '#1f2937', [4, 4], 'current', padT - 12, 80);
     // the calibration's conformal bound, whatever threshold is applied
     const bound = data.calibration && Number.isFinite(data.calibration.threshold) ? data.calibration.threshold : null;
-    if (bound != null) {
-      const x = Math.round(X(bound)) + 0.5;
-      ctx.strokeStyle = '#15803d';
-      ctx.setLineDash([2, 3]);
-      ctx.lineWidth = 1.5;
-      ctx.beginPath(); ctx.moveTo(x, padT); ctx.lineTo(x, padT + ph); ctx.stroke();
-      ctx.setLineDash([]);
-      ctx.textAlign = x > cw - 120 ? 'right' : 'left';
-      ctx.textBaseline = 'top';
-      ctx.fillStyle = '#15803d';
-      ctx.fillText('conformal bound', x + (x > cw - 120 ? -4 : 4), padT + 2);
-    }
+    if (bound != null) marker(bound, '#15803d', [2, 3], 'conformal bound', padT + 2, 120);
     // trial line
     const t = current();
     const x = Math.round(X(t)) + 0.5;
