@@ -425,6 +425,11 @@ pub async fn infer(
     let asked = parse_parameters(&request, model)?;
     let files = image_elements(&request, &binary, state.options.max_images_per_request)?;
     drop((header, binary));
+    // The station (when there is one) stores the bytes as they were sent.
+    let raw: Vec<Bytes> = match model.station() {
+        Some(_) => files.clone(),
+        None => Vec::new(),
+    };
     let mut images = Vec::with_capacity(files.len());
     for (i, bytes) in files.into_iter().enumerate() {
         // Named so that the decoder's messages read "cannot decode image 0 of the request".
@@ -438,6 +443,12 @@ pub async fn infer(
     let scored = state
         .score(images, &class_name, asked.threshold, context.arrived)
         .await?;
+    if let Some(station) = model.station() {
+        for (i, (bytes, s)) in raw.into_iter().zip(&scored).enumerate() {
+            let name = format!("v2-{}-{i}", context.id);
+            crate::station::record(station, &state, bytes, name, "api", None, s).await?;
+        }
+    }
     let mut parameters = Map::new();
     if let Some(t) = scored.first().and_then(|s| s.detection.threshold) {
         parameters.insert("threshold".into(), json!(t));

@@ -495,3 +495,34 @@ async fn parts_are_pushed_live_and_a_watched_folder_is_scored() {
     let mut server = server;
     let _ = server.stop.take().unwrap().send(());
 }
+
+#[tokio::test]
+async fn open_inference_protocol_parts_are_stored_too() {
+    let _g = shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = service(
+        references_detector(&dir.path().join("refs"), options()),
+        station_options(&dir.path().join("st")),
+    );
+    let images = [png(&part(30, false)), png(&part(31, true))];
+    let (status, _, body) = call(
+        &svc,
+        post(
+            "/v2/models/ssvp/infer",
+            "application/json",
+            crate::common::infer_body(&images, json!({})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let (_, _, body) = call(&svc, get("/station/api/parts?sort=created&order=asc")).await;
+    let list = parse(&body);
+    assert_eq!(list["total"], 2);
+    for (p, bytes) in list["parts"].as_array().unwrap().iter().zip(&images) {
+        assert_eq!(p["source"], "api");
+        assert!(p["name"].as_str().unwrap().starts_with("v2-"));
+        let (_, _, stored) =
+            call(&svc, get(&format!("/station/api/parts/{}/image", p["id"]))).await;
+        assert_eq!(&stored, bytes);
+    }
+}
