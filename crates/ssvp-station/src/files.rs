@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use ssvp_detect::{Error, ErrorKind, Result};
@@ -68,7 +69,11 @@ impl ContentStore {
         }
         let dir = path.parent().expect("a content path has a parent");
         fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
-        let tmp = dir.join(format!(".{sha}.{}.tmp", std::process::id()));
+        // Unique per write: two uploads of the same bytes at once each write their own
+        // temporary file, and the second rename replaces the first with the same bytes.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{sha}.{}.{n}.tmp", std::process::id()));
         let written = (|| -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
             f.write_all(bytes)?;
@@ -112,6 +117,25 @@ mod tests {
         // A corrupted file is refused, not served.
         fs::write(store.path_of(&a).unwrap(), b"other").unwrap();
         assert_eq!(store.get(&a).unwrap_err().kind(), ErrorKind::Io);
+    }
+
+    #[test]
+    fn the_same_bytes_stored_at_once_from_many_threads_are_one_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path().join("images"), "").unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let shas: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| store.put(&bytes).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(shas.iter().all(|s| *s == shas[0]));
+        assert_eq!(store.get(&shas[0]).unwrap(), bytes);
+        let leftovers = fs::read_dir(store.path_of(&shas[0]).unwrap().parent().unwrap())
+            .unwrap()
+            .count();
+        assert_eq!(leftovers, 1, "no temporary file is left behind");
     }
 
     #[test]
